@@ -1,0 +1,120 @@
+"""The ``kit`` command: ``kit synth``, ``kit validate``, ``kit reproduce``.
+
+The spellings of the subcommands and flags are a user-facing contract (see DESIGN.md).
+Heavy imports happen inside each subcommand so ``kit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from kit.data.synth import synth_cohort
+
+    ids = synth_cohort(
+        args.cohort,
+        args.layout,
+        n=args.n,
+        out=args.out,
+        seed=args.seed,
+        resolution_mm=args.resolution,
+        progress=not args.quiet,
+        workers=args.workers,
+    )
+    print(f"wrote {len(ids)} {args.cohort} subjects in the {args.layout} layout to {args.out}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from kit.data.validate import validate_dataset, write_datalist
+
+    result = validate_dataset(args.manifest, args.root, progress=False)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in result.problems:
+        print(str(problem))
+    if args.datalist:
+        out = write_datalist(result, args.datalist)
+        print(f"datalist with {len(result.subjects)} clean subjects written to {out}", file=sys.stderr)
+    n_bad = len({p.subject or p.path for p in result.problems})
+    print(
+        f"{len(result.subjects)} clean subjects, {len(result.problems)} problems "
+        f"({n_bad} subjects or paths affected), {len(result.warnings)} warnings",
+        file=sys.stderr,
+    )
+    return 0 if result.ok else 1
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from kit.pipeline import NotebookFailed, reproduce
+
+    try:
+        report = reproduce(
+            profile=args.profile,
+            out=args.out,
+            data_root=args.data_root,
+            device=args.device,
+            from_stage=args.from_stage,
+            to_stage=args.to_stage,
+            seed=args.seed,
+            cell_timeout_s=args.cell_timeout,
+            notebooks_dir=args.notebooks,
+            progress=not args.quiet,
+        )
+    except NotebookFailed as err:
+        print(f"kit reproduce: {err}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``kit`` command (exposed for tests and docs)."""
+    from kit.pipeline import PROFILES, STAGES
+
+    parser = argparse.ArgumentParser(prog="kit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic cohort as NIfTI in a real dataset's layout")
+    p.add_argument("--cohort", required=True, choices=["healthy", "tumor", "stroke"])
+    p.add_argument("--layout", required=True, choices=["brats2021", "brats2023", "atlas2", "ukb", "flat"])
+    p.add_argument("--n", type=int, required=True, help="number of subjects")
+    p.add_argument("--out", required=True, type=Path, help="output directory (the data root)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=float, default=1.0, help="voxel size in mm (1 = full, 2-4 = smoke)")
+    p.add_argument("--workers", type=int, default=1, help="subjects generated in parallel")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("validate", help="check a data directory against a manifest; write a datalist")
+    p.add_argument("--manifest", required=True, help="path to a data_manifests/*.yaml file, or its name")
+    p.add_argument("--root", required=True, type=Path, help="the data root the manifest's patterns start from")
+    p.add_argument("--datalist", type=Path, default=None, help="write a MONAI decathlon-style datalist here")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("reproduce", help="run the notebooks in order with papermill")
+    p.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--data-root", default=None, help="validated real data (default: synthetic cohorts)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--from", dest="from_stage", default=None, choices=STAGES, help="resume at this stage")
+    p.add_argument("--to", dest="to_stage", default=None, choices=STAGES, help="stop after this stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: the profile's)")
+    p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kit`` console script. Returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

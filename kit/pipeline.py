@@ -1,0 +1,331 @@
+"""Papermill runner behind ``kit reproduce``: profiles, run directory, stage chaining, report.
+
+A run directory holds one folder per stage (DESIGN.md's notebook contract)::
+
+    RUN_DIR/run.json              what was asked for (profile, seed, device, data root)
+    RUN_DIR/01_curation/          datalist.json, qc.csv, figures/, 01_curation.ipynb (executed copy)
+    RUN_DIR/02_stage1/ ...        each stage writes summary.json: {"title", "figures": {...}, "plots": [...]}
+    RUN_DIR/report.md             every stage's key figures and plots, rebuilt after each stage
+
+Each notebook gets the parameters ``profile``, ``run_dir``, ``data_root``, ``device``, ``seed``
+(and ``interactive=False``) and reads its settings with :func:`profile_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import kit
+
+STAGES = ("01_curation", "02_stage1", "03_stage2", "04_finetune", "05_saliency")
+NOTEBOOKS = {
+    "01_curation": "01_curation.ipynb",
+    "02_stage1": "02_stage1_pretrain.ipynb",
+    "03_stage2": "03_stage2_pretrain.ipynb",
+    "04_finetune": "04_finetune.ipynb",
+    "05_saliency": "05_saliency.ipynb",
+}
+
+# Plain values, nanoGPT style. Cohorts are (cohort, layout, manifest, n): the synthetic cohorts are
+# written in the real datasets' layouts and validated with the real manifests, so real data takes
+# the same path. Stage 1 sees healthy brains with 2 channels (UK Biobank: T1 + FLAIR), stage 2 the
+# tumour cohort with 4 (BraTS order flair, t1ce, t1, t2), as in BrainSegFounder.
+PROFILES: dict[str, dict] = {
+    "smoke": {
+        "description": "CI and tests: every code path on 2 CPU cores in minutes",
+        "cell_timeout_s": 600,
+        "resolution_mm": 4.0,
+        "cohorts": {
+            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 6},
+            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 8},
+            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 4},
+        },
+        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
+        "n_show": 2,
+    },
+    "workshop": {
+        "description": "a class on a laptop CPU: small CNN, 2 mm, pretraining effect visible in class time",
+        "cell_timeout_s": 3600,
+        "resolution_mm": 2.0,
+        "cohorts": {
+            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 48},
+            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 48},
+            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 16},
+        },
+        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
+        "n_show": 3,
+    },
+    "full": {
+        "description": "the paper's recipe on GPUs: SwinUNETR feature_size 48, 96^3 crops, 1 mm",
+        "cell_timeout_s": 24 * 3600,
+        "resolution_mm": 1.0,
+        "cohorts": {
+            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 200},
+            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 200},
+            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 50},
+        },
+        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
+        "n_show": 4,
+    },
+}
+
+
+def profile_config(profile: str) -> dict:
+    """The settings of a profile (a deep copy, safe to modify in a notebook).
+
+    Example:
+        >>> profile_config("smoke")["resolution_mm"]
+        4.0
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    return json.loads(json.dumps(PROFILES[profile]))
+
+
+def repo_root() -> Path:
+    """The checkout that holds ``kit/``, ``notebooks/`` and ``data_manifests/``."""
+    return Path(kit.__file__).resolve().parents[1]
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """``RUN_DIR/STAGE``, created if needed (with its ``figures/`` folder)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    path = Path(run_dir) / stage
+    (path / "figures").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON via a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, plots: list[str] | None = None) -> Path:
+    """Record a stage's key figures (plain numbers/strings) and plot paths for ``report.md``.
+
+    Args:
+        run_dir: the run directory.
+        stage: one of :data:`STAGES`.
+        title: one line describing the stage's result.
+        figures: key figures, e.g. ``{"subjects": 8, "retained_fraction": 0.61}``.
+        plots: PNG paths (absolute or relative to the stage folder).
+
+    Example:
+        >>> write_summary(run_dir, "01_curation", "Curation", {"subjects": 8}, ["figures/qc.png"])  # doctest: +SKIP
+    """
+    folder = stage_dir(run_dir, stage)
+    rel = [os.path.relpath(Path(p) if Path(p).is_absolute() else folder / p, folder) for p in plots or []]
+    return write_json_atomic(folder / "summary.json", {"title": title, "figures": figures, "plots": rel})
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Build ``RUN_DIR/report.md`` from each stage's ``summary.json`` (missing stages are listed as not run)."""
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    lines = ["# brainfm-kit run report", ""]
+    if run:
+        lines += [
+            f"- profile: `{run.get('profile')}`, seed {run.get('seed')}, device `{run.get('device')}`,"
+            f" data: {run.get('data_root') or 'synthetic cohorts'}",
+            f"- kit {run.get('kit_version')}, started {run.get('started')}",
+            "",
+        ]
+    for stage in STAGES:
+        summary_path = run_dir / stage / "summary.json"
+        status = (run.get("stages") or {}).get(stage, {})
+        lines.append(f"## {stage}")
+        if not summary_path.exists():
+            lines += [f"_not run_{': ' + status['error'] if status.get('error') else ''}", ""]
+            continue
+        summary = json.loads(summary_path.read_text())
+        lines.append(summary.get("title", ""))
+        if status.get("wall_s") is not None:
+            lines.append(f"(wall time {status['wall_s']:.0f} s)")
+        lines.append("")
+        figures = summary.get("figures", {})
+        if figures:
+            lines += ["| figure | value |", "| --- | --- |"]
+            lines += [f"| {k} | {v} |" for k, v in figures.items()]
+            lines.append("")
+        for plot in summary.get("plots", []):
+            lines.append(f"![{Path(plot).stem}]({stage}/{plot})")
+        lines.append("")
+    out = run_dir / "report.md"
+    tmp = out.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out)
+    return out
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the pipeline failed; the message names the notebook, the cell and the error."""
+
+
+@dataclass
+class _CellInfo:
+    index: int
+    first_line: str
+
+
+def _failing_cell(executed: Path) -> _CellInfo | None:
+    """Find the first cell with an error output in an executed notebook copy."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:
+        return None
+    code_index = 0
+    for cell in nb.cells:
+        # papermill's injected-parameters cell is not in the user's notebook: do not count it
+        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
+            continue
+        code_index += 1
+        if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            return _CellInfo(code_index, first[:80])
+    return None
+
+
+def run_notebook(
+    notebook: Path,
+    output: Path,
+    parameters: dict,
+    cell_timeout_s: int,
+    progress: bool = True,
+    kernel_name: str = "python3",
+) -> None:
+    """Execute one notebook with papermill, raising :class:`NotebookFailed` with the cell that failed.
+
+    The executed copy is written to ``output`` even when a cell fails, so the traceback can be read.
+    """
+    import papermill as pm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            execution_timeout=cell_timeout_s,
+            progress_bar=progress,
+            cwd=str(output.parent),
+        )
+    except Exception as err:  # papermill/nbclient raise several types: name the notebook and the cell
+        cell = _failing_cell(output)
+        where = f"code cell {cell.index} ({cell.first_line!r})" if cell else "a cell"
+        kind = type(err).__name__
+        if "Timeout" in kind or "timed out" in str(err).lower():
+            reason = f"timed out after {cell_timeout_s} s per cell"
+        else:
+            evalue = getattr(err, "evalue", None) or str(err).strip().splitlines()[-1:] or [kind]
+            reason = f"{getattr(err, 'ename', kind)}: {evalue if isinstance(evalue, str) else evalue[0]}"
+        raise NotebookFailed(f"{notebook.name} failed at {where}: {reason}. Executed copy: {output}") from err
+
+
+def resolve_stage(name: str | None) -> str | None:
+    """Accept ``02_stage1``, ``02`` or ``stage1`` for a stage name."""
+    if name is None:
+        return None
+    for stage in STAGES:
+        if name in (stage, stage[:2], stage[3:], NOTEBOOKS[stage].removesuffix(".ipynb")):
+            return stage
+    raise ValueError(f"unknown stage {name!r}; stages are {STAGES}")
+
+
+def reproduce(
+    profile: str = "smoke",
+    out: str | Path = "runs/smoke",
+    data_root: str | Path | None = None,
+    device: str = "auto",
+    from_stage: str | None = None,
+    to_stage: str | None = None,
+    seed: int = 0,
+    cell_timeout_s: int | None = None,
+    notebooks_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run the notebooks in order with papermill and write ``report.md``.
+
+    Args:
+        profile: ``smoke``, ``workshop`` or ``full`` (see :data:`PROFILES`).
+        out: the run directory.
+        data_root: a directory with one validated dataset per manifest name (``ukb/``,
+            ``brats2021/``, ``atlas2/``); None generates synthetic cohorts in ``out/data``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        from_stage: start at this stage (earlier stages' outputs must be in ``out``).
+        to_stage: stop after this stage.
+        seed: the run's seed, passed to every notebook.
+        cell_timeout_s: per-cell timeout; default the profile's.
+        notebooks_dir: where the notebooks are (default: the checkout's ``notebooks/``).
+        progress: show papermill's progress bar.
+
+    Returns:
+        Path of ``report.md``. Notebooks that do not exist yet are skipped with a note.
+
+    Raises:
+        NotebookFailed: naming the notebook and the failing cell; the report is still written.
+
+    Example:
+        >>> reproduce("smoke", "runs/smoke", from_stage="02_stage1")  # doctest: +SKIP
+    """
+    config = profile_config(profile)
+    run_dir = Path(out).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    nb_dir = Path(notebooks_dir) if notebooks_dir else repo_root() / "notebooks"
+    first = STAGES.index(resolve_stage(from_stage)) if from_stage else 0
+    last = STAGES.index(resolve_stage(to_stage)) if to_stage else len(STAGES) - 1
+    if first > 0 and not (run_dir / STAGES[first - 1]).exists():
+        raise NotebookFailed(
+            f"--from {STAGES[first]} needs the earlier stage's outputs in {run_dir / STAGES[first - 1]}, which do not exist"
+        )
+    run_json = run_dir / "run.json"
+    run = json.loads(run_json.read_text()) if run_json.exists() else {}
+    run.update(
+        profile=profile,
+        seed=seed,
+        device=device,
+        data_root=str(Path(data_root).resolve()) if data_root else None,
+        kit_version=kit.__version__,
+        started=run.get("started") if first > 0 and run.get("started") else time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    run.setdefault("stages", {})
+    timeout = int(cell_timeout_s or config["cell_timeout_s"])
+    parameters = {
+        "profile": profile,
+        "run_dir": str(run_dir),
+        "data_root": run["data_root"],
+        "device": device,
+        "seed": seed,
+        "interactive": False,
+    }
+    try:
+        for stage in STAGES[first : last + 1]:
+            notebook = nb_dir / NOTEBOOKS[stage]
+            if not notebook.exists():
+                run["stages"][stage] = {"status": "skipped", "error": f"{notebook.name} does not exist yet"}
+                continue
+            run["stages"][stage] = {"status": "running"}
+            write_json_atomic(run_json, run)
+            start = time.perf_counter()
+            try:
+                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, parameters, timeout, progress)
+            except NotebookFailed as err:
+                run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start}
+                raise
+            run["stages"][stage] = {"status": "done", "wall_s": round(time.perf_counter() - start, 1)}
+    finally:
+        write_json_atomic(run_json, run)
+        report = write_report(run_dir)
+    return report

@@ -1,0 +1,171 @@
+"""Static figures that render the same in papermill output, on a code-hosting site and in a PDF.
+
+Orthogonal views (sagittal, coronal, axial) of a 3D volume with an optional label overlay and a
+colour legend for the BraTS compartments, plus the curation plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+
+__all__ = ["BRATS_COLORS", "STROKE_COLORS", "label_colors_for", "plot_orthogonal", "plot_subjects", "plot_entropy"]
+
+# RGBA per label value. BraTS 2023 writes enhancing as 3; both share the colour.
+BRATS_COLORS = {
+    1: ("necrotic core", (0.85, 0.15, 0.15, 0.75)),
+    2: ("edema", (0.15, 0.75, 0.25, 0.55)),
+    3: ("enhancing", (1.0, 0.85, 0.1, 0.8)),
+    4: ("enhancing", (1.0, 0.85, 0.1, 0.8)),
+}
+STROKE_COLORS = {1: ("lesion", (0.95, 0.3, 0.1, 0.7))}
+
+
+def label_colors_for(names: dict) -> dict:
+    """Pick a colour table from a manifest's label names (``{value: name}``)."""
+    values = {int(k) for k in names if int(k) != 0}
+    if values <= {1}:
+        return STROKE_COLORS
+    return {v: BRATS_COLORS.get(v, (str(names.get(v, v)), (0.6, 0.3, 0.9, 0.7))) for v in values}
+
+
+def _default_point(image: np.ndarray, label: np.ndarray | None) -> tuple[int, int, int]:
+    # Centre on the lesion when there is one (what a reader wants to see), else on the brain.
+    source = label if label is not None and np.any(label) else image
+    coords = np.argwhere(source != 0)
+    if coords.size == 0:
+        return tuple(s // 2 for s in image.shape)
+    return tuple(int(c) for c in np.round(coords.mean(axis=0)))
+
+
+def _overlay_rgba(label2d: np.ndarray, colors: dict) -> np.ndarray:
+    rgba = np.zeros(label2d.shape + (4,), dtype=np.float32)
+    for value, (_, color) in colors.items():
+        rgba[label2d == value] = color
+    return rgba
+
+
+def plot_orthogonal(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    point: Sequence[int] | None = None,
+    colors: dict | None = None,
+    title: str | None = None,
+    axes: Sequence[plt.Axes] | None = None,
+    vmax_percentile: float = 99.5,
+    cmap: str = "gray",
+):
+    """Sagittal, coronal and axial slices through ``point`` with an optional label overlay.
+
+    Args:
+        image: array (X, Y, Z) in RAS-like voxel order (as nibabel loads MNI/BraTS data).
+        label: integer array (X, Y, Z) or None; values drawn with ``colors``.
+        spacing: voxel size in mm (X, Y, Z), used for the aspect ratio.
+        point: voxel (x, y, z) the three planes pass through; default the lesion's centroid,
+            else the brain's.
+        colors: ``{value: (name, rgba)}``; default :data:`BRATS_COLORS`.
+        title: figure (or first-axis) title.
+        axes: three matplotlib axes to draw into; a new 1x3 figure when None.
+        vmax_percentile: upper display limit, percentile of the nonzero voxels.
+        cmap: colour map of the image (``"gray"`` for MRI, ``"inferno"`` for saliency).
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> fig = plot_orthogonal(np.random.rand(20, 24, 16), spacing=(2, 2, 2))
+        >>> len(fig.axes)
+        3
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"plot_orthogonal expects a 3D image, got shape {image.shape}")
+    if label is not None and label.shape != image.shape:
+        raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    colors = BRATS_COLORS if colors is None else colors
+    x, y, z = point if point is not None else _default_point(image, label)
+    nonzero = image[image != 0]
+    vmax = float(np.percentile(nonzero, vmax_percentile)) if nonzero.size else 1.0
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
+    else:
+        fig = axes[0].figure
+    sx, sy, sz = spacing
+    planes = [
+        ("sagittal", image[x, :, :], None if label is None else label[x, :, :], sz / sy, f"x={x}"),
+        ("coronal", image[:, y, :], None if label is None else label[:, y, :], sz / sx, f"y={y}"),
+        ("axial", image[:, :, z], None if label is None else label[:, :, z], sy / sx, f"z={z}"),
+    ]
+    for ax, (name, plane, lab, aspect, where) in zip(axes, planes):
+        # transpose + origin lower: superior/anterior up, as radiologists read it
+        ax.imshow(plane.T, cmap=cmap, vmin=0, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
+        if lab is not None and np.any(lab):
+            ax.imshow(_overlay_rgba(lab.T, colors), origin="lower", aspect=aspect, interpolation="nearest")
+        ax.set_title(f"{name} ({where})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if label is not None:
+        present = {int(v) for v in np.unique(label) if v != 0}
+        handles = [Patch(color=c, label=f"{v}: {n}") for v, (n, c) in colors.items() if v in present]
+        if handles:
+            axes[-1].legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
+    if title:
+        if len(fig.axes) == 3:
+            fig.suptitle(title, fontsize=10)
+        else:
+            axes[0].set_ylabel(title, fontsize=8)
+    return fig
+
+
+def plot_subjects(images: Sequence[dict], spacing: Sequence[float], colors: dict | None = None):
+    """A grid of orthogonal views, one row per item ``{"image", "label", "title"}``.
+
+    Example:
+        >>> fig = plot_subjects([{"image": np.random.rand(8, 8, 8), "title": "a"}], (1, 1, 1))
+        >>> len(fig.axes)
+        3
+    """
+    fig, grid = plt.subplots(len(images), 3, figsize=(10, 3.2 * len(images)), constrained_layout=True, squeeze=False)
+    for row, item in zip(grid, images):
+        plot_orthogonal(item["image"], item.get("label"), spacing, colors=colors, title=item.get("title"), axes=row)
+    return fig
+
+
+def plot_entropy(table, threshold: float, position_window: Sequence[float], title: str = ""):
+    """Entropy histogram with the threshold, and entropy against slice position with the window.
+
+    Args:
+        table: output of :func:`kit.data.curate.curate_slices` (columns entropy, position, kept).
+        threshold: entropy threshold (bits).
+        position_window: (lo, hi) relative positions.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"entropy": [0, 3, 4], "position": [0, .5, 1], "kept": [False, True, False]})
+        >>> len(plot_entropy(t, 2.0, (0.1, 0.9)).axes)
+        2
+    """
+    fig, (ax_hist, ax_pos) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+    ax_hist.hist(table.entropy, bins=40, color="0.4")
+    ax_hist.axvline(threshold, color="tab:red", label=f"threshold {threshold:g} bits")
+    ax_hist.set_xlabel("slice entropy (bits)")
+    ax_hist.set_ylabel("slices")
+    ax_hist.legend(fontsize=8)
+    kept = table.kept.to_numpy(dtype=bool)
+    ax_pos.scatter(table.position[~kept], table.entropy[~kept], s=6, color="0.6", label="dropped")
+    ax_pos.scatter(table.position[kept], table.entropy[kept], s=6, color="tab:blue", label="kept")
+    ax_pos.axhline(threshold, color="tab:red", lw=1)
+    for edge in position_window:
+        ax_pos.axvline(edge, color="tab:orange", lw=1, ls="--")
+    ax_pos.set_xlabel("relative slice position in the brain")
+    ax_pos.set_ylabel("entropy (bits)")
+    ax_pos.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+

@@ -1,0 +1,109 @@
+"""kit reproduce's runner on real (tiny) notebooks: parameters, order, failures naming the cell, report."""
+
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from kit.pipeline import NotebookFailed, profile_config, reproduce, resolve_stage, write_report
+
+
+def _notebook(path, cells, with_params=True):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if with_params:
+        p = nbformat.v4.new_code_cell('profile = "x"\nrun_dir = "."\ndata_root = None\ndevice = "cpu"\nseed = 0\ninteractive = False')
+        p.metadata["tags"] = ["parameters"]
+        nb.cells.append(p)
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+
+
+WRITE_SUMMARY = (
+    "from kit.pipeline import write_summary\n"
+    "import sys\n"
+    "write_summary(run_dir, STAGE, 'ran ' + STAGE, {'profile': profile, 'seed': seed, 'python': sys.executable})"
+)
+
+
+@pytest.fixture()
+def notebooks(tmp_path):
+    nb_dir = tmp_path / "nbs"
+    nb_dir.mkdir()
+    _notebook(nb_dir / "01_curation.ipynb", ["STAGE = '01_curation'", WRITE_SUMMARY])
+    _notebook(
+        nb_dir / "02_stage1_pretrain.ipynb",
+        [
+            "STAGE = '02_stage1'\nimport json, pathlib",
+            # a later stage reads what the earlier one wrote
+            "prev = json.loads((pathlib.Path(run_dir) / '01_curation' / 'summary.json').read_text())\nassert prev['figures']['seed'] == seed",
+            WRITE_SUMMARY,
+        ],
+    )
+    return nb_dir
+
+
+def test_runs_stages_in_order_with_parameters_and_report(tmp_path, notebooks):
+    run = tmp_path / "run"
+    report = reproduce("smoke", run, seed=7, notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    summary = json.loads((run / "02_stage1" / "summary.json").read_text())
+    assert summary["figures"]["profile"] == "smoke" and summary["figures"]["seed"] == 7
+    # the kernel is this interpreter's environment, not some other python on the machine
+    assert summary["figures"]["python"].startswith(sys.prefix)
+    assert (run / "01_curation" / "01_curation.ipynb").exists()  # executed copy kept
+    text = report.read_text()
+    assert "ran 01_curation" in text and "ran 02_stage1" in text
+    assert "03_stage2" in text and "not run" in text  # missing notebooks are listed, not hidden
+    status = json.loads((run / "run.json").read_text())["stages"]
+    assert status["01_curation"]["status"] == "done" and status["03_stage2"]["status"] == "skipped"
+
+
+def test_failure_names_notebook_and_cell(tmp_path, notebooks):
+    _notebook(notebooks / "02_stage1_pretrain.ipynb", ["x = 1", "raise ValueError('boom in stage 2')"])
+    run = tmp_path / "run"
+    with pytest.raises(NotebookFailed) as err:
+        reproduce("smoke", run, notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    msg = str(err.value)
+    assert "02_stage1_pretrain.ipynb" in msg and "code cell 3" in msg and "boom in stage 2" in msg
+    assert json.loads((run / "run.json").read_text())["stages"]["02_stage1"]["status"] == "failed"
+    assert (run / "report.md").exists()
+
+
+def test_cell_timeout_fails_fast(tmp_path, notebooks):
+    _notebook(notebooks / "01_curation.ipynb", ["import time\ntime.sleep(60)"])
+    with pytest.raises(NotebookFailed, match="timed out after 3 s"):
+        reproduce("smoke", tmp_path / "run", notebooks_dir=notebooks, progress=False, cell_timeout_s=3)
+
+
+def test_from_stage_resumes_and_needs_earlier_outputs(tmp_path, notebooks):
+    run = tmp_path / "run"
+    with pytest.raises(NotebookFailed, match="01_curation"):
+        reproduce("smoke", run, from_stage="02", notebooks_dir=notebooks, progress=False)
+    reproduce("smoke", run, to_stage="01_curation", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    assert not (run / "02_stage1" / "summary.json").exists()
+    reproduce("smoke", run, from_stage="stage1", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    assert (run / "02_stage1" / "summary.json").exists()
+
+
+def test_stage_names_and_profiles():
+    assert resolve_stage("03") == "03_stage2" and resolve_stage("04_finetune") == "04_finetune"
+    with pytest.raises(ValueError, match="unknown stage"):
+        resolve_stage("06")
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile_config("huge")
+    assert set(profile_config("smoke")["cohorts"]) == {"healthy", "tumor", "stroke"}
+
+
+def test_report_without_run_json(tmp_path):
+    assert "not run" in write_report(tmp_path).read_text()
+
+
+def test_cli_reproduce_exit_code_on_failure(tmp_path, notebooks):
+    _notebook(notebooks / "01_curation.ipynb", ["x = 2", "1/0"])
+    cmd = [sys.executable, "-m", "kit.cli", "reproduce", "--profile", "smoke", "--out", str(tmp_path / "run"),
+           "--notebooks", str(notebooks), "--quiet", "--cell-timeout", "120"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "01_curation.ipynb failed at code cell 3" in proc.stderr and "ZeroDivisionError" in proc.stderr

@@ -1,0 +1,55 @@
+"""Repository contracts: README commands == CI, notebooks output-free with the parameters contract."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tools.nbbuild import build
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CONTRACT = {"profile", "run_dir", "data_root", "device", "seed"}
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```bash\n(python3 -m venv[^\n]*)\n```", text)
+
+
+def test_readme_has_two_fresh_machine_commands_and_ci_runs_the_test_one():
+    commands = _readme_commands()
+    assert len(commands) == 2, commands
+    main, tests = commands
+    assert "kit reproduce --profile smoke" in main and "pytest" in tests
+    for cmd in commands:  # the pinned CPU torch goes in before anything that depends on torch
+        assert cmd.index("torch==2.13.0") < cmd.index("pip install -q -e" if "-q -e" in cmd else "pip install -e")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci.splitlines()
+
+
+def test_pyproject_pins_cpu_torch():
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_contract(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert sum(len(c.get("outputs", [])) for c in code) == 0, "committed notebooks carry no outputs"
+    params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1 and params[0] is code[0], "first code cell is the one tagged 'parameters'"
+    names = set(re.findall(r"^(\w+)\s*=", "".join(params[0]["source"]), flags=re.M))
+    assert CONTRACT <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_matches_its_source(path):
+    src = ROOT / "notebooks" / "src" / f"{path.stem}.py"
+    assert src.exists(), f"{src} missing: notebooks are built from notebooks/src"
+    built = build(src)
+    committed = json.loads(path.read_text())
+    assert [c.source for c in built.cells] == ["".join(c["source"]) for c in committed["cells"]], (
+        f"{path.name} differs from {src.name}: run python tools/nbbuild.py {src.relative_to(ROOT)} {path.relative_to(ROOT)}"
+    )
