@@ -64,7 +64,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             notebooks_dir=args.notebooks,
             progress=not args.quiet,
         )
-    except NotebookFailed as err:
+    except (NotebookFailed, ValueError) as err:
         print(f"kit reproduce: {err}", file=sys.stderr)
         return 1
     print(f"report: {report}")
@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--data-root", default=None, help="validated real data (default: synthetic cohorts)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--from", dest="from_stage", default=None, choices=STAGES, help="resume at this stage")
-    p.add_argument("--to", dest="to_stage", default=None, choices=STAGES, help="stop after this stage")
+    p.add_argument("--from", dest="from_stage", default=None, help=f"resume at this stage: {', '.join(STAGES)} (or 01..05)")
+    p.add_argument("--to", dest="to_stage", default=None, help="stop after this stage (same names)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: the profile's)")
     p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")

@@ -46,6 +46,16 @@ PROFILES: dict[str, dict] = {
         },
         "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
         "n_show": 2,
+        "stage1": {
+            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 32, "steps": 8, "batch_size": 2, "lr": 1e-3, "warmup_steps": 2,
+            "weight_decay": 0.1, "ckpt_every": 4,
+        },
+        "stage2": {
+            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 32, "steps": 6, "batch_size": 2, "lr": 5e-4, "warmup_steps": 2,
+            "weight_decay": 0.1, "ckpt_every": 3,
+        },
     },
     "workshop": {
         "description": "a class on a laptop CPU: small CNN, 2 mm, pretraining effect visible in class time",
@@ -58,6 +68,16 @@ PROFILES: dict[str, dict] = {
         },
         "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
         "n_show": 3,
+        "stage1": {
+            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 64, "steps": 300, "batch_size": 2, "lr": 1e-3, "warmup_steps": 20,
+            "weight_decay": 0.1, "ckpt_every": 50,
+        },
+        "stage2": {
+            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 64, "steps": 150, "batch_size": 2, "lr": 3e-4, "warmup_steps": 10,
+            "weight_decay": 0.1, "ckpt_every": 50,
+        },
     },
     "full": {
         "description": "the paper's recipe on GPUs: SwinUNETR feature_size 48, 96^3 crops, 1 mm",
@@ -70,6 +90,17 @@ PROFILES: dict[str, dict] = {
         },
         "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
         "n_show": 4,
+        # BrainSegFounder: AdamW 4e-4 (stage 1) / 6e-6 (stage 2), wd 0.1, warmup 500, 96^3 crops
+        "stage1": {
+            "backbone": "swinunetr", "model": {"feature_size": 48}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 96, "steps": 20000, "batch_size": 4, "lr": 4e-4, "warmup_steps": 500,
+            "weight_decay": 0.1, "ckpt_every": 500, "num_workers": 4,
+        },
+        "stage2": {
+            "backbone": "swinunetr", "model": {"feature_size": 48}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 96, "steps": 5000, "batch_size": 4, "lr": 6e-6, "warmup_steps": 500,
+            "weight_decay": 0.1, "ckpt_every": 500, "num_workers": 4,
+        },
     },
 }
 

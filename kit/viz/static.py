@@ -13,7 +13,10 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-__all__ = ["BRATS_COLORS", "STROKE_COLORS", "label_colors_for", "plot_orthogonal", "plot_subjects", "plot_entropy"]
+__all__ = [
+    "BRATS_COLORS", "STROKE_COLORS", "label_colors_for", "plot_orthogonal", "plot_subjects", "plot_entropy",
+    "plot_ssl_preview", "plot_loss_curves",
+]
 
 # RGBA per label value. BraTS 2023 writes enhancing as 3; both share the colour.
 BRATS_COLORS = {
@@ -59,6 +62,7 @@ def plot_orthogonal(
     axes: Sequence[plt.Axes] | None = None,
     vmax_percentile: float = 99.5,
     cmap: str = "gray",
+    style: str = "fill",
 ):
     """Sagittal, coronal and axial slices through ``point`` with an optional label overlay.
 
@@ -73,6 +77,8 @@ def plot_orthogonal(
         axes: three matplotlib axes to draw into; a new 1x3 figure when None.
         vmax_percentile: upper display limit, percentile of the nonzero voxels.
         cmap: colour map of the image (``"gray"`` for MRI, ``"inferno"`` for saliency).
+        style: ``"fill"`` paints label voxels, ``"contour"`` draws their outlines so the image
+            underneath stays visible.
 
     Returns:
         The matplotlib Figure.
@@ -105,7 +111,12 @@ def plot_orthogonal(
         # transpose + origin lower: superior/anterior up, as radiologists read it
         ax.imshow(plane.T, cmap=cmap, vmin=0, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
         if lab is not None and np.any(lab):
-            ax.imshow(_overlay_rgba(lab.T, colors), origin="lower", aspect=aspect, interpolation="nearest")
+            if style == "contour":
+                for value, (_, color) in colors.items():
+                    if np.any(lab == value):
+                        ax.contour((lab.T == value).astype(float), levels=[0.5], colors=[color[:3]], linewidths=1.2)
+            else:
+                ax.imshow(_overlay_rgba(lab.T, colors), origin="lower", aspect=aspect, interpolation="nearest")
         ax.set_title(f"{name} ({where})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -123,7 +134,8 @@ def plot_orthogonal(
 
 
 def plot_subjects(images: Sequence[dict], spacing: Sequence[float], colors: dict | None = None):
-    """A grid of orthogonal views, one row per item ``{"image", "label", "title"}``.
+    """A grid of orthogonal views, one row per item ``{"image", "label", "title"}`` (optional
+    ``"point"`` and ``"style"`` as in :func:`plot_orthogonal`).
 
     Example:
         >>> fig = plot_subjects([{"image": np.random.rand(8, 8, 8), "title": "a"}], (1, 1, 1))
@@ -132,7 +144,8 @@ def plot_subjects(images: Sequence[dict], spacing: Sequence[float], colors: dict
     """
     fig, grid = plt.subplots(len(images), 3, figsize=(10, 3.2 * len(images)), constrained_layout=True, squeeze=False)
     for row, item in zip(grid, images):
-        plot_orthogonal(item["image"], item.get("label"), spacing, colors=colors, title=item.get("title"), axes=row)
+        plot_orthogonal(item["image"], item.get("label"), spacing, colors=colors, title=item.get("title"), axes=row,
+                        point=item.get("point"), style=item.get("style", "fill"))
     return fig
 
 
@@ -169,3 +182,61 @@ def plot_entropy(table, threshold: float, position_window: Sequence[float], titl
         fig.suptitle(title, fontsize=10)
     return fig
 
+
+
+def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
+    """Central axial slices of an SSL preview: input, masked view, target and reconstruction.
+
+    Args:
+        preview: ``{name: array}`` with arrays (C, X, Y, Z) or (B, C, X, Y, Z) (first sample
+            shown), as returned by an SSL objective's ``preview(x, seeds)``.
+        channel: which channel to show.
+
+    Example:
+        >>> p = {"input": np.random.rand(1, 8, 8, 8), "reconstruction": np.random.rand(1, 8, 8, 8)}
+        >>> len(plot_ssl_preview(p).axes)
+        2
+    """
+    names = [k for k, v in preview.items() if hasattr(v, "ndim") and v.ndim in (4, 5)]
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.9), constrained_layout=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        arr = np.asarray(preview[name], dtype=np.float32)
+        arr = arr[0] if arr.ndim == 5 else arr
+        plane = arr[min(channel, arr.shape[0] - 1), :, :, arr.shape[-1] // 2]
+        ax.imshow(plane.T, cmap="gray", origin="lower", interpolation="nearest")
+        ax.set_title(name.replace("_", " "), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_loss_curves(records: Sequence[dict], terms: Sequence[str] | None = None, title: str = ""):
+    """Loss per term against optimizer step, with the learning rate on a twin axis.
+
+    Args:
+        records: metrics records (``step``, ``loss``, one key per term, ``lr``), as in metrics.json.
+        terms: which keys to draw; default every numeric key except step/lr/timing.
+
+    Example:
+        >>> recs = [{"step": i, "loss": 1 / (i + 1), "rot": 0.5, "lr": 1e-3} for i in range(5)]
+        >>> len(plot_loss_curves(recs).axes)
+        2
+    """
+    skip = {"step", "lr", "samples_per_s", "elapsed_s", "epoch"}
+    if terms is None:
+        terms = [k for k in records[0] if k not in skip and isinstance(records[0][k], (int, float))] if records else []
+    fig, ax = plt.subplots(figsize=(6.5, 3.4), constrained_layout=True)
+    steps = [r["step"] for r in records]
+    for term in terms:
+        ax.plot(steps, [r.get(term, np.nan) for r in records], label=term, lw=2 if term == "loss" else 1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8, loc="upper right")
+    lr_ax = ax.twinx()
+    lr_ax.plot(steps, [r.get("lr", np.nan) for r in records], color="0.7", ls=":", label="lr")
+    lr_ax.set_ylabel("learning rate", color="0.5")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
