@@ -243,6 +243,8 @@ def run_notebook(
     import papermill as pm
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    # headless: viewers that need a browser (itkwidgets) refuse instead of blocking the next cell
+    os.environ.setdefault("KIT_HEADLESS", "1")
     try:
         pm.execute_notebook(
             str(notebook),

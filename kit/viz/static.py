@@ -36,7 +36,7 @@ def label_colors_for(names: dict) -> dict:
     return {v: BRATS_COLORS.get(v, (str(names.get(v, v)), (0.6, 0.3, 0.9, 0.7))) for v in values}
 
 
-def _default_point(image: np.ndarray, label: np.ndarray | None) -> tuple[int, int, int]:
+def default_point(image: np.ndarray, label: np.ndarray | None) -> tuple[int, int, int]:
     # Centre on the lesion when there is one (what a reader wants to see), else on the brain.
     source = label if label is not None and np.any(label) else image
     coords = np.argwhere(source != 0)
@@ -94,7 +94,7 @@ def plot_orthogonal(
     if label is not None and label.shape != image.shape:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
     colors = BRATS_COLORS if colors is None else colors
-    x, y, z = point if point is not None else _default_point(image, label)
+    x, y, z = point if point is not None else default_point(image, label)
     nonzero = image[image != 0]
     vmax = float(np.percentile(nonzero, vmax_percentile)) if nonzero.size else 1.0
     if axes is None:

@@ -170,9 +170,19 @@ fig = plot_entropy(slices, slice_filter.entropy_threshold, slice_filter.position
 fig.savefig(figures / "slice_entropy.png", dpi=100)
 plt.show()
 
+# %% [markdown]
+# ## 5 · Explore (interactive only)
+# With `interactive = True` in JupyterLab: sliders per axis, modality selector, lesion toggle and
+# overlay opacity. For 3D, `kit.viz.viewer3d.niivue_view` works offline (ipyniivue ships its
+# JavaScript); itkwidgets (`itk_view`) loads its viewer from the internet at render time and
+# blocks headless runs, so the kit never calls it unless you do, in a live session.
+
 # %%
 if interactive:
-    print("The widget explorer arrives with kit.viz's interactive tools; static views are above.")
+    # needs a live kernel (JupyterLab): one slider per axis, modality, lesion overlay, opacity
+    from kit.viz.explorer import subject_explorer
+    display(subject_explorer(results["tumor"].subjects[0], results["tumor"].manifest.modalities,
+                             label_colors_for(results["tumor"].manifest.label_names)))
 
 # %%
 write_summary(
