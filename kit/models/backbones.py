@@ -1,0 +1,310 @@
+"""Segmentation backbones by name, with a common encoder interface.
+
+Every model returned by :func:`create_model` is the full MONAI segmentation network
+(``forward(x) -> logits (B, out_channels, D, H, W)``) and also exposes what the SSL objectives, the
+checkpoint tools and fine-tuning need:
+
+- ``encode(x)``: the deepest encoder feature map, shape ``(B, feature_dim, D/downsample, ...)``;
+- ``feature_dim``, ``downsample``, ``in_channels``, ``out_channels``, ``min_input_size``;
+- ``encoder_prefixes``: state-dict key prefixes of the encoder (encoder-only transfer);
+- ``first_conv_key`` and ``input_conv_keys``: state-dict keys of the layers that read the raw input
+  channels (first is the stem; SwinUNETR also has a skip-path conv on the input);
+- ``config``: plain values such that ``create_model(**model.config)`` rebuilds the same network;
+- ``check_input(x)``: a clear ``ValueError`` for a wrong rank, channel count or spatial size.
+
+The models are subclasses of the MONAI networks (not wrappers), so their state-dict keys are MONAI's
+own (``swinViT.*``, ``encoder1.*``...) and released MONAI/BrainSegFounder weights load without
+renaming.
+
+Example:
+    >>> import torch
+    >>> from kit.models import create_model
+    >>> net = create_model("segresnet_small", in_channels=2, out_channels=3)
+    >>> x = torch.zeros(1, 2, 32, 32, 32)
+    >>> net(x).shape, net.encode(x).shape
+    (torch.Size([1, 3, 32, 32, 32]), torch.Size([1, 64, 4, 4, 4]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.networks.nets import SegResNet, SwinUNETR
+from torch import nn
+
+__all__ = [
+    "register_model",
+    "create_model",
+    "list_models",
+    "BackboneMixin",
+    "SwinUNETRBackbone",
+    "SegResNetBackbone",
+]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a model factory ``f(in_channels, out_channels, **cfg) -> nn.Module``.
+
+    Example:
+        >>> @register_model("my_net")  # doctest: +SKIP
+        ... def my_net(in_channels, out_channels=3, **cfg): ...
+    """
+
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def create_model(name: str, in_channels: int, out_channels: int = 3, **cfg: Any) -> nn.Module:
+    """Build the registered model ``name``.
+
+    Args:
+        name: one of :func:`list_models`.
+        in_channels: input channels (one per MRI contrast).
+        out_channels: segmentation output channels.
+        **cfg: backbone options (see the factory of each model).
+
+    Returns:
+        the network; ``create_model(**net.config)`` rebuilds it.
+
+    Example:
+        >>> net = create_model("swinunetr", in_channels=1, out_channels=2, feature_size=12)
+        >>> net.feature_dim, net.downsample
+        (192, 32)
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered models: {list_models()}")
+    return _REGISTRY[name](in_channels=int(in_channels), out_channels=int(out_channels), **cfg)
+
+
+def list_models() -> list[str]:
+    """Names of the registered models, sorted.
+
+    Example:
+        >>> "swinunetr" in list_models()
+        True
+    """
+    return sorted(_REGISTRY)
+
+
+class BackboneMixin:
+    """Shared encoder interface; subclasses set the attributes in their ``__init__``."""
+
+    feature_dim: int
+    downsample: int
+    in_channels: int
+    out_channels: int
+    min_input_size: int
+    encoder_prefixes: tuple[str, ...]
+    first_conv_key: str
+    input_conv_keys: tuple[str, ...]
+    config: dict[str, Any]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``(B, in_channels, D, H, W)`` with every spatial side a
+        multiple of ``downsample`` and at least ``min_input_size``.
+
+        Example:
+            >>> net = create_model("segresnet_small", in_channels=1)
+            >>> net.check_input(torch.zeros(1, 1, 30, 32, 32))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: segresnet_small: spatial size (30, 32, 32) must be a multiple of 8 ...
+        """
+        name = self.config["name"]
+        if x.ndim != 5:
+            raise ValueError(f"{name}: expected a 5D batch (B, C, D, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{name}: expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+        spatial = tuple(int(s) for s in x.shape[2:])
+        if any(s % self.downsample for s in spatial) or any(s < self.min_input_size for s in spatial):
+            raise ValueError(
+                f"{name}: spatial size {spatial} must be a multiple of {self.downsample} and at least "
+                f"{self.min_input_size} per side (e.g. crop or pad to "
+                f"{tuple(max(self.min_input_size, -(-s // self.downsample) * self.downsample) for s in spatial)})"
+            )
+
+
+def _ensure_einops_fallback() -> None:
+    """Let MONAI's SwinUNETR run when the optional ``einops`` package is absent.
+
+    MONAI's swin_unetr module calls ``einops.rearrange`` only for pure axis permutations
+    (``"b c d h w -> b d h w c"`` and back). When einops is missing we give that module a
+    ``rearrange`` that does the same permutation with ``Tensor.permute`` (identical result);
+    with einops installed nothing is touched.
+    """
+    import monai.networks.nets.swin_unetr as swin_module
+    from monai.utils import optional_import
+
+    _, has_einops = optional_import("einops")
+    # MONAI's placeholder raises on any attribute access, so look only at the function's own dict.
+    if has_einops or "_kit_fallback" in getattr(swin_module.rearrange, "__dict__", {}):
+        return
+
+    def rearrange(x: torch.Tensor, pattern: str) -> torch.Tensor:
+        src, dst = (side.split() for side in pattern.split("->"))
+        if "(" in pattern or sorted(src) != sorted(dst) or len(src) != x.ndim:
+            raise NotImplementedError(f"einops fallback handles pure permutations only, got {pattern!r}")
+        return x.permute(*[src.index(axis) for axis in dst])
+
+    rearrange._kit_fallback = True  # type: ignore[attr-defined]
+    swin_module.rearrange = rearrange
+
+
+class SwinUNETRBackbone(BackboneMixin, SwinUNETR):
+    """MONAI SwinUNETR (the paper's backbone) with the kit encoder interface.
+
+    ``encode(x)`` is ``swinViT(x, normalize)[4]``: ``16 * feature_size`` channels at 1/32 of the input
+    (patch size 2, four patch-merging stages). The encoder is the Swin transformer (``swinViT.*``),
+    the part that the Swin UNETR / BrainSegFounder SSL pretrains.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **cfg: Any) -> None:
+        _ensure_einops_fallback()
+        super().__init__(in_channels=in_channels, out_channels=out_channels, **cfg)
+        patch = int(cfg.get("patch_size", 2))
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.feature_dim = 16 * int(cfg["feature_size"])
+        self.downsample = patch * 2**4
+        # The decoder's InstanceNorm at the deepest level needs more than one voxel in training.
+        self.min_input_size = 2 * self.downsample
+        self.encoder_prefixes = ("swinViT.",)
+        self.first_conv_key = "swinViT.patch_embed.proj.weight"
+        self.input_conv_keys = (
+            "swinViT.patch_embed.proj.weight",
+            "encoder1.layer.conv1.conv.weight",
+            "encoder1.layer.conv3.conv.weight",  # 1x1 residual projection (present when in != feature)
+        )
+        self.config = {"name": "swinunetr", "in_channels": in_channels, "out_channels": out_channels, **cfg}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Deepest Swin feature map ``(B, 16*feature_size, D/32, H/32, W/32)``."""
+        self.check_input(x)
+        return self.swinViT(x, self.normalize)[4]
+
+    def forward(self, x_in: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, out_channels, D, H, W)``."""
+        self.check_input(x_in)
+        return super().forward(x_in)
+
+
+class SegResNetBackbone(BackboneMixin, SegResNet):
+    """MONAI SegResNet, a small CNN that makes CPU workshops practical, with the kit encoder interface.
+
+    ``encode(x)`` returns the deepest encoder output: ``init_filters * 2**(len(blocks_down)-1)``
+    channels at ``1 / 2**(len(blocks_down)-1)`` of the input (64 channels at 1/8 by default).
+    MONAI's own two-output ``encode`` is still reachable as ``SegResNet.encode(net, x)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **cfg: Any) -> None:
+        super().__init__(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, **cfg)
+        levels = len(cfg["blocks_down"]) - 1
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.feature_dim = int(cfg["init_filters"]) * 2**levels
+        self.downsample = 2**levels
+        # Heads use InstanceNorm on the deepest map: keep at least 2 voxels per side there.
+        self.min_input_size = 2 * self.downsample
+        self.encoder_prefixes = ("convInit.", "down_layers.")
+        self.first_conv_key = "convInit.conv.weight"
+        self.input_conv_keys = ("convInit.conv.weight",)
+        self.config = {"name": "segresnet_small", "in_channels": in_channels, "out_channels": out_channels, **cfg}
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Deepest encoder feature map ``(B, feature_dim, D/downsample, H/downsample, W/downsample)``."""
+        self.check_input(x)
+        deepest, _ = SegResNet.encode(self, x)
+        return deepest
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, out_channels, D, H, W)``."""
+        self.check_input(x)
+        deepest, skips = SegResNet.encode(self, x)
+        skips.reverse()
+        return self.decode(deepest, skips)
+
+
+def _plain(value: Any) -> Any:
+    """Sequences as tuples of plain Python values, so configs survive ``torch.load(weights_only=True)``."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+@register_model("swinunetr")
+def swinunetr(
+    in_channels: int,
+    out_channels: int = 3,
+    feature_size: int = 48,
+    depths: Sequence[int] = (2, 2, 2, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    use_checkpoint: bool = False,
+    spatial_dims: int = 3,
+    **extra: Any,
+) -> SwinUNETRBackbone:
+    """MONAI SwinUNETR as in BrainSegFounder (feature_size 48, depths (2,2,2,2) = 62.2M parameters).
+
+    MONAI >= 1.5 no longer takes ``img_size``: the network accepts any size that is a multiple of 32.
+    ``extra`` goes to SwinUNETR unchanged (e.g. ``drop_rate``, ``dropout_path_rate``, ``use_v2``).
+
+    Example:
+        >>> net = swinunetr(in_channels=4, feature_size=12)
+        >>> net.config["feature_size"], net.feature_dim
+        (12, 192)
+    """
+    if spatial_dims != 3:
+        raise ValueError(f"swinunetr: kit models are 3D (spatial_dims=3), got spatial_dims={spatial_dims}")
+    if "img_size" in extra:
+        raise TypeError("swinunetr: 'img_size' was removed from MONAI's SwinUNETR; inputs need sides that are multiples of 32")
+    cfg = dict(
+        feature_size=int(feature_size),
+        depths=_plain(depths),
+        num_heads=_plain(num_heads),
+        use_checkpoint=bool(use_checkpoint),
+        spatial_dims=3,
+        **{k: _plain(v) for k, v in extra.items()},
+    )
+    return SwinUNETRBackbone(in_channels, out_channels, **cfg)
+
+
+@register_model("segresnet_small")
+def segresnet_small(
+    in_channels: int,
+    out_channels: int = 3,
+    init_filters: int = 8,
+    blocks_down: Sequence[int] = (1, 2, 2, 4),
+    blocks_up: Sequence[int] = (1, 1, 1),
+    dropout_prob: float | None = None,
+    **extra: Any,
+) -> SegResNetBackbone:
+    """MONAI SegResNet with few filters (default 8): a CNN that trains in minutes on a laptop CPU.
+
+    ``extra`` goes to SegResNet unchanged (e.g. ``norm``, ``upsample_mode``).
+
+    Example:
+        >>> net = segresnet_small(in_channels=2, init_filters=16)
+        >>> net.feature_dim, net.downsample
+        (128, 8)
+    """
+    if len(blocks_up) != len(blocks_down) - 1:
+        raise ValueError(f"segresnet_small: blocks_up {tuple(blocks_up)} needs len(blocks_down) - 1 entries")
+    extra.pop("spatial_dims", None)
+    cfg = dict(
+        init_filters=int(init_filters),
+        blocks_down=_plain(blocks_down),
+        blocks_up=_plain(blocks_up),
+        dropout_prob=dropout_prob,
+        **{k: _plain(v) for k, v in extra.items()},
+    )
+    return SegResNetBackbone(in_channels, out_channels, **cfg)

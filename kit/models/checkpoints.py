@@ -1,0 +1,582 @@
+"""Checkpoints: atomic save, safe load, loud weight loading, and input-channel transfer.
+
+File format (``torch.save`` of a plain dict, readable with ``torch.load(weights_only=True)``)::
+
+    {'format': 'brainfm-kit/1',
+     'model_config': {...},          # create_model(**model_config) rebuilds the network
+     'state_dict': {key: Tensor},    # the network's weights (CPU tensors)
+     'extra': {...}}                 # optimizer/scheduler state, step, RNG states, metrics,
+                                     # 'modalities' (input channel names, in order), ...
+
+``extra`` may hold tensors, numbers, strings, None and dicts/lists/tuples of those; a value that
+``weights_only`` loading refuses (a numpy array, e.g. ``np.random.get_state()``) is rejected at save
+time, naming its key, so that no unloadable checkpoint is ever written.
+
+Fixes for the defects users hit with the public BrainSegFounder code (see REFERENCES.md):
+weights are never loaded with a silent ``strict=False`` (:func:`load_weights` raises on any
+missing, unexpected or shape-mismatched key that was not explicitly allowed and reports what it did);
+the ``module.`` / ``_orig_mod.`` / ``swinViT.`` prefix differences between releases are normalised;
+a change of input contrasts transfers the pretrained first layer (:func:`transfer_input_channels`)
+instead of re-initialising it.
+
+Example:
+    >>> import tempfile
+    >>> from kit.models import create_model
+    >>> net = create_model("segresnet_small", in_channels=2)
+    >>> p = save_checkpoint(Path(tempfile.mkdtemp()) / "ckpt.pt", model_config=net.config, state_dict=net.state_dict(),
+    ...                     extra={"modalities": ["t1", "flair"], "step": 10})
+    >>> net4, report = build_from_checkpoint(p, modalities=["flair", "t1ce", "t1", "t2"])
+    >>> net4.in_channels, report.transferred
+    (4, ['convInit.conv.weight'])
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kit.models.backbones import create_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "KeyMismatchError",
+    "LoadReport",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_state_dict",
+    "normalize_state_dict",
+    "load_weights",
+    "canonical_modality",
+    "transfer_input_channels",
+    "build_from_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "brainfm-kit/1"
+_REQUIRED_KEYS = ("format", "model_config", "state_dict", "extra")
+# Wrappers that prepend to every key: DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Spellings of the Swin encoder prefix seen in other ports / releases.
+_KEY_ALIASES = {"swin_vit.": "swinViT.", "swinvit.": "swinViT."}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or is not a brainfm-kit checkpoint."""
+
+
+class KeyMismatchError(ValueError):
+    """State-dict keys that do not fit the model and were not explicitly allowed.
+
+    Attributes ``missing``, ``unexpected`` (lists of keys) and ``shape_mismatched``
+    (list of ``(key, checkpoint_shape, model_shape)``).
+    """
+
+    def __init__(self, missing: list[str], unexpected: list[str], shape_mismatched: list[tuple], notes: list[str]):
+        self.missing, self.unexpected, self.shape_mismatched = missing, unexpected, shape_mismatched
+
+        def listing(keys: Sequence[Any], limit: int = 20) -> str:
+            shown = ", ".join(str(k) for k in keys[:limit])
+            return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (in the model, not in the weights): {listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (in the weights, not in the model): {listing(unexpected)}")
+        if shape_mismatched:
+            shapes = [f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in shape_mismatched]
+            parts.append(f"{len(shape_mismatched)} with another shape: {listing(shapes)}")
+        if notes:
+            parts.append("key normalisation applied: " + "; ".join(notes))
+        super().__init__(
+            "weights do not fit the model; "
+            + " | ".join(parts)
+            + " (pass allow_missing / allow_unexpected patterns to accept them deliberately)"
+        )
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` / :func:`build_from_checkpoint` did.
+
+    Attributes:
+        loaded: model keys whose values came from the weights.
+        missing: model keys left at their initial values (allowed by ``allow_missing``).
+        unexpected: weight keys not used (allowed by ``allow_unexpected``).
+        shape_mismatched: ``(key, weights_shape, model_shape)`` left at init (allowed by ``allow_missing``).
+        dropped: weight keys deliberately not loaded (e.g. the decoder with ``encoder_only=True``).
+        transferred: input-layer keys whose channels were mapped by :func:`transfer_input_channels`.
+        notes: key renamings and other decisions, in words.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    transferred: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Every key that was not loaded, whatever the reason."""
+        return self.missing + self.unexpected + [k for k, _, _ in self.shape_mismatched] + self.dropped
+
+    def summary(self) -> str:
+        """One line per category, for notebooks and logs."""
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for name in ("missing", "unexpected", "dropped", "transferred"):
+            keys = getattr(self, name)
+            if keys:
+                lines.append(f"{name} ({len(keys)}): " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+        if self.shape_mismatched:
+            lines.append(f"shape_mismatched ({len(self.shape_mismatched)}): " + ", ".join(k for k, _, _ in self.shape_mismatched[:8]))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def _first_refused(obj: Any, path: str = "extra") -> str | None:
+    """Best-effort location of a value that weights_only loading refuses (for the error message)."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            found = _first_refused(v, f"{path}[{k!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _first_refused(v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if obj is None or isinstance(obj, (torch.Tensor, bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)):
+        return None
+    return f"{path} ({type(obj).__module__}.{type(obj).__name__})"
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model_config: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically: a temp file in the same folder, verified, then ``os.replace``.
+
+    A crash or an error mid-write leaves any previous file at ``path`` intact and no temp file behind.
+
+    Args:
+        path: destination file (parent folders are created).
+        model_config: ``model.config`` (must contain 'name').
+        state_dict: network weights; tensors are stored detached on the CPU, values bit-exact.
+        extra: anything else to keep (optimizer/scheduler state, step, RNG states as tensors or
+            lists, metrics, 'modalities'); must be loadable with ``weights_only=True``.
+
+    Returns:
+        the path written.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "w.pt"
+        >>> save_checkpoint(out, model_config={"name": "segresnet_small", "in_channels": 1},
+        ...                 state_dict={"w": torch.ones(2)}) == out
+        True
+    """
+    path = Path(path)
+    if "name" not in model_config:
+        raise ValueError(f"{path}: model_config needs a 'name' (use model.config), got keys {sorted(model_config)}")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": dict(model_config),
+        "state_dict": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()},
+        "extra": dict(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            # Check that the file can be read back the safe way; mmap keeps this cheap for big weights.
+            torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:
+            where = _first_refused(payload["extra"]) or _first_refused(payload["model_config"], "model_config")
+            raise CheckpointError(
+                f"{path}: not written, because torch.load(weights_only=True) could not read it back"
+                + (f"; offending value: {where}" if where else "")
+                + f" ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                "Store numpy arrays and RNG states as tensors or lists."
+            ) from err
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a brainfm-kit checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is corrupt, unsafe to unpickle, or not in the brainfm-kit format;
+            the message names the file.
+
+    Example:
+        >>> import tempfile
+        >>> out = save_checkpoint(Path(tempfile.mkdtemp()) / "w.pt", model_config={"name": "segresnet_small",
+        ...                       "in_channels": 1}, state_dict={"w": torch.ones(2)})
+        >>> ckpt = load_checkpoint(out)
+        >>> ckpt["format"], sorted(ckpt)
+        ('brainfm-kit/1', ['extra', 'format', 'model_config', 'state_dict'])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {first})") from err
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (format: {found!r}); "
+            "for weights from other releases use read_state_dict() and load_weights()"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    return obj
+
+
+def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The weights of any checkpoint: a brainfm-kit file, a dict holding 'state_dict' / 'model' / 'net'
+    (e.g. the BrainSegFounder and Swin UNETR releases), or a bare state dict. Loaded with weights_only.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "release.pt"
+        >>> torch.save({"epoch": 3, "state_dict": {"module.w": torch.ones(2)}}, out)
+        >>> sorted(read_state_dict(out))
+        ['module.w']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {first})") from err
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "net", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: found no state dict (a mapping of names to tensors) in the file")
+    return dict(obj)
+
+
+# ----------------------------------------------------------------------------- key normalisation
+
+
+def _strip_wrappers(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def _rename(state: Mapping[str, torch.Tensor], fn, what: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = fn(key)
+        if new in out:
+            raise KeyMismatchError([], [], [], [f"{what} maps two keys onto {new!r}"])
+        out[new] = value
+    return out
+
+
+def normalize_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    model_keys: Iterable[str] | None = None,
+    prefix_map: Mapping[str, str] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Bring checkpoint keys to the model's spelling; returns ``(state_dict, notes)``.
+
+    In order: strip ``module.`` (DDP) and ``_orig_mod.`` (torch.compile); apply ``prefix_map``
+    (``{old_prefix: new_prefix}``, longest first); map ``swin_vit.`` to ``swinViT.``; then, when
+    ``model_keys`` are given and fewer keys match than could, add the model's top-level prefix the
+    weights lack (a bare Swin encoder such as the Swin UNETR ``model_swinvit.pt`` gets ``swinViT.``)
+    or drop one leading component they have in excess (``backbone.``, ``model.``), whichever matches most.
+
+    Example:
+        >>> sd = {"module.patch_embed.proj.weight": torch.zeros(1)}
+        >>> normalize_state_dict(sd, ["swinViT.patch_embed.proj.weight"])[0].keys()
+        dict_keys(['swinViT.patch_embed.proj.weight'])
+    """
+    notes: list[str] = []
+    state = dict(state_dict)
+    stripped = _rename(state, _strip_wrappers, "stripping module./_orig_mod.")
+    if list(stripped) != list(state):
+        notes.append("stripped 'module.' / '_orig_mod.' wrapper prefixes")
+    state = stripped
+    if prefix_map:
+        ordered = sorted(prefix_map.items(), key=lambda kv: -len(kv[0]))
+
+        def mapped(key: str) -> str:
+            for old, new in ordered:
+                if key.startswith(old):
+                    return new + key[len(old) :]
+            return key
+
+        state = _rename(state, mapped, "prefix_map")
+        notes.append(f"applied prefix_map {dict(prefix_map)}")
+    aliased = _rename(
+        state,
+        lambda k: next((new + k[len(old) :] for old, new in _KEY_ALIASES.items() if k.startswith(old)), k),
+        "alias",
+    )
+    if list(aliased) != list(state):
+        notes.append("renamed 'swin_vit.' to 'swinViT.'")
+    state = aliased
+    if model_keys is not None:
+        targets = set(model_keys)
+        best, best_hits, best_note = state, len(targets.intersection(state)), ""
+        if best_hits < min(len(state), len(targets)):
+            candidates = []
+            for top in sorted({k.split(".", 1)[0] for k in targets}):
+                candidates.append((lambda k, t=top: f"{t}.{k}", f"added prefix '{top}.'"))
+            if all("." in k for k in state):
+                candidates.append((lambda k: k.split(".", 1)[1], "dropped the first key component"))
+            for fn, note in candidates:
+                try:
+                    renamed = _rename(state, fn, note)
+                except KeyMismatchError:
+                    continue
+                hits = len(targets.intersection(renamed))
+                if hits > best_hits:
+                    best, best_hits, best_note = renamed, hits, note
+        if best_note:
+            notes.append(best_note)
+        state = best
+    return state, notes
+
+
+def _allowed(key: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def load_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    allow_missing: tuple[str, ...] = (),
+    allow_unexpected: tuple[str, ...] = (),
+    prefix_map: dict[str, str] | None = None,
+) -> LoadReport:
+    """Load ``state_dict`` into ``model``, never silently.
+
+    Keys are first normalised (:func:`normalize_state_dict`). Every model key absent from the
+    weights (missing), every weight key absent from the model (unexpected) and every key whose shape
+    differs must match an fnmatch pattern of ``allow_missing`` (missing and shape-mismatched: they
+    keep the model's initial values) or ``allow_unexpected``; otherwise :class:`KeyMismatchError`
+    lists them all and the model is left untouched.
+
+    Returns:
+        a :class:`LoadReport` of what was loaded and skipped.
+
+    Example:
+        >>> from kit.models import create_model
+        >>> a, b = create_model("segresnet_small", 1), create_model("segresnet_small", 1, out_channels=2)
+        >>> report = load_weights(b, a.state_dict(), allow_missing=("conv_final.*",))
+        >>> [k for k, _, _ in report.shape_mismatched]
+        ['conv_final.2.conv.weight', 'conv_final.2.conv.bias']
+    """
+    target = model.state_dict()
+    state, notes = normalize_state_dict(state_dict, target.keys(), prefix_map)
+    loaded, mismatched, unexpected = [], [], []
+    for key, value in state.items():
+        if key not in target:
+            unexpected.append(key)
+        elif tuple(value.shape) != tuple(target[key].shape):
+            mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
+        else:
+            loaded.append(key)
+    missing = [k for k in target if k not in state]
+    bad_missing = [k for k in missing if not _allowed(k, allow_missing)]
+    bad_mismatched = [m for m in mismatched if not _allowed(m[0], allow_missing)]
+    bad_unexpected = [k for k in unexpected if not _allowed(k, allow_unexpected)]
+    if bad_missing or bad_mismatched or bad_unexpected:
+        raise KeyMismatchError(bad_missing, bad_unexpected, bad_mismatched, notes)
+    merged = dict(target)
+    merged.update({k: state[k] for k in loaded})
+    model.load_state_dict(merged, strict=True)
+    return LoadReport(loaded=loaded, missing=missing, unexpected=unexpected, shape_mismatched=mismatched, notes=notes)
+
+
+# ----------------------------------------------------------------------------- channel transfer
+
+_MODALITY_ALIASES = {
+    "t1w": "t1", "t1n": "t1",
+    "t1c": "t1ce", "t1gd": "t1ce", "t1-ce": "t1ce", "t1_ce": "t1ce",
+    "t2w": "t2",
+    "t2f": "flair", "t2flair": "flair", "t2-flair": "flair", "t2_flair": "flair",
+}  # fmt: skip
+# Closest relative of each contrast, in order of preference: the pre/post-contrast T1 pair and the
+# T2 / FLAIR pair show the same tissue contrast apart from enhancement and CSF suppression.
+_RELATIVES = {"t1ce": ("t1",), "t1": ("t1ce",), "t2": ("flair",), "flair": ("t2",)}
+
+
+def canonical_modality(name: str) -> str:
+    """Lower-case canonical contrast name (``'T1Gd'`` -> ``'t1ce'``, ``'T2-FLAIR'`` -> ``'flair'``).
+
+    Example:
+        >>> canonical_modality("T1w"), canonical_modality("T2_FLAIR")
+        ('t1', 'flair')
+    """
+    key = str(name).strip().lower()
+    return _MODALITY_ALIASES.get(key, key)
+
+
+def transfer_input_channels(weight: torch.Tensor, src_modalities: list[str], dst_modalities: list[str]) -> torch.Tensor:
+    """Map a first-layer weight ``(out, len(src), *kernel)`` to ``(out, len(dst), *kernel)`` by contrast name.
+
+    Each destination channel takes the source filter of the same contrast; a contrast the source
+    lacks takes the filter of its closest relative (t1ce<-t1, t1<-t1ce, t2<-flair, flair<-t2), or else
+    the mean of all source filters. All filters are then multiplied by ``len(src) / len(dst)``.
+
+    Why the rescale: the layer's response to a (z-scored) input is a sum over input channels. For an
+    input that is 1 in every channel, output unit ``o`` receives ``sum_i sum_kernel W[o, i]``. Copying
+    filters into ``len(dst)`` channels, each about as large as the average source filter, multiplies
+    that expected sum by ``len(dst) / len(src)``; scaling by the inverse keeps the activation
+    magnitudes that the following (pretrained) layers and norms were trained on. With the same
+    contrasts in a new order the scale is 1 and the result is a pure permutation.
+
+    Args:
+        weight: ``(out_channels, in_channels, k, k, k)`` (any kernel rank).
+        src_modalities: names of the weight's input channels, in order.
+        dst_modalities: names of the wanted input channels, in order.
+
+    Example:
+        >>> w = torch.stack([torch.full((8, 3, 3, 3), 1.0), torch.full((8, 3, 3, 3), 2.0)], dim=1)  # t1, flair
+        >>> out = transfer_input_channels(w, ["t1", "flair"], ["flair", "t1ce", "t1", "t2"])
+        >>> out.shape, out[0, :, 0, 0, 0].tolist()  # flair, t1ce<-t1, t1, t2<-flair; times 2/4
+        (torch.Size([8, 4, 3, 3, 3]), [1.0, 0.5, 0.5, 1.0])
+    """
+    src = [canonical_modality(m) for m in src_modalities]
+    dst = [canonical_modality(m) for m in dst_modalities]
+    if weight.ndim < 2 or weight.shape[1] != len(src):
+        raise ValueError(
+            f"transfer_input_channels: weight of shape {tuple(weight.shape)} does not have "
+            f"{len(src)} input channels for src_modalities {list(src_modalities)}"
+        )
+    for names, label in ((src, "src_modalities"), (dst, "dst_modalities")):
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"transfer_input_channels: {label} must be non-empty and unique, got {names}")
+    columns = []
+    for name in dst:
+        source = name if name in src else next((r for r in _RELATIVES.get(name, ()) if r in src), None)
+        columns.append(weight[:, src.index(source)] if source is not None else weight.mean(dim=1))
+    return torch.stack(columns, dim=1) * (len(src) / len(dst))
+
+
+# ----------------------------------------------------------------------------- rebuild
+
+
+def build_from_checkpoint(
+    path: str | os.PathLike,
+    in_channels: int | None = None,
+    modalities: list[str] | None = None,
+    encoder_only: bool = False,
+) -> tuple[nn.Module, LoadReport]:
+    """Rebuild the network saved at ``path`` and load its weights, adapting the input contrasts.
+
+    Args:
+        path: a file written by :func:`save_checkpoint`.
+        in_channels: wanted input channels (default: the checkpoint's; implied by ``modalities``).
+        modalities: wanted input contrasts in order. When they differ from the checkpoint's
+            ``extra['modalities']`` (names or order) the input layers (``model.input_conv_keys``) are
+            mapped with :func:`transfer_input_channels` instead of being re-initialised. Without names
+            on either side, a change of channel count gives every input channel the (rescaled) mean
+            source filter, and the report says so.
+        encoder_only: load only ``model.encoder_prefixes`` keys; the rest keeps its initialisation
+            (the report lists it as missing / dropped).
+
+    Returns:
+        ``(model, report)``.
+
+    Example:
+        >>> import tempfile
+        >>> net = create_model("segresnet_small", in_channels=1)
+        >>> out = save_checkpoint(Path(tempfile.mkdtemp()) / "c.pt", model_config=net.config, state_dict=net.state_dict())
+        >>> net, report = build_from_checkpoint(out, encoder_only=True)
+        >>> report.missing[:1]
+        ['up_layers.0.0.norm1.weight']
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    config = dict(ckpt["model_config"])
+    src_in = int(config["in_channels"])
+    src_names = ckpt["extra"].get("modalities")
+    if src_names is not None and len(src_names) != src_in:
+        raise CheckpointError(f"{path}: extra['modalities'] {list(src_names)} does not match in_channels={src_in}")
+    if modalities is not None:
+        modalities = list(modalities)
+        if in_channels is not None and int(in_channels) != len(modalities):
+            raise ValueError(f"in_channels={in_channels} contradicts modalities {modalities}")
+        dst_in = len(modalities)
+    else:
+        dst_in = int(in_channels) if in_channels is not None else src_in
+    config["in_channels"] = dst_in
+    model = create_model(**config)
+    state, notes = normalize_state_dict(ckpt["state_dict"], model.state_dict().keys())
+    report_extra = LoadReport(notes=notes)
+
+    same_names = (
+        modalities is None
+        or src_names is None
+        or [canonical_modality(m) for m in modalities] == [canonical_modality(m) for m in src_names]
+    )
+    if dst_in != src_in or not same_names:
+        if src_names is not None and modalities is not None:
+            src_list, dst_list = list(src_names), modalities
+        else:
+            src_list = list(src_names) if src_names is not None else [f"input{i}" for i in range(src_in)]
+            dst_list = [f"new{i}" for i in range(dst_in)]
+            notes.append("input contrast names unknown: every input channel starts from the mean source filter")
+        for key in model.input_conv_keys:
+            if key in state:
+                state[key] = transfer_input_channels(state[key], src_list, dst_list)
+                report_extra.transferred.append(key)
+        notes.append(f"input channels {src_list} -> {dst_list}")
+
+    allow_missing: tuple[str, ...] = ()
+    if encoder_only:
+        prefixes = tuple(model.encoder_prefixes)
+        report_extra.dropped = [k for k in state if not k.startswith(prefixes)]
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
+        allow_missing = tuple(k for k in model.state_dict() if not k.startswith(prefixes))
+    report = load_weights(model, state, allow_missing=allow_missing)
+    report.dropped, report.transferred = report_extra.dropped, report_extra.transferred
+    report.notes = notes + report.notes
+    return model, report

@@ -1,0 +1,31 @@
+"""kit.ssl: self-supervised objectives, one module each, all driven by the same training loop.
+
+Example:
+    >>> from kit.ssl import list_objectives
+    >>> list_objectives()
+    ['swin_trio']
+"""
+
+from kit.ssl.base import (
+    SSLObjective,
+    check_batch,
+    create_objective,
+    gather_across_ranks,
+    list_objectives,
+    register_objective,
+    sample_rng,
+)
+from kit.ssl import swin_trio  # noqa: F401  (registers 'swin_trio')
+from kit.ssl.swin_trio import SwinTrio, make_views
+
+__all__ = [
+    "SSLObjective",
+    "check_batch",
+    "create_objective",
+    "gather_across_ranks",
+    "list_objectives",
+    "register_objective",
+    "sample_rng",
+    "SwinTrio",
+    "make_views",
+]
