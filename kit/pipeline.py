@@ -48,12 +48,12 @@ PROFILES: dict[str, dict] = {
         "n_show": 2,
         "stage1": {
             "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 8, "batch_size": 2, "lr": 1e-3, "warmup_steps": 2,
+            "objective_cfg": {}, "crop": 32, "steps": 8, "batch_size": 2, "lr": 3e-4, "warmup_steps": 2,
             "weight_decay": 0.1, "ckpt_every": 4,
         },
         "stage2": {
             "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 6, "batch_size": 2, "lr": 5e-4, "warmup_steps": 2,
+            "objective_cfg": {}, "crop": 32, "steps": 6, "batch_size": 2, "lr": 2e-4, "warmup_steps": 2,
             "weight_decay": 0.1, "ckpt_every": 3,
         },
     },
