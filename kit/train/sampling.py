@@ -1,0 +1,205 @@
+"""Deterministic sampling for the training loop: which sample, with which crop seed, on which rank.
+
+The loop sees the data as one endless stream of *global positions* p = 0, 1, 2, ...
+Position p belongs to epoch ``p // len(dataset)``, picks the dataset index
+``permutation(seed, epoch)[p % len(dataset)]`` and gets its own ``sample_seed(seed, p)``, which
+drives every random choice made for that sample (its crop here, its augmentations in the SSL
+objective). Optimizer step s consumes positions ``[s * G, (s + 1) * G)`` with
+``G = batch_size * world_size * grad_accum``; micro-step m of that step is the slice
+``[s * G + m * batch_size * world_size, ...)`` of length ``batch_size * world_size`` and rank r takes
+the contiguous part ``r * batch_size : (r + 1) * batch_size`` of it. Hence
+
+- the union over ranks of a step's samples equals the 1-process global batch, with the same seeds;
+- starting at optimizer step k yields exactly what an uninterrupted run yields from step k on,
+  without replaying the data before it (resume).
+
+Keys handed to the dataset are ``(index, sample_seed)`` tuples; :class:`ArrayCropDataset` is the
+in-memory dataset that implements that protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["sample_seed", "epoch_permutation", "GlobalBatchSampler", "ArrayCropDataset"]
+
+# Separate streams so that the permutation and the per-sample seeds never share entropy.
+_PERMUTATION_STREAM = 0
+_SAMPLE_STREAM = 1
+
+
+def sample_seed(run_seed: int, position: int) -> int:
+    """Seed of the sample at global stream position ``position`` of run ``run_seed``.
+
+    A SeedSequence hash of (run_seed, position), so nearby positions get unrelated seeds.
+
+    Returns:
+        int in [0, 2**63), so it fits in an int64 tensor.
+
+    Example:
+        >>> sample_seed(0, 5) == sample_seed(0, 5) != sample_seed(1, 5)
+        True
+    """
+    state = np.random.SeedSequence([int(run_seed), _SAMPLE_STREAM, int(position)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def epoch_permutation(run_seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` of run ``run_seed`` visits the ``n`` dataset indices.
+
+    Example:
+        >>> sorted(epoch_permutation(0, 3, 5).tolist())
+        [0, 1, 2, 3, 4]
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(run_seed), _PERMUTATION_STREAM, int(epoch)]))
+    return rng.permutation(n)
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batch sampler that yields this rank's micro-batches as lists of ``(index, sample_seed)`` keys.
+
+    Use as ``DataLoader(dataset, batch_sampler=GlobalBatchSampler(...))``; it yields
+    ``(steps - start_step) * grad_accum`` lists of ``batch_size`` keys each.
+
+    Args:
+        dataset_size: number of samples in the dataset (one epoch).
+        batch_size: samples per rank per micro-step.
+        seed: run seed; fixes the epoch permutations and the per-sample seeds.
+        steps: total optimizer steps of the run (iteration stops there).
+        start_step: first optimizer step to yield (0 for a fresh run, k to resume after k steps).
+        grad_accum: micro-steps per optimizer step.
+        world_size, rank: data-parallel layout; rank r takes its contiguous slice of every micro-batch.
+
+    Example:
+        >>> one = GlobalBatchSampler(10, batch_size=4, seed=0, steps=3)
+        >>> two = [GlobalBatchSampler(10, batch_size=2, seed=0, steps=3, world_size=2, rank=r) for r in (0, 1)]
+        >>> [a + b for a, b in zip(*two)] == list(one)
+        True
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        seed: int,
+        steps: int,
+        start_step: int = 0,
+        grad_accum: int = 1,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if dataset_size < 1:
+            raise ValueError(f"GlobalBatchSampler: the dataset is empty (dataset_size={dataset_size})")
+        if batch_size < 1 or grad_accum < 1 or world_size < 1:
+            raise ValueError(
+                f"GlobalBatchSampler: batch_size ({batch_size}), grad_accum ({grad_accum}) and "
+                f"world_size ({world_size}) must all be >= 1"
+            )
+        if not 0 <= rank < world_size:
+            raise ValueError(f"GlobalBatchSampler: rank {rank} is outside [0, world_size={world_size})")
+        if not 0 <= start_step <= steps:
+            raise ValueError(f"GlobalBatchSampler: start_step {start_step} is outside [0, steps={steps}]")
+        self.dataset_size = int(dataset_size)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.steps = int(steps)
+        self.start_step = int(start_step)
+        self.grad_accum = int(grad_accum)
+        self.world_size = int(world_size)
+        self.rank = int(rank)
+        self._permutations: dict[int, np.ndarray] = {}
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over all ranks and micro-steps."""
+        return self.batch_size * self.world_size * self.grad_accum
+
+    def key_at(self, position: int) -> tuple[int, int]:
+        """The ``(index, sample_seed)`` key at global stream position ``position``."""
+        epoch, offset = divmod(int(position), self.dataset_size)
+        if epoch not in self._permutations:
+            self._permutations = {epoch: epoch_permutation(self.seed, epoch, self.dataset_size)}  # keep one epoch
+        return int(self._permutations[epoch][offset]), sample_seed(self.seed, position)
+
+    def micro_batch(self, step: int, micro_step: int) -> list[tuple[int, int]]:
+        """This rank's keys for micro-step ``micro_step`` of optimizer step ``step`` (both 0-based)."""
+        first = (
+            step * self.global_batch_size
+            + micro_step * self.batch_size * self.world_size
+            + self.rank * self.batch_size
+        )
+        return [self.key_at(p) for p in range(first, first + self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.steps):
+            for micro_step in range(self.grad_accum):
+                yield self.micro_batch(step, micro_step)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.grad_accum
+
+
+class ArrayCropDataset(Dataset):
+    """Random crops of in-memory (or memory-mapped) volumes, addressed by ``(index, sample_seed)`` keys.
+
+    The crop corner is drawn from ``numpy.random.default_rng(sample_seed)``, so a key always gives
+    the same crop. Volumes smaller than the crop are zero-padded (centred) first.
+
+    Args:
+        arrays: sequence of arrays or tensors shaped (C, D, H, W), all with the same C;
+            ``numpy.memmap`` arrays are read lazily (only the crop is copied).
+        crop_size: (d, h, w) in voxels, or one int for a cube.
+
+    Returns (``__getitem__``):
+        float32 tensor (C, d, h, w).
+
+    Example:
+        >>> vols = [np.random.rand(2, 40, 40, 40).astype("float32") for _ in range(3)]
+        >>> ds = ArrayCropDataset(vols, 32)
+        >>> ds[(1, 123)].shape
+        torch.Size([2, 32, 32, 32])
+        >>> torch.equal(ds[(1, 123)], ds[(1, 123)])
+        True
+    """
+
+    def __init__(self, arrays: Sequence, crop_size: int | Sequence[int]) -> None:
+        if len(arrays) == 0:
+            raise ValueError("ArrayCropDataset: no arrays given")
+        self.crop_size = (int(crop_size),) * 3 if np.isscalar(crop_size) else tuple(int(c) for c in crop_size)
+        if len(self.crop_size) != 3 or min(self.crop_size) < 1:
+            raise ValueError(f"ArrayCropDataset: crop_size must be 3 positive ints, got {crop_size!r}")
+        channels = None
+        for i, array in enumerate(arrays):
+            if len(array.shape) != 4:
+                raise ValueError(f"ArrayCropDataset: array {i} has shape {tuple(array.shape)}, expected (C, D, H, W)")
+            if channels is not None and array.shape[0] != channels:
+                raise ValueError(
+                    f"ArrayCropDataset: array {i} has {array.shape[0]} channels, array 0 has {channels}"
+                )
+            channels = array.shape[0]
+        # Tensors become numpy views (no copy) so that one indexing path serves both.
+        self.arrays = [a.detach().cpu().numpy() if torch.is_tensor(a) else a for a in arrays]
+        self.in_channels = int(channels)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        try:
+            index, seed = key
+        except (TypeError, ValueError):
+            raise TypeError(f"ArrayCropDataset: keys are (index, sample_seed) tuples, got {key!r}") from None
+        array = self.arrays[int(index)]
+        rng = np.random.default_rng(int(seed))
+        spatial = array.shape[1:]
+        corner = [int(rng.integers(0, max(s - c, 0) + 1)) for s, c in zip(spatial, self.crop_size)]
+        region = tuple(slice(o, o + c) for o, c in zip(corner, self.crop_size))
+        crop = np.ascontiguousarray(array[(slice(None), *region)], dtype=np.float32)
+        missing = [c - s for c, s in zip(self.crop_size, crop.shape[1:])]
+        if any(m > 0 for m in missing):
+            crop = np.pad(crop, [(0, 0)] + [(max(m, 0) // 2, max(m, 0) - max(m, 0) // 2) for m in missing])
+        return torch.from_numpy(crop)

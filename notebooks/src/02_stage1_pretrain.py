@@ -1,0 +1,113 @@
+# %% [markdown]
+# # 02 · Stage 1 pretraining on healthy brains
+#
+# BrainSegFounder's first stage learns **anatomy** from brains without disease (UK Biobank in the
+# paper: T1 + T2-FLAIR, 2 channels). It uses the three self-supervised tasks of Swin UNETR
+# pretraining, all on the same encoder:
+#
+# - **rotation**: each crop is rotated by k·90° (k ∈ {0,1,2,3}) in one plane; a head predicts k;
+# - **masked-volume inpainting**: random boxes (up to ~30 % of the voxels, each side 5-25 % of the
+#   crop) are replaced by noise, sometimes by the same boxes from another crop of the batch; a
+#   decoder restores the whole (rotated, unmasked) crop, L1 loss over the whole volume;
+# - **contrastive coding**: two differently masked/rotated views of a crop should embed close
+#   together and far from other crops (NT-Xent, temperature 0.5).
+#
+# The loop (`kit.train.train`) checkpoints atomically and resumes where it stopped if this
+# notebook is run again after an interruption.
+
+# %% [parameters]
+profile = "smoke"
+run_dir = "runs/smoke"
+data_root = None
+device = "auto"
+seed = 0
+interactive = False
+
+# %%
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from kit.data.cohorts import load_cohort
+from kit.pipeline import profile_config, stage_dir, write_summary
+from kit.train.pretrain import prepare_pretraining, run_pretraining
+from kit.viz import plot_loss_curves, plot_ssl_preview
+
+STAGE, COHORT, SETTINGS = "02_stage1", "healthy", "stage1"
+config = profile_config(profile)[SETTINGS]
+out = stage_dir(run_dir, STAGE)
+entries, meta = load_cohort(Path(run_dir) / "01_curation" / "datalist.json", COHORT)
+modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
+print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {config['backbone']}, crop {config['crop']}^3")
+
+# %% [markdown]
+# ## The data the network sees
+# Subjects are preprocessed once into a cache (brain-cropped, z-scored per channel over brain
+# voxels, memory-mapped), so each random crop reads a few megabytes instead of decoding .nii.gz.
+
+# %%
+setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=False)
+n_params = sum(p.numel() for p in setup.objective.model.parameters())
+print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}; backbone parameters: {n_params / 1e6:.2f} M")
+
+# %% [markdown]
+# ## The three tasks on one crop
+# Left to right: the crop, the masked and rotated view the encoder receives, the target (the
+# rotated, unmasked crop) and the reconstruction, here from the untrained network.
+
+# %%
+crop = torch.stack([setup.dataset[(0, seed)], setup.dataset[(1 % len(setup.dataset), seed + 1)]])
+sample_seeds = torch.tensor([seed, seed + 1])
+before = setup.objective.preview(crop, sample_seeds)
+fig = plot_ssl_preview(before, title="before training")
+fig.savefig(out / "figures" / "ssl_views_before.png", dpi=100)
+plt.show()
+
+# %% [markdown]
+# ## Training
+
+# %%
+callback = None
+if interactive:
+    from IPython.display import clear_output, display
+
+    def callback(step, record, _fig=plt.figure(figsize=(6, 3))):
+        if step % 5 == 0:
+            clear_output(wait=True)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+
+summary = run_pretraining(setup, callback=callback)
+print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
+
+# %%
+metrics = json.loads((out / "metrics.json").read_text())
+records = metrics["records"]
+fig = plot_loss_curves(records, title=f"stage 1 ({profile}): loss per term")
+fig.savefig(out / "figures" / "loss_curves.png", dpi=100)
+plt.show()
+
+# %%
+after = setup.objective.preview(crop, sample_seeds)
+fig = plot_ssl_preview(after, title="after training")
+fig.savefig(out / "figures" / "ssl_views_after.png", dpi=100)
+plt.show()
+
+# %%
+first, last = records[0], records[-1]
+write_summary(
+    run_dir, STAGE,
+    f"stage 1 SSL on {len(entries)} healthy subjects ({', '.join(modalities)}): "
+    f"loss {first['loss']:.3f} -> {last['loss']:.3f} in {last['step']} steps",
+    {
+        "backbone": config["backbone"], "steps": last["step"], "loss_first": round(first["loss"], 4),
+        "loss_last": round(last["loss"], 4),
+        **{f"{k}_last": round(last[k], 4) for k in ("rot", "contrast", "recon") if k in last},
+        "samples_per_s": round(float(summary.get("samples_per_s", 0.0)), 2),
+        "checkpoint": str(out / "checkpoint.pt"),
+    },
+    ["figures/ssl_views_before.png", "figures/loss_curves.png", "figures/ssl_views_after.png"],
+)
+assert (out / "checkpoint.pt").exists()
+print("stage 02 done")
