@@ -1,4 +1,4 @@
-"""The ``kit`` command: ``kit synth``, ``kit validate``, ``kit reproduce``.
+"""The ``kit`` command: ``kit synth``, ``kit validate``, ``kit predict``, ``kit reproduce``.
 
 The spellings of the subcommands and flags are a user-facing contract (see DESIGN.md).
 Heavy imports happen inside each subcommand so ``kit --help`` stays fast.
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, type=Path, help="the data root the manifest's patterns start from")
     p.add_argument("--datalist", type=Path, default=None, help="write a MONAI decathlon-style datalist here")
     p.set_defaults(func=_cmd_validate)
+
+    from kit.predict import add_predict_parser
+
+    add_predict_parser(sub)
 
     p = sub.add_parser("reproduce", help="run the notebooks in order with papermill")
     p.add_argument("--profile", default="smoke", choices=sorted(PROFILES))

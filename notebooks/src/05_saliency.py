@@ -1,0 +1,158 @@
+# %% [markdown]
+# # 05 · Saliency, measured
+#
+# The cross-contrast paper says the saliency of pretrained tumour classifiers is "mainly clustered
+# around the tumours", but never measures it. Here it is measured, for the tumour-detection
+# classifiers of notebook 04 (trained from scratch and from the stage 1+2 checkpoint), on test
+# subjects that have a tumour:
+#
+# - **mass in lesion**: the share of positive saliency that falls inside the tumour mask (and
+#   inside the mask dilated by a few mm);
+# - **pointing game**: is the map's maximum inside the tumour?
+# - **random baseline**: what a map with no information scores, i.e. the tumour's share of the
+#   brain volume (and smooth random maps for the pointing game).
+#
+# Methods come from `monai.visualize` (Grad-CAM, Grad-CAM++, occlusion sensitivity, vanilla and
+# smooth gradients) and captum (integrated gradients). Maps live on the classifier's input grid;
+# the lesion mask is resampled onto that grid the same way the image is.
+
+# %% [parameters]
+profile = "smoke"
+run_dir = "runs/smoke"
+data_root = None
+device = "auto"
+seed = 0
+interactive = False
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from kit.data.cache import open_cache
+from kit.explain import random_baseline, saliency_map, score_saliency, summarise_localisation
+from kit.pipeline import profile_config, stage_dir, write_summary
+from kit.train.finetune import classification_input, load_finetuned
+from kit.viz import plot_orthogonal
+
+config = profile_config(profile)["saliency"]
+out = stage_dir(run_dir, "05_saliency")
+models_dir = Path(run_dir) / "04_finetune" / "models"
+cache = open_cache(Path(run_dir) / "04_finetune" / "cache_tumor")
+task = config["task"]
+classifiers = {}
+for init in config["inits"]:
+    model, extra = load_finetuned(models_dir / f"{task}__{init}.pt")
+    classifiers[init] = (model.eval(), extra)
+_, extra = next(iter(classifiers.values()))
+input_size = extra["input_size"]
+test_subjects = set(extra.get("test_subjects", []))
+by_subject = {str(e["subject"]): i for i, e in enumerate(cache.entries)}
+labels = cache.labels()
+cases = [by_subject[s] for s in sorted(test_subjects) if s in by_subject and np.any(np.asarray(labels[by_subject[s]]))]
+cases = cases[: config["n_cases"]]
+print(f"classifiers {list(classifiers)} for {task!r} ({extra['classes']}); {len(cases)} test cases with a tumour")
+
+# %% [markdown]
+# ## Maps and their localisation
+# The lesion mask and the brain mask are put on the classifier's grid with the same resize as
+# the image (`classification_input`), then thresholded.
+
+# %%
+def on_classifier_grid(index):
+    image = classification_input(np.asarray(cache.images()[index]), input_size)
+    lesion = classification_input((np.asarray(labels[index]) > 0).astype(np.float32), input_size)[0].numpy() > 0.5
+    brain = image.abs().sum(0).numpy() > 1e-3
+    original = np.asarray(cache.entries[index]["shape"][1:], dtype=float)
+    spacing = np.abs(np.diag(np.asarray(cache.entries[index]["affine"]))[:3]) * original.max() / max(input_size)
+    return image, lesion, brain, tuple(spacing)
+
+rows, maps = [], {}
+for index in cases:
+    image, lesion, brain, spacing = on_classifier_grid(index)
+    subject = str(cache.entries[index]["subject"])
+    for init, (model, meta) in classifiers.items():
+        positive = len(meta["classes"]) == 2
+        for method in config["methods"]:
+            kwargs = config.get("method_kwargs", {}).get(method, {})
+            sal = saliency_map(model, image[None], method, target=0 if positive else 1, **kwargs)
+            scores = score_saliency(sal, lesion, brain_mask=brain, spacing_mm=spacing, dilate_mm=config["dilate_mm"])
+            rows.append({"init": init, "method": method, "case": subject, **scores})
+            maps[(init, method, subject)] = sal
+saliency = pd.DataFrame(rows)
+saliency.to_csv(out / "saliency.csv", index=False)
+display(saliency.round(3))
+
+# %% [markdown]
+# ## What a map without information scores
+# Smooth random maps inside the brain: their mean mass in the lesion is the lesion's share of the
+# brain, and their pointing-game hit rate is the chance level.
+
+# %%
+baselines = []
+for index in cases:
+    _, lesion, brain, _ = on_classifier_grid(index)
+    b = random_baseline(lesion, brain, n=config["random_n"], rng=seed)
+    baselines.append({"case": str(cache.entries[index]["subject"]), **{k: v for k, v in b.items() if np.isscalar(v)}})
+baseline = pd.DataFrame(baselines)
+display(baseline.round(3))
+
+# %%
+table = summarise_localisation(saliency, by=["init", "method"], seed=seed)
+table.to_csv(out / "saliency_summary.csv", index=False)
+display(table.round(3))
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
+methods = list(config["methods"])
+width = 0.8 / max(len(classifiers), 1)
+for k, init in enumerate(classifiers):
+    part = table[table.init == init].set_index("method").reindex(methods)
+    x = np.arange(len(methods)) + k * width
+    mean = part["mass_in_lesion_mean"].to_numpy(dtype=float)
+    err = np.vstack([mean - part["mass_in_lesion_ci_low"].to_numpy(dtype=float),
+                     part["mass_in_lesion_ci_high"].to_numpy(dtype=float) - mean])
+    ax.bar(x, mean, width, yerr=np.nan_to_num(err), capsize=3, label=init)
+chance = float(baseline["share"].mean()) if "share" in baseline else float("nan")
+ax.axhline(chance, color="k", ls="--", lw=1, label=f"random map ({chance:.2f})")
+ax.set_xticks(np.arange(len(methods)) + width * (len(classifiers) - 1) / 2, methods, rotation=20)
+ax.set_ylabel("saliency mass in lesion"); ax.set_ylim(0, 1); ax.legend(fontsize=8)
+fig.savefig(out / "figures" / "mass_in_lesion.png", dpi=100)
+plt.show()
+
+# %% [markdown]
+# ## Looking at the maps
+# One test case, the same method for both initialisations, tumour outline in cyan.
+
+# %%
+if cases:
+    index = cases[0]
+    image, lesion, brain, spacing = on_classifier_grid(index)
+    subject = str(cache.entries[index]["subject"])
+    show = [m for m in ("gradcam", "integrated_gradients", "occlusion") if m in methods][:2] or methods[:1]
+    fig, grid = plt.subplots(len(show) * len(classifiers), 3, figsize=(10, 3.2 * len(show) * len(classifiers)),
+                             constrained_layout=True, squeeze=False)
+    row = 0
+    for method in show:
+        for init in classifiers:
+            sal = np.clip(maps[(init, method, subject)], 0, None)
+            plot_orthogonal(sal, lesion.astype(np.uint8), spacing, cmap="inferno", style="contour",
+                            colors={1: ("tumour", (0.0, 1.0, 1.0, 1.0))}, axes=grid[row],
+                            title=f"{init} {method}")
+            row += 1
+    fig.savefig(out / "figures" / "saliency_maps.png", dpi=80)
+    plt.show()
+
+# %%
+figures = {"cases": len(cases), "methods": ", ".join(methods), "random_share": round(chance, 3)}
+for r in table.itertuples():
+    figures[f"{r.init} {r.method} mass_in_lesion"] = (
+        f"{r.mass_in_lesion_mean:.3f} [{r.mass_in_lesion_ci_low:.3f}, {r.mass_in_lesion_ci_high:.3f}]")
+    figures[f"{r.init} {r.method} pointing_hit"] = f"{r.pointing_hit_mean:.2f}"
+write_summary(run_dir, "05_saliency",
+              f"saliency localisation of {task} classifiers on {len(cases)} test tumours (chance {chance:.2f})",
+              figures, ["figures/mass_in_lesion.png", "figures/saliency_maps.png"] if cases else ["figures/mass_in_lesion.png"])
+print("stage 05 done")

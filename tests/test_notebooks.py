@@ -1,0 +1,105 @@
+"""The notebooks, executed headless by papermill in the smoke profile on synthetic cohorts.
+
+One `kit reproduce` run (the README's main command) exercises every existing notebook in order;
+the assertions check each stage's contract outputs, not just that nothing raised.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kit.data.cohorts import load_cohort
+from kit.pipeline import STAGES
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, "-m", "kit.cli", "reproduce", "--profile", "smoke", "--out", str(run), "--quiet"],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+    assert proc.returncode == 0, f"kit reproduce failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return run
+
+
+def test_stage01_curation_outputs(smoke_run):
+    out = smoke_run / "01_curation"
+    assert (out / "01_curation.ipynb").exists()  # executed copy
+    entries, meta = load_cohort(out / "datalist.json", "tumor")
+    assert [meta["modality"][str(i)] for i in range(4)] == ["flair", "t1ce", "t1", "t2"]
+    assert len(entries) == 8 and all(Path(p).exists() for e in entries for p in e["image"] + [e["label"]])
+    healthy, _ = load_cohort(out / "datalist.json", "healthy")
+    assert len(healthy) == 6 and len(healthy[0]["image"]) == 2
+    qc = (out / "qc.csv").read_text().splitlines()
+    assert len(qc) == 1 + 6 + 8 + 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["figures"]["problems"] == 0
+    assert 0 < summary["figures"]["slices_retained_fraction"] < 1
+    for plot in summary["plots"]:
+        assert (out / plot).stat().st_size > 5000, plot
+
+
+def test_pretraining_stages_chain(smoke_run):
+    import torch
+
+    from kit.models.checkpoints import load_checkpoint
+
+    s1 = load_checkpoint(smoke_run / "02_stage1" / "checkpoint.pt")
+    s2 = load_checkpoint(smoke_run / "03_stage2" / "checkpoint.pt")
+    assert s1["extra"]["modalities"] == ["t1", "flair"]
+    assert s2["extra"]["modalities"] == ["flair", "t1ce", "t1", "t2"]
+    metrics = json.loads((smoke_run / "03_stage2" / "metrics.json").read_text())
+    assert metrics["records"][-1]["step"] == 6
+    # stage 2 started from stage 1: deep layers (same shapes) moved only a little from stage 1's
+    # weights, far less than their distance to a fresh initialisation
+    key = next(k for k, v in s1["state_dict"].items() if v.ndim == 5 and k in s2["state_dict"]
+               and v.shape == s2["state_dict"][k].shape and "conv_init" not in k)
+    w1, w2 = s1["state_dict"][key], s2["state_dict"][key]
+    assert torch.linalg.norm(w2 - w1) < 0.5 * torch.linalg.norm(w1)
+
+
+def test_finetune_study_outputs(smoke_run):
+    import pandas as pd
+
+    results = pd.read_csv(smoke_run / "04_finetune" / "results.csv")
+    for column in ("init", "task", "label_fraction", "seed", "n_train", "n_test"):
+        assert column in results
+    seg = results[results.task == "tumor_seg"]
+    assert set(seg.init) == {"scratch", "stage1", "stage1+2"} and set(seg.label_fraction) == {0.5, 1.0}
+    assert seg.dice_mean.between(0, 1).all() and {"dice_TC", "dice_WT", "dice_ET", "hd95_mean"} <= set(seg)
+    # nested splits: the smaller fraction trains on fewer subjects, every init on the same number
+    sizes = seg.groupby("label_fraction").n_train.agg(["min", "max"])
+    assert (sizes["min"] == sizes["max"]).all() and sizes.loc[0.5, "max"] < sizes.loc[1.0, "max"]
+    cls = results[results.task == "tumor_present"]
+    assert cls.accuracy.between(0, 1).all()
+    assert set(results[results.task == "stroke_seg"].init) == {"scratch", "stage1"}
+    assert (smoke_run / "04_finetune" / "models" / "tumor_present__stage1+2.pt").exists()
+    # the notebook's verdict is in the report, with the number of seeds it rests on
+    assert "stage1+2 minus scratch" in (smoke_run / "report.md").read_text()
+
+
+def test_saliency_outputs(smoke_run):
+    import pandas as pd
+
+    table = pd.read_csv(smoke_run / "05_saliency" / "saliency.csv")
+    for column in ("init", "method", "case", "mass_in_lesion", "pointing_hit"):
+        assert column in table
+    assert set(table.init) == {"scratch", "stage1+2"} and len(set(table.method)) == 6
+    assert table.mass_in_lesion.dropna().between(0, 1).all()
+
+
+def test_report_lists_every_stage(smoke_run):
+    report = (smoke_run / "report.md").read_text()
+    for stage in STAGES:
+        assert f"## {stage}" in report
+    assert "![" in report
+    status = json.loads((smoke_run / "run.json").read_text())["stages"]
+    assert all(status[stage]["status"] == "done" for stage in STAGES)
