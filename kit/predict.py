@@ -203,8 +203,10 @@ def save_label_nifti(labels: np.ndarray, reference: str | os.PathLike, out_path:
     """
     import nibabel as nib
 
+    from kit.data.nifti_io import save_image_atomic
+
     out = Path(out_path)
-    suffix = _nifti_suffix(out)
+    _nifti_suffix(out)  # validates the output name
     ref = nib.load(reference)
     if tuple(labels.shape) != tuple(ref.shape[:3]):
         raise ValueError(f"{out}: label shape {tuple(labels.shape)} differs from {reference} {tuple(ref.shape)}")
@@ -212,15 +214,7 @@ def save_label_nifti(labels: np.ndarray, reference: str | os.PathLike, out_path:
     image = type(ref)(np.asarray(labels, dtype=np.uint8), ref.affine, header)
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1.0, 0.0)  # labels are stored as is, never rescaled
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return save_image_atomic(image, out)
 
 
 def load_segmenter(checkpoint: str | os.PathLike, device: str = "auto") -> tuple[nn.Module, dict[str, Any]]:

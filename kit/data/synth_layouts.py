@@ -23,6 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from kit.data.nifti_io import save_image_atomic
+
 LAYOUTS = ("brats2021", "brats2023", "atlas2", "ukb", "flat")
 #: kit contrast name -> file stem suffix, per layout (a layout writes only the contrasts it has).
 LAYOUT_CONTRASTS = {
@@ -188,20 +190,11 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, xform_co
         >>> nib.load(p).shape
         (2, 2, 2)
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=xform_code)
     image.set_sform(affine, code=xform_code)
-    tmp = _temp_path(path, ".tmp.nii.gz")
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_image_atomic(image, path)
 
 
 def _cell(value) -> str:
