@@ -52,7 +52,7 @@ print(f"profile {profile!r}: {config['description']}; writing to {out}")
 # %%
 results = prepare_cohorts(
     config["cohorts"], run_dir, data_root=data_root, seed=seed,
-    resolution_mm=config["resolution_mm"], progress=False,
+    resolution_mm=config["resolution_mm"], progress=True,
 )
 overview = pd.DataFrame([
     {"cohort": name, "manifest": r.manifest.name, "root": str(r.root), "clean subjects": len(r.subjects),

@@ -48,7 +48,7 @@ print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {confi
 # voxels, memory-mapped), so each random crop reads a few megabytes instead of decoding .nii.gz.
 
 # %%
-setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=False)
+setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=True)
 n_params = sum(p.numel() for p in setup.objective.model.parameters())
 print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}; backbone parameters: {n_params / 1e6:.2f} M")
 
@@ -71,12 +71,11 @@ plt.show()
 # %%
 callback = None
 if interactive:
-    from IPython.display import clear_output, display
+    # a live plot of every loss term, redrawn at most once a second while the loop runs
+    from kit.viz.explorer import live_loss_plot
 
-    def callback(step, record, _fig=plt.figure(figsize=(6, 3))):
-        if step % 5 == 0:
-            clear_output(wait=True)
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+    widget, callback = live_loss_plot(title="stage 1 losses")
+    display(widget)
 
 summary = run_pretraining(setup, callback=callback)
 print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=1, default=str))

@@ -44,14 +44,20 @@ print(f"stage 1: {stage1_checkpoint} ({stage1['extra'].get('modalities')}, step 
 print(f"stage 2: {len(entries)} {COHORT} subjects, channels {modalities}")
 
 # %%
-setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=False)
+setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=True)
 print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}")
 
 # %% [markdown]
 # ## Training from the stage-1 weights
 
 # %%
-summary = run_pretraining(setup, init_checkpoint=stage1_checkpoint)
+callback = None
+if interactive:
+    from kit.viz.explorer import live_loss_plot
+
+    widget, callback = live_loss_plot(title="stage 2 losses")
+    display(widget)
+summary = run_pretraining(setup, init_checkpoint=stage1_checkpoint, callback=callback)
 print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=1, default=str))
 
 # %% [markdown]
