@@ -97,6 +97,11 @@ def plot_orthogonal(
     x, y, z = point if point is not None else default_point(image, label)
     nonzero = image[image != 0]
     vmax = float(np.percentile(nonzero, vmax_percentile)) if nonzero.size else 1.0
+    # z-scored inputs (the cache, model inputs) are negative in half the brain: start the grey
+    # scale at their low percentile and paint the exact-zero background black instead
+    vmin = min(0.0, float(np.percentile(nonzero, 100 - vmax_percentile))) if nonzero.size else 0.0
+    shown_cmap = plt.get_cmap(cmap).copy()
+    shown_cmap.set_bad("black")
     if axes is None:
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
     else:
@@ -109,7 +114,8 @@ def plot_orthogonal(
     ]
     for ax, (name, plane, lab, aspect, where) in zip(axes, planes):
         # transpose + origin lower: superior/anterior up, as radiologists read it
-        ax.imshow(plane.T, cmap=cmap, vmin=0, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
+        shown = np.ma.masked_where(plane.T == 0, plane.T) if vmin < 0 else plane.T
+        ax.imshow(shown, cmap=shown_cmap, vmin=vmin, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
         if lab is not None and np.any(lab):
             if style == "contour":
                 for value, (_, color) in colors.items():
