@@ -100,7 +100,7 @@ PROFILES: dict[str, dict] = {
         },
         "finetune": {
             "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 40, "batch_size": 4,
-                       "crop": 32, "input_size": 48, "lr": 1e-3, "warmup_steps": 5, "sw_overlap": 0.25,
+                       "crop": 32, "input_size": 32, "lr": 1e-3, "warmup_steps": 5, "sw_overlap": 0.25,
                        "transfer": "full"},
             "tasks": [
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion"},
