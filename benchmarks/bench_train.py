@@ -36,6 +36,11 @@ same way in both paths with a forward pre-hook on the objective. "CPU s/step" is
 CPU time per step (DataLoader workers not included): on a shared machine, where wall time includes
 waiting for a core, it is the steadier figure (with ``--num-workers 0``).
 
+OpenMP: unless ``--spin-wait`` is given, the script sets ``OMP_WAIT_POLICY=PASSIVE`` (if unset) before
+torch loads, for both paths alike (the JSON records it). With the library default, threads spinning
+at barriers on a shared 2-core machine made steps about 2x slower, with 5-10 s outliers that fell at
+random on one path or the other.
+
 On CUDA the FLOPs of one training step (forward + backward of the objective on one batch) are counted
 with ``torch.utils.flop_counter.FlopCounterMode`` and multiplied by steps/s (achieved TFLOP/s).
 
@@ -54,6 +59,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import sys
@@ -61,7 +67,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import monai
+# OpenMP threads that spin at barriers burn the cores that the other thread (or another job) needs:
+# on a shared 2-core machine steps took 2x longer, with 10 s outliers, than with passive waiting.
+# It must be set before torch loads its OpenMP runtime; --spin-wait keeps the library's default.
+if "--spin-wait" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import monai  # everything below is imported after the OpenMP setting, on purpose
 import torch
 from monai.data import Dataset as MonaiDataset
 from monai.transforms import (
@@ -106,7 +118,8 @@ def make_objective(args) -> torch.nn.Module:
     if args.backbone == "swinunetr":
         model = create_model("swinunetr", in_channels=len(CHANNELS), out_channels=3, feature_size=args.feature_size)
     else:
-        model = create_model("segresnet_small", in_channels=len(CHANNELS), out_channels=3, init_filters=args.init_filters)
+        model = create_model("segresnet_small", in_channels=len(CHANNELS), out_channels=3,
+                             init_filters=args.init_filters)
     return create_objective("swin_trio", model)
 
 
@@ -115,18 +128,22 @@ class StepClock:
 
     ``ends[k]`` is when optimizer step k finished (``ends[0]`` = start); ``forward_starts[k - 1]`` is
     when the forward of step k began, so ``forward_starts[k - 1] - ends[k - 1]`` is that step's data
-    time. ``cpu_ends[k]`` is this process's CPU time at the end of step k (DataLoader workers excluded).
+    time. ``cpu_ends[k]`` and ``faults[k]`` are this process's CPU time and minor page faults at the end
+of step k (DataLoader workers excluded).
     """
 
     def __init__(self, objective: torch.nn.Module) -> None:
         self.ends: dict[int, float] = {}
         self.cpu_ends: dict[int, float] = {}
+        self.faults: dict[int, int] = {}
         self.forward_starts: list[float] = []
-        self.handle = objective.register_forward_pre_hook(lambda module, inputs: self.forward_starts.append(time.perf_counter()))
+        self.handle = objective.register_forward_pre_hook(
+            lambda module, inputs: self.forward_starts.append(time.perf_counter()))
 
     def mark(self, step: int) -> None:
         self.ends[step] = time.perf_counter()
         self.cpu_ends[step] = time.process_time()
+        self.faults[step] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def close(self) -> None:
         self.handle.remove()
@@ -140,6 +157,7 @@ def measure(clock: StepClock, warmup: int, steps: int, batch_size: int, window_s
         "window_s": window_s if window_s is not None else clock.ends[steps] - clock.ends[warmup],
         "data_s": sum(clock.forward_starts[k - 1] - clock.ends[k - 1] for k in window),
         "cpu_s": clock.cpu_ends[steps] - clock.cpu_ends[warmup],
+        "page_faults": clock.faults[steps] - clock.faults[warmup],
         "step_s": [round(clock.ends[k] - clock.ends[k - 1], 4) for k in window],
     }
 
@@ -158,6 +176,7 @@ def combine(path: str, runs: list[dict], steps: int, batch_size: int) -> dict:
         "cpu_s_per_step": round(sum(r["cpu_s"] for r in runs) / n_steps, 4),
         "data_s_per_step": round(sum(r["data_s"] for r in runs) / n_steps, 4),
         "data_share": round(sum(r["data_s"] for r in runs) / window_s, 4),
+        "page_faults_per_step": round(sum(r["page_faults"] for r in runs) / n_steps),
         "window_samples": samples,
         "window_s": round(window_s, 3),
         "wall_s": round(wall_s, 3),
@@ -336,6 +355,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1, help="runs per path, alternating the order (ABBA...)")
     parser.add_argument("--reference-first", action="store_true", help="start with the reference path")
+    parser.add_argument("--spin-wait", action="store_true",
+                        help="keep OpenMP's default waiting (spinning); default sets OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--count-flops", action="store_true", help="also count FLOPs on CPU (always on CUDA)")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/train_<device>.json")
     args = parser.parse_args(argv)
@@ -344,7 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not 0 <= args.warmup < args.steps:
         parser.error(f"--warmup ({args.warmup}) must be in [0, --steps ({args.steps}))")
     if args.n < args.batch_size:
-        parser.error(f"--n ({args.n}) must be at least --batch-size ({args.batch_size}) (the reference drops the last partial batch)")
+        parser.error(f"--n ({args.n}) must be at least --batch-size ({args.batch_size}): "
+                     "the reference drops the last partial batch")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device visible to torch")
 
@@ -356,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
                   else {"name": "segresnet_small", "init_filters": args.init_filters})
     print(f"bench_train: {model_desc}, crop {args.crop}, batch {args.batch_size}, steps {args.steps} "
           f"(rate over steps {args.warmup + 1}..{args.steps}), workers {args.num_workers}, device {device}, "
-          f"amp {args.amp}, threads {torch.get_num_threads()}, load avg {load_avg()}", flush=True)
+          f"amp {args.amp}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load avg {load_avg()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         workdir = Path(tmp)
@@ -421,6 +444,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{kit['wall_s']:.1f} s vs {reference['wall_s']:.1f} s; load avg "
           + ", ".join(f"{name} {raw['load_avg_before']}->{raw['load_avg_after']}"
                       for name in ("kit", "reference") for raw in raws[name]))
+    print(f"minor page faults per step (main process): kit {kit['page_faults_per_step']}, "
+          f"reference {reference['page_faults_per_step']}")
     if flops is not None:
         print(f"FLOPs per training step (forward + backward, batch {args.batch_size}): {flops / 1e9:.1f} GFLOP")
 
@@ -443,6 +468,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": [kit, reference],
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "nproc": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "library default"),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "versions": {"torch": torch.__version__, "monai": monai.__version__},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
