@@ -228,6 +228,17 @@ def save_checkpoint(
     return path
 
 
+def _torch_load(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {first})") from err
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a brainfm-kit checkpoint with ``torch.load(weights_only=True)``.
 
@@ -245,13 +256,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ('brainfm-kit/1', ['extra', 'format', 'model_config', 'state_dict'])
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {first})") from err
+    obj = _torch_load(path, map_location)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(
@@ -276,13 +281,7 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ['module.w']
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(err).__name__}: {first})") from err
+    obj = _torch_load(path, map_location)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "net", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):

@@ -30,6 +30,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -89,6 +91,19 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def _inference_mode(model: nn.Module, device: torch.device, amp: str):
+    """Eval mode and autocast (when ``amp`` resolves to a dtype on ``device``); restores the mode."""
+    amp_dtype = resolve_amp(amp, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def predict_volume(
     model: nn.Module,
@@ -133,17 +148,11 @@ def predict_volume(
         raise ValueError(f"predict_volume: expected an image (C, X, Y, Z), got shape {tuple(volume.shape)}")
     roi_size = (int(roi),) * 3 if np.isscalar(roi) else tuple(int(r) for r in roi)
     device = _model_device(model)
-    amp_dtype = resolve_amp(amp, device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = sliding_window_inference(
-                volume[None].to(device), roi_size, int(sw_batch_size), model,
-                overlap=float(overlap), mode=mode, device=device,
-            )
-    finally:
-        model.train(was_training)
+    with _inference_mode(model, device, amp):
+        logits = sliding_window_inference(
+            volume[None].to(device), roi_size, int(sw_batch_size), model,
+            overlap=float(overlap), mode=mode, device=device,
+        )
     if hasattr(logits, "as_tensor"):  # a MONAI MetaTensor: keep the plain tensor
         logits = logits.as_tensor()
     logits = logits.float()[0]
@@ -356,14 +365,8 @@ def classification_scores(model: nn.Module, volumes: torch.Tensor, amp: str = "a
     """Scores of a classifier on a batch ``(B, C, *size)``: the positive-class probability (B,) for a
     single-logit (binary) model, else softmax probabilities (B, K)."""
     device = _model_device(model)
-    amp_dtype = resolve_amp(amp, device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(volumes.to(device)).float()
-    finally:
-        model.train(was_training)
+    with _inference_mode(model, device, amp):
+        logits = model(volumes.to(device)).float()
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0]).cpu().numpy()
     return torch.softmax(logits, dim=1).cpu().numpy()
