@@ -12,13 +12,37 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["mean_ci", "summarise", "paired_difference", "plot_label_efficiency"]
+__all__ = ["mean_ci", "metric_range", "summarise", "paired_difference", "plot_label_efficiency"]
+
+# Metrics bounded by construction: a t-interval past these limits is clipped (the mean never is).
+_UNIT_RANGE_PREFIXES = ("dice", "auc", "accuracy", "sensitivity", "specificity", "mass_in", "pointing")
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def metric_range(metric: str) -> tuple[float, float]:
+    """The range a metric can take: (0, 1) for Dice, AUC, accuracy, sensitivity, specificity and
+    saliency mass/pointing; (0, inf) for distances (``hd95*``, mm); (-inf, inf) otherwise.
+
+    Example:
+        >>> metric_range("dice_mean"), metric_range("hd95_TC"), metric_range("loss")
+        ((0.0, 1.0), (0.0, inf), (-inf, inf))
+    """
+    if metric.startswith(_UNIT_RANGE_PREFIXES):
+        return 0.0, 1.0
+    if metric.startswith("hd"):
+        return 0.0, float("inf")
+    return float("-inf"), float("inf")
+
+
+def mean_ci(
+    values: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None,
+) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval of ``values`` (nan entries dropped).
 
     With one value the interval is (nan, nan): one seed says nothing about spread.
+
+    Args:
+        bounds: the metric's range (see :func:`metric_range`); the interval is clipped to it, so
+            a Dice interval never runs past [0, 1]. The mean is never changed.
 
     Returns:
         (mean, low, high).
@@ -26,6 +50,8 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     Example:
         >>> m, lo, hi = mean_ci([0.5, 0.6, 0.7]); round(m, 2), lo < m < hi
         (0.6, True)
+        >>> mean_ci([0.9, 1.0, 0.5], bounds=(0, 1))[2]
+        1.0
     """
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
     if x.size == 0:
@@ -34,22 +60,31 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     if x.size == 1:
         return mean, float("nan"), float("nan")
     half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return mean, mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
+    return mean, low, high
 
 
 def summarise(results: pd.DataFrame, metric: str, by: Sequence[str] = ("init", "task", "label_fraction")) -> pd.DataFrame:
     """Mean, 95 % CI and n of ``metric`` per group (the results table has one row per run).
 
+    The interval is clipped to the metric's range (:func:`metric_range`). When the results carry
+    ``n_train`` (labelled subjects), its median per group is kept, for the figures' x-axis.
+
     Example:
         >>> df = pd.DataFrame({"init": ["a"] * 3, "task": ["seg"] * 3, "label_fraction": [0.1] * 3, "dice": [.5, .6, .7]})
-        >>> summarise(df, "dice").loc[0, "n"]
+        >>> int(summarise(df, "dice").loc[0, "n"])
         3
     """
     rows = []
     for key, group in results.groupby(list(by), sort=True):
-        mean, lo, hi = mean_ci(group[metric].tolist())
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "metric": metric,
-                     "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(group[metric].notna().sum())})
+        mean, lo, hi = mean_ci(group[metric].tolist(), bounds=metric_range(metric))
+        row = {**dict(zip(by, key if isinstance(key, tuple) else (key,))), "metric": metric,
+               "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(group[metric].notna().sum())}
+        if "n_train" in group and "n_train" not in by:
+            row["n_train"] = int(np.median(group["n_train"]))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -68,7 +103,7 @@ def paired_difference(
     Example:
         >>> df = pd.DataFrame({"init": ["scratch", "s12"] * 3, "task": ["seg"] * 6, "label_fraction": [.1] * 6,
         ...                    "seed": [0, 0, 1, 1, 2, 2], "dice": [.5, .6, .4, .55, .45, .5]})
-        >>> round(paired_difference(df, "dice", "s12").loc[0, "mean_diff"], 3)
+        >>> round(float(paired_difference(df, "dice", "s12").loc[0, "mean_diff"]), 3)
         0.1
     """
     keys = list(pair_on)
@@ -78,7 +113,9 @@ def paired_difference(
     paired["diff"] = paired.treatment - paired.control
     rows = []
     for key, group in paired.groupby(list(by), sort=True):
-        mean, lo, hi = mean_ci(group["diff"].tolist())
+        low, high = metric_range(metric)
+        # a difference of a metric bounded in [low, high] lies in [low - high, high - low]
+        mean, lo, hi = mean_ci(group["diff"].tolist(), bounds=(low - high, high - low))
         p = float(stats.ttest_1samp(group["diff"], 0.0).pvalue) if len(group) > 1 and group["diff"].std() > 0 else float("nan")
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "metric": metric,
                      "treatment": treatment, "control": control, "mean_diff": mean, "ci_low": lo, "ci_high": hi,
@@ -89,27 +126,44 @@ def paired_difference(
 def plot_label_efficiency(summary: pd.DataFrame, title: str = "", ax=None):
     """Metric against label fraction (log axis), one line per initialisation, CI as a band.
 
+    The x ticks are the fractions in the study, with the number of labelled subjects under each
+    when the summary has ``n_train``; the y axis spans the metric's range where it is bounded.
+
     Args:
         summary: output of :func:`summarise` for one task and metric.
 
     Example:
         >>> s = pd.DataFrame({"init": ["scratch"] * 2, "label_fraction": [.1, 1.], "mean": [.4, .7],
-        ...                   "ci_low": [.3, .6], "ci_high": [.5, .8], "metric": ["dice"] * 2})
-        >>> plot_label_efficiency(s).axes.get_xscale()
-        'log'
+        ...                   "ci_low": [.3, .6], "ci_high": [.5, .8], "metric": ["dice"] * 2, "n_train": [2, 19]})
+        >>> ax = plot_label_efficiency(s)
+        >>> ax.get_xscale(), [t.get_text() for t in ax.get_xticklabels()]
+        ('log', ['10%\\n2 subj.', '100%\\n19 subj.'])
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, NullLocator
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    metric = str(summary["metric"].iloc[0]) if len(summary) else "metric"
+    low, high = metric_range(metric)
     for init, group in summary.groupby("init", sort=False):
         group = group.sort_values("label_fraction")
         x = group.label_fraction.to_numpy(dtype=float) * 100
         line = ax.plot(x, group["mean"], marker="o", label=str(init))[0]
-        ax.fill_between(x, group.ci_low, group.ci_high, color=line.get_color(), alpha=0.2)
+        band_low = np.clip(group.ci_low.to_numpy(dtype=float), low, high)
+        band_high = np.clip(group.ci_high.to_numpy(dtype=float), low, high)
+        ax.fill_between(x, band_low, band_high, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
-    ax.set_xlabel("labelled training subjects (%)")
-    ax.set_ylabel(str(summary["metric"].iloc[0]) if len(summary) else "metric")
+    ticks = summary.drop_duplicates("label_fraction").sort_values("label_fraction")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    labels = [f"{f:.0%}" + (f"\n{int(n)} subj." if "n_train" in ticks and pd.notna(n) else "")
+              for f, n in zip(ticks.label_fraction, ticks.get("n_train", pd.Series([None] * len(ticks))))]
+    ax.set_xticks(ticks.label_fraction.to_numpy(dtype=float) * 100, labels)
+    ax.set_xlabel("labelled training subjects (fraction, count)")
+    ax.set_ylabel(metric)
+    if (low, high) == (0.0, 1.0):
+        ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)

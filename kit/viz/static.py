@@ -15,7 +15,7 @@ from matplotlib.patches import Patch
 
 __all__ = [
     "BRATS_COLORS", "STROKE_COLORS", "label_colors_for", "plot_orthogonal", "plot_subjects", "plot_entropy",
-    "plot_ssl_preview", "plot_loss_curves",
+    "plot_ssl_preview", "plot_loss_curves", "plot_heatmap_over_anatomy",
 ]
 
 # RGBA per label value. BraTS 2023 writes enhancing as 3; both share the colour.
@@ -52,6 +52,51 @@ def _overlay_rgba(label2d: np.ndarray, colors: dict) -> np.ndarray:
     return rgba
 
 
+# (left, right, bottom, top) markers of each displayed plane, RAS+ arrays
+_MARKERS = {
+    ("sagittal", True): ("A", "P", "I", "S"), ("sagittal", False): ("A", "P", "I", "S"),
+    ("coronal", True): ("R", "L", "I", "S"), ("coronal", False): ("L", "R", "I", "S"),
+    ("axial", True): ("R", "L", "P", "A"), ("axial", False): ("L", "R", "P", "A"),
+}
+
+
+def _display_planes(volume: np.ndarray, point: Sequence[int], spacing: Sequence[float], radiological: bool) -> list:
+    """The three planes of a RAS+ ``volume`` as displayed: rows run I->S or P->A (origin lower),
+    columns run as the convention wants (radiological: the patient's right on the screen's left;
+    sagittal: anterior on the left, as seen from the patient's left in every convention)."""
+    x, y, z = point
+    sx, sy, sz = spacing
+    sagittal = volume[x, ::-1, :]  # anterior left
+    coronal = volume[::-1, y, :] if radiological else volume[:, y, :]
+    axial = volume[::-1, :, z] if radiological else volume[:, :, z]
+    return [
+        ("sagittal", sagittal.T, sz / sy, f"x={x}"),
+        ("coronal", coronal.T, sz / sx, f"y={y}"),
+        ("axial", axial.T, sy / sx, f"z={z}"),
+    ]
+
+
+def _mark_orientation(ax: plt.Axes, name: str, radiological: bool) -> None:
+    left, right, bottom, top = _MARKERS[(name, radiological)]
+    style = dict(transform=ax.transAxes, color="yellow", fontsize=8, fontweight="bold")
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+
+
+def _reorient(image, label, affine, spacing):
+    """RAS+ copies of ``image``/``label`` and their voxel sizes when an ``affine`` is given."""
+    if affine is None:
+        return image, label, spacing
+    from kit.data.orientation import to_ras
+
+    image, ras_affine = to_ras(image, affine)
+    if label is not None:
+        label, _ = to_ras(label, affine)
+    return image, label, tuple(float(v) for v in np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0)))
+
+
 def plot_orthogonal(
     image: np.ndarray,
     label: np.ndarray | None = None,
@@ -63,22 +108,32 @@ def plot_orthogonal(
     vmax_percentile: float = 99.5,
     cmap: str = "gray",
     style: str = "fill",
+    affine: np.ndarray | None = None,
+    radiological: bool = True,
 ):
     """Sagittal, coronal and axial slices through ``point`` with an optional label overlay.
 
+    Every plane carries orientation markers (R/L, A/P, S/I). The default is the radiological
+    convention (the patient's right on the screen's left in coronal and axial views); sagittal
+    views show anterior on the left.
+
     Args:
-        image: array (X, Y, Z) in RAS-like voxel order (as nibabel loads MNI/BraTS data).
+        image: array (X, Y, Z) in RAS+ voxel order (what the kit's loaders return), or in any
+            order when ``affine`` is given.
         label: integer array (X, Y, Z) or None; values drawn with ``colors``.
-        spacing: voxel size in mm (X, Y, Z), used for the aspect ratio.
-        point: voxel (x, y, z) the three planes pass through; default the lesion's centroid,
-            else the brain's.
+        spacing: voxel size in mm (X, Y, Z), used for the aspect ratio (ignored with ``affine``).
+        point: voxel (x, y, z) of the RAS+ array the three planes pass through; default the
+            lesion's centroid, else the brain's.
         colors: ``{value: (name, rgba)}``; default :data:`BRATS_COLORS`.
         title: figure (or first-axis) title.
         axes: three matplotlib axes to draw into; a new 1x3 figure when None.
         vmax_percentile: upper display limit, percentile of the nonzero voxels.
-        cmap: colour map of the image (``"gray"`` for MRI, ``"inferno"`` for saliency).
+        cmap: colour map of the image (``"gray"`` for MRI).
         style: ``"fill"`` paints label voxels, ``"contour"`` draws their outlines so the image
             underneath stays visible.
+        affine: the file's 4x4 voxel-to-world matrix; the arrays are reoriented to RAS+ first,
+            so a volume saved LPS or RAS gives the same figure.
+        radiological: True for the radiological convention, False for the neurological one.
 
     Returns:
         The matplotlib Figure.
@@ -93,36 +148,33 @@ def plot_orthogonal(
         raise ValueError(f"plot_orthogonal expects a 3D image, got shape {image.shape}")
     if label is not None and label.shape != image.shape:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    image, label, spacing = _reorient(image, label, affine, spacing)
     colors = BRATS_COLORS if colors is None else colors
-    x, y, z = point if point is not None else default_point(image, label)
+    point = tuple(point) if point is not None else default_point(image, label)
     nonzero = image[image != 0]
     vmax = float(np.percentile(nonzero, vmax_percentile)) if nonzero.size else 1.0
     # z-scored inputs (the cache, model inputs) are negative in half the brain: start the grey
     # scale at their low percentile and paint the exact-zero background black instead
     vmin = min(0.0, float(np.percentile(nonzero, 100 - vmax_percentile))) if nonzero.size else 0.0
-    shown_cmap = plt.get_cmap(cmap).copy()
-    shown_cmap.set_bad("black")
+    shown_cmap = plt.get_cmap(cmap).with_extremes(bad="black")
     if axes is None:
         fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), constrained_layout=True)
     else:
         fig = axes[0].figure
-    sx, sy, sz = spacing
-    planes = [
-        ("sagittal", image[x, :, :], None if label is None else label[x, :, :], sz / sy, f"x={x}"),
-        ("coronal", image[:, y, :], None if label is None else label[:, y, :], sz / sx, f"y={y}"),
-        ("axial", image[:, :, z], None if label is None else label[:, :, z], sy / sx, f"z={z}"),
-    ]
-    for ax, (name, plane, lab, aspect, where) in zip(axes, planes):
-        # transpose + origin lower: superior/anterior up, as radiologists read it
-        shown = np.ma.masked_where(plane.T == 0, plane.T) if vmin < 0 else plane.T
+    planes = _display_planes(image, point, spacing, radiological)
+    label_planes = _display_planes(label, point, spacing, radiological) if label is not None else [None] * 3
+    for ax, (name, plane, aspect, where), lab in zip(axes, planes, label_planes):
+        lab = None if lab is None else lab[1]
+        shown = np.ma.masked_where(plane == 0, plane) if vmin < 0 else plane
         ax.imshow(shown, cmap=shown_cmap, vmin=vmin, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
         if lab is not None and np.any(lab):
             if style == "contour":
                 for value, (_, color) in colors.items():
                     if np.any(lab == value):
-                        ax.contour((lab.T == value).astype(float), levels=[0.5], colors=[color[:3]], linewidths=1.2)
+                        ax.contour((lab == value).astype(float), levels=[0.5], colors=[color[:3]], linewidths=1.2)
             else:
-                ax.imshow(_overlay_rgba(lab.T, colors), origin="lower", aspect=aspect, interpolation="nearest")
+                ax.imshow(_overlay_rgba(lab, colors), origin="lower", aspect=aspect, interpolation="nearest")
+        _mark_orientation(ax, name, radiological)
         ax.set_title(f"{name} ({where})", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -136,6 +188,70 @@ def plot_orthogonal(
             fig.suptitle(title, fontsize=10)
         else:
             axes[0].set_ylabel(title, fontsize=8)
+    return fig
+
+
+def plot_heatmap_over_anatomy(
+    image: np.ndarray,
+    heat: np.ndarray,
+    brain_mask: np.ndarray | None = None,
+    outline: np.ndarray | None = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    point: Sequence[int] | None = None,
+    title: str | None = None,
+    axes: Sequence[plt.Axes] | None = None,
+    heat_label: str = "saliency",
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+    radiological: bool = True,
+):
+    """A heat map (saliency, error, attention) over the anatomy, masked to the brain, with a colour bar.
+
+    Args:
+        image: anatomy (X, Y, Z), RAS+ voxel order, drawn in grey underneath.
+        heat: map (X, Y, Z) on the same grid; only values inside ``brain_mask`` are drawn, on a
+            0..max colour scale (negative values clipped to 0).
+        brain_mask: bool (X, Y, Z); default the image's nonzero voxels.
+        outline: bool (X, Y, Z) drawn as a cyan contour (e.g. the tumour), or None.
+        spacing: voxel size in mm.
+        point: voxel the planes pass through; default the outline's centroid, else the heat's maximum.
+        heat_label: colour-bar label (say what the units are).
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> img = np.random.rand(12, 12, 12); sal = np.random.rand(12, 12, 12)
+        >>> len(plot_heatmap_over_anatomy(img, sal).axes)  # three planes and the colour bar
+        4
+    """
+    image = np.asarray(image, dtype=np.float32)
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0, None)
+    if heat.shape != image.shape:
+        raise ValueError(f"heat map shape {heat.shape} differs from image shape {image.shape}")
+    brain = (image != 0) if brain_mask is None else np.asarray(brain_mask, dtype=bool)
+    heat = np.where(brain, heat, 0.0)
+    if point is None:
+        point = default_point(image, outline) if outline is not None and np.any(outline) else np.unravel_index(np.argmax(heat), heat.shape)
+    point = tuple(int(p) for p in point)
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(10.8, 3.6), constrained_layout=True)
+    else:
+        fig = axes[0].figure
+    plot_orthogonal(image, spacing=spacing, point=point, axes=axes, radiological=radiological)
+    vmax = float(heat.max()) or 1.0
+    heat_planes = _display_planes(np.ma.masked_where(~brain | (heat <= 0), heat), point, spacing, radiological)
+    outline_planes = _display_planes(outline.astype(float), point, spacing, radiological) if outline is not None else [None] * 3
+    mappable = None
+    for ax, (_, plane, aspect, _), out in zip(axes, heat_planes, outline_planes):
+        mappable = ax.imshow(plane, cmap=cmap, vmin=0, vmax=vmax, alpha=alpha, origin="lower", aspect=aspect, interpolation="nearest")
+        if out is not None and np.any(out[1]):
+            ax.contour(out[1], levels=[0.5], colors=["cyan"], linewidths=1.0)
+    fig.colorbar(mappable, ax=list(axes), shrink=0.8, label=heat_label)
+    if title and len(fig.axes) > 4:  # one row of a grid: label the row
+        axes[0].set_ylabel(title, fontsize=8)
+    elif title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -219,21 +335,30 @@ def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
 
 
 def plot_loss_curves(records: Sequence[dict], terms: Sequence[str] | None = None, title: str = ""):
-    """Loss per term against optimizer step, with the learning rate on a twin axis.
+    """Loss per term against optimizer step, with the learning rate on a twin axis; the gradient
+    norm (not a loss: a different scale) on a panel of its own.
 
     Args:
-        records: metrics records (``step``, ``loss``, one key per term, ``lr``), as in metrics.json.
-        terms: which keys to draw; default every numeric key except step/lr/timing.
+        records: metrics records (``step``, ``loss``, one key per term, ``lr``, optional
+            ``grad_norm``), as in metrics.json.
+        terms: which keys to draw on the loss axis; default every numeric key except
+            step/lr/grad_norm/timing.
 
     Example:
         >>> recs = [{"step": i, "loss": 1 / (i + 1), "rot": 0.5, "lr": 1e-3} for i in range(5)]
-        >>> len(plot_loss_curves(recs).axes)
+        >>> len(plot_loss_curves(recs).axes)  # losses and the learning-rate twin
         2
+        >>> len(plot_loss_curves([dict(r, grad_norm=3.0) for r in recs]).axes)
+        3
     """
-    skip = {"step", "lr", "samples_per_s", "elapsed_s", "epoch"}
+    skip = {"step", "lr", "samples_per_s", "elapsed_s", "epoch", "grad_norm"}
     if terms is None:
         terms = [k for k in records[0] if k not in skip and isinstance(records[0][k], (int, float))] if records else []
-    fig, ax = plt.subplots(figsize=(6.5, 3.4), constrained_layout=True)
+    has_grad = any(isinstance(r.get("grad_norm"), (int, float)) for r in records)
+    if has_grad:
+        fig, (ax, grad_ax) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True, width_ratios=[2, 1])
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 3.4), constrained_layout=True)
     steps = [r["step"] for r in records]
     for term in terms:
         ax.plot(steps, [r.get(term, np.nan) for r in records], label=term, lw=2 if term == "loss" else 1)
@@ -243,6 +368,10 @@ def plot_loss_curves(records: Sequence[dict], terms: Sequence[str] | None = None
     lr_ax = ax.twinx()
     lr_ax.plot(steps, [r.get("lr", np.nan) for r in records], color="0.7", ls=":", label="lr")
     lr_ax.set_ylabel("learning rate", color="0.5")
+    if has_grad:
+        grad_ax.plot(steps, [r.get("grad_norm", np.nan) for r in records], color="tab:gray")
+        grad_ax.set_xlabel("optimizer step")
+        grad_ax.set_ylabel("gradient L2 norm (before clipping)")
     if title:
         ax.set_title(title, fontsize=10)
     return fig

@@ -1,0 +1,105 @@
+"""RAS+ everywhere: the same brain saved RAS and LPS gives the same arrays, figures and labels."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kit.data.orientation import axcodes, from_ras, to_ras
+from kit.viz import plot_orthogonal
+from kit.viz.static import plot_heatmap_over_anatomy
+
+
+def _asymmetric_brain(shape=(20, 24, 18)):
+    """A blob with a marker in the patient's right-anterior-superior octant, so flips show."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    image = ((grid ** 2).sum(0) < 0.8).astype(np.float32) * (1 + 0.1 * rng.random(shape, dtype=np.float32))
+    label = np.zeros(shape, np.uint8)
+    label[13:16, 15:19, 11:14] = 1  # +x = right, +y = anterior, +z = superior in RAS
+    return image, label
+
+
+def _save_pair(tmp_path, image, label):
+    """Save the RAS array as-is and as LPS (axes 0 and 1 flipped, affine to match): same world."""
+    ras_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    ras_affine[:3, 3] = [-20, -24, -18]
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [image.shape[0] - 1, image.shape[1] - 1]
+    lps_affine = ras_affine @ flip
+    paths = {}
+    for name, affine, img, lab in (("ras", ras_affine, image, label), ("lps", lps_affine, image[::-1, ::-1], label[::-1, ::-1])):
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(img), affine), tmp_path / f"{name}_t1.nii.gz")
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(lab), affine), tmp_path / f"{name}_seg.nii.gz")
+        paths[name] = (tmp_path / f"{name}_t1.nii.gz", tmp_path / f"{name}_seg.nii.gz")
+    return paths
+
+
+def _render(fig) -> np.ndarray:
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba()).copy()
+    plt.close(fig)
+    return pixels
+
+
+def test_lps_file_loads_to_the_same_ras_array_as_the_ras_file(tmp_path):
+    image, label = _asymmetric_brain()
+    paths = _save_pair(tmp_path, image, label)
+    arrays = {}
+    for name, (img_path, _) in paths.items():
+        img = nib.load(img_path)
+        arrays[name], affine = to_ras(np.asarray(img.dataobj), img.affine)
+        assert axcodes(affine) == ("R", "A", "S")
+    assert axcodes(nib.load(paths["lps"][0]).affine) == ("L", "P", "S")
+    np.testing.assert_array_equal(arrays["ras"], arrays["lps"])
+    lps = nib.load(paths["lps"][0])
+    np.testing.assert_array_equal(from_ras(arrays["lps"], lps.affine), np.asarray(lps.dataobj))
+
+
+def test_figures_of_ras_and_lps_files_are_identical(tmp_path):
+    image, label = _asymmetric_brain()
+    paths = _save_pair(tmp_path, image, label)
+    rendered = {}
+    for name, (img_path, seg_path) in paths.items():
+        img, seg = nib.load(img_path), nib.load(seg_path)
+        fig = plot_orthogonal(np.asarray(img.dataobj), np.asarray(seg.dataobj), affine=img.affine, title="same brain")
+        rendered[name] = _render(fig)
+    np.testing.assert_array_equal(rendered["ras"], rendered["lps"])
+    # and without the affine the LPS array is drawn differently: the test can fail
+    img = nib.load(paths["lps"][0])
+    naive = _render(plot_orthogonal(np.asarray(img.dataobj), np.asarray(nib.load(paths["lps"][1]).dataobj), title="same brain"))
+    assert not np.array_equal(naive, rendered["ras"])
+
+
+@pytest.mark.parametrize("radiological, left_marker", [(True, "R"), (False, "L")])
+def test_axial_markers_follow_the_convention(radiological, left_marker):
+    image, label = _asymmetric_brain()
+    fig = plot_orthogonal(image, label, spacing=(2, 2, 2), radiological=radiological)
+    axial = fig.axes[2]
+    texts = {t.get_text(): t.get_position() for t in axial.texts}
+    assert set(texts) == {"R", "L", "A", "P"}
+    assert texts[left_marker][0] < 0.5  # on the screen's left
+    # the lesion (patient's right) sits on the side the marker names
+    drawn = axial.images[1].get_array()  # label overlay, displayed orientation
+    cols = np.nonzero(np.asarray(drawn)[..., 3].sum(axis=0))[0]
+    on_left = cols.mean() < drawn.shape[1] / 2
+    assert on_left == radiological
+    plt.close(fig)
+
+
+def test_heatmap_is_masked_to_the_brain_and_has_a_colour_bar():
+    image, label = _asymmetric_brain()
+    heat = np.ones_like(image)  # paints everywhere, including outside the brain
+    fig = plot_heatmap_over_anatomy(image, heat, outline=label > 0, spacing=(2, 2, 2), heat_label="saliency (a.u.)")
+    assert len(fig.axes) == 4 and fig.axes[3].get_ylabel() == "saliency (a.u.)"
+    axial_heat = np.ma.getmaskarray(fig.axes[2].images[1].get_array())
+    # every masked (not painted) pixel is outside the brain and every painted one inside it
+    point = tuple(int(v) for v in np.round(np.argwhere(label).mean(0)))
+    brain_plane = (image[::-1, :, point[2]] != 0).T
+    np.testing.assert_array_equal(~axial_heat, brain_plane)
+    plt.close(fig)
