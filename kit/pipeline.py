@@ -218,11 +218,36 @@ def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, pl
     return write_json_atomic(folder / "summary.json", {"title": title, "figures": figures, "plots": rel})
 
 
+SMOKE_BANNER = (
+    "**Smoke run: this checks the plumbing, not the science.** A few training steps on a handful of "
+    "4 mm synthetic subjects: every number below only shows that the code path ran. Read results "
+    "from the `workshop` or `study` profiles."
+)
+
+
+def smoke_banner(profile: str) -> str | None:
+    """The warning shown at the top of smoke reports and notebooks, or None for other profiles.
+
+    Example:
+        >>> smoke_banner("smoke").startswith("**Smoke run"), smoke_banner("workshop")
+        (True, None)
+    """
+    return SMOKE_BANNER if profile == "smoke" else None
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Build ``RUN_DIR/report.md`` from each stage's ``summary.json`` (missing stages are listed as not run)."""
+    """Build ``RUN_DIR/report.md`` from each stage's ``summary.json`` (missing stages are listed as not run).
+
+    A smoke run's report opens with :data:`SMOKE_BANNER` and leaves out the stages' one-line
+    verdicts (a loss that went up, an accuracy of 1.0 on four subjects): its figures are listed as
+    plumbing values.
+    """
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    banner = smoke_banner(run.get("profile", ""))
     lines = ["# brainfm-kit run report", ""]
+    if banner:
+        lines += [f"> {banner}", ""]
     if run:
         lines += [
             f"- profile: `{run.get('profile')}`, seed {run.get('seed')}, device `{run.get('device')}`,"
@@ -238,7 +263,7 @@ def write_report(run_dir: str | Path) -> Path:
             lines += [f"_not run_{': ' + status['error'] if status.get('error') else ''}", ""]
             continue
         summary = json.loads(summary_path.read_text())
-        lines.append(summary.get("title", ""))
+        lines.append("ran (smoke: plumbing values only)" if banner else summary.get("title", ""))
         if status.get("wall_s") is not None:
             lines.append(f"(wall time {status['wall_s']:.0f} s)")
         lines.append("")

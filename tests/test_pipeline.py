@@ -54,7 +54,8 @@ def test_runs_stages_in_order_with_parameters_and_report(tmp_path, notebooks):
     assert summary["figures"]["python"].startswith(sys.prefix)
     assert (run / "01_curation" / "01_curation.ipynb").exists()  # executed copy kept
     text = report.read_text()
-    assert "ran 01_curation" in text and "ran 02_stage1" in text
+    # smoke: a banner, and each stage that ran is listed without its one-line verdict
+    assert "Smoke run" in text and text.count("ran (smoke: plumbing values only)") == 2
     assert "03_stage2" in text and "not run" in text  # missing notebooks are listed, not hidden
     status = json.loads((run / "run.json").read_text())["stages"]
     assert status["01_curation"]["status"] == "done" and status["03_stage2"]["status"] == "skipped"
@@ -107,3 +108,15 @@ def test_cli_reproduce_exit_code_on_failure(tmp_path, notebooks):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "01_curation.ipynb failed at code cell 3" in proc.stderr and "ZeroDivisionError" in proc.stderr
+
+
+def test_smoke_report_has_a_banner_and_no_verdicts(tmp_path):
+    from kit.pipeline import write_json_atomic, write_summary
+
+    write_summary(tmp_path, "04_finetune", "tumour-detection accuracy 1.000", {"accuracy": 1.0})
+    write_json_atomic(tmp_path / "run.json", {"profile": "smoke", "seed": 0})
+    smoke = write_report(tmp_path).read_text()
+    assert "Smoke run: this checks the plumbing" in smoke and "accuracy 1.000" not in smoke
+    write_json_atomic(tmp_path / "run.json", {"profile": "workshop", "seed": 0})
+    workshop = write_report(tmp_path).read_text()
+    assert "Smoke run" not in workshop and "accuracy 1.000" in workshop
