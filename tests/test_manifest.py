@@ -150,3 +150,14 @@ def test_parse_manifest_without_file():
     assert manifest.subject_id_regex == "^(IXI\\d+)" and manifest.source is None
     with pytest.raises(ValueError, match="<manifest>: key 'images'"):
         parse_manifest({"name": "flat", "subjects": "*"})
+
+
+def test_manifest_by_name_or_checkout_path_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository root
+    from kit.data.manifest import load_manifest as load
+
+    assert load("brats2021").name == load("data_manifests/brats2021.yaml").name
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load("data_manifests/nope.yaml")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load("elsewhere/brats2021.yaml")

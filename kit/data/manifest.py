@@ -432,6 +432,11 @@ def _resolve_manifest_path(path_or_name: str | Path) -> Path:
         shipped = manifest_dir() / f"{text}.yaml"
         if shipped.is_file():
             return shipped
+    # "data_manifests/brats2021.yaml" typed outside the checkout means the shipped manifest
+    if not candidate.is_absolute() and candidate.parent.name in ("data_manifests", "") and candidate.suffix in (".yaml", ".yml"):
+        shipped = manifest_dir() / candidate.name
+        if shipped.is_file():
+            return shipped
     raise FileNotFoundError(
         f"manifest {text!r} not found (neither a file nor a shipped name); "
         f"shipped manifests in {manifest_dir()}: {available_manifests()}"
