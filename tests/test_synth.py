@@ -14,6 +14,8 @@ from scipy.stats import spearmanr
 
 from kit.data.synth import (COHORTS, LAYOUTS, SyntheticSubject, make_subject, sample_subject_plan, synth_cohort,
                             write_subject)
+from kit.data import synth
+from kit.data.synth import _BRAIN_CENTRE_MM
 from kit.data.synth_atlas import load_atlas
 
 COARSE = 4.0
@@ -241,6 +243,11 @@ def test_contrast_ordering_inside_tissue():
     s = make_subject("healthy", index, seed=0, resolution_mm=MEDIUM)
     atlas = load_atlas(MEDIUM)
     regions = {"wm": atlas.wm > 0.95, "gm": atlas.gm > 0.9, "csf": (atlas.csf > 0.9) & (atlas.mask > 0.99)}
+    # subjects are the template shrunk by MEAN_HEAD_SCALE about the brain centre: map the regions
+    centre = (np.linalg.inv(s.affine) @ np.append(_BRAIN_CENTRE_MM, 1.0))[:3]
+    scale = synth.MEAN_HEAD_SCALE
+    regions = {k: ndi.affine_transform(v.astype(np.float32), np.eye(3) / scale, offset=centre - centre / scale,
+                                           order=0) > 0.5 for k, v in regions.items()}
     mean = {c: {k: float(s.images[c][v].mean()) for k, v in regions.items()} for c in s.images}
     assert mean["t1"]["wm"] > mean["t1"]["gm"] > mean["t1"]["csf"]
     assert mean["t1ce"]["wm"] > mean["t1ce"]["gm"] > mean["t1ce"]["csf"]

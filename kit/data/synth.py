@@ -119,6 +119,10 @@ def sample_subject_plan(cohort: str, index: int, seed: int = 0) -> SubjectPlan:
     return sample_plan(cohort, _streams(cohort, index, seed)["plan"], load_atlas(4.0))
 
 
+# Mean linear size of a synthetic brain relative to the MNI152 template (see _displacement).
+MEAN_HEAD_SCALE = 0.92
+
+
 def _atrophy(age: float, rng: np.random.Generator) -> float:
     """Atrophy score: 0 at 20 years, ~1 at 85, with individual variation."""
     return float(np.clip((age - 20.0) / 65.0 + rng.normal(0.0, 0.08), 0.0, 1.2))
@@ -129,8 +133,10 @@ def _displacement(plan: SubjectPlan, axes_mm, rng: np.random.Generator, atrophy:
     amplitude = rng.uniform(1.5, 3.0)
     u = smooth_random_fields(rng, 3, axes_mm, _DEFORM_SPACING_MM, _TEMPLATE_FOV_MM)
     u *= np.float32(amplitude)
-    # Brain size: sampling farther from the centre (factor > 1) makes the brain smaller.
-    size = np.clip(1.0 + rng.normal(0.0, 0.02) + (0.015 if plan.sex == "M" else -0.015), 0.95, 1.05)
+    # Brain size: sampling farther from the centre (factor > 1) makes the brain smaller. The MNI152
+    # template is larger than an average head (its brain mask holds about 1.9 L); a linear scale of
+    # 0.92 brings the intracranial volume to the adult range, ~1.3-1.7 L (Buckner et al. 2004).
+    size = np.clip(MEAN_HEAD_SCALE + rng.normal(0.0, 0.02) + (0.015 if plan.sex == "M" else -0.015), 0.87, 0.97)
     for k in range(3):
         shape = [1, 1, 1]
         shape[k] = -1
