@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from kit.models.backbones import create_model
 from kit.models.checkpoints import (
     CheckpointError,
+    model_from_config,
     LoadReport,
     canonical_modality,
     load_checkpoint,
@@ -751,7 +752,7 @@ def load_finetuned(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[
             f"{path}: not a fine-tuned checkpoint (extra['task'] is {task!r}); an SSL checkpoint must be "
             "fine-tuned first (kit.train.finetune.finetune)"
         )
-    backbone = create_model(**checkpoint["model_config"])
+    backbone = model_from_config(checkpoint["model_config"], path)
     if task == "classification":
         head = extra.get("head") or {}
         model = ClassificationModel(backbone, int(head.get("n_outputs", 1)), float(head.get("dropout", 0.0)))
