@@ -244,3 +244,343 @@ def test_unknown_model_or_setting_in_a_checkpoint_is_one_line(tmp_path, capsys):
         code = kit_main(["predict", "--checkpoint", str(path), "--inputs", "a.nii.gz", "--out", str(tmp_path / "o.nii.gz")])
         err = capsys.readouterr().err
         assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+# ----------------------------------------------------------------------------- kit validate: bad files
+# A two-contrast manifest (t1, flair) with an optional 0/1 label; each test writes one clean and one
+# broken subject as real NIfTI files and checks the broken file's one-line reason.
+
+import gzip  # noqa: E402
+import struct  # noqa: E402
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kit.data.cache import build_cache  # noqa: E402
+from kit.data.manifest import parse_manifest  # noqa: E402
+from kit.data.validate import validate_dataset, write_datalist  # noqa: E402
+
+SHAPE = (12, 12, 8)
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+PLAIN = {"name": "plain", "subjects": "sub-*",
+         "images": [{"name": "t1", "pattern": "{subject}_t1.nii.gz"},
+                    {"name": "flair", "pattern": "{subject}_flair.nii.gz"}],
+         "label": {"pattern": "{subject}_seg.nii.gz", "required": False, "values": [0, 1]}}
+
+
+def _brain(seed: int, shape=SHAPE, dtype=np.float32) -> np.ndarray:
+    data = np.zeros(shape, dtype)
+    data[2:-2, 2:-2, 1:-1] = np.random.default_rng(seed).uniform(50, 150, (shape[0] - 4, shape[1] - 4, shape[2] - 2))
+    return data
+
+
+def _subject(root: Path, sid: str, seed: int = 0) -> dict[str, Path]:
+    folder = root / sid
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for k, name in enumerate(("t1", "flair")):
+        files[name] = folder / f"{sid}_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(_brain(seed + k), AFFINE), files[name])
+    return files
+
+
+def _validate(root: Path):
+    return validate_dataset(parse_manifest(PLAIN), root)
+
+
+def _reason(root: Path, path: Path) -> str:
+    result = _validate(root)
+    found = [p for p in result.problems if Path(p.path) == path]
+    assert len(found) == 1, [str(p) for p in result.problems]
+    assert str(found[0]) == f"{path}: {found[0].reason}"
+    assert [e["subject"] for e in result.subjects] == ["sub-ok"]  # the clean one is kept
+    return found[0].reason
+
+
+@pytest.fixture()
+def data(tmp_path):
+    root = tmp_path / "data"
+    _subject(root, "sub-ok", seed=1)
+    return root, _subject(root, "sub-bad", seed=5)
+
+
+def _save(path: Path, image) -> Path:
+    nib.save(image, path)
+    return path
+
+
+def test_all_zero_image(data):
+    root, bad = data
+    _save(bad["t1"], nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE))
+    assert _reason(root, bad["t1"]) == "all voxels are zero (an empty image)"
+
+
+def test_complex_and_rgb_data_types(data):
+    root, bad = data
+    _save(bad["t1"], nib.Nifti1Image(_brain(3).astype(np.complex64), AFFINE))
+    assert _reason(root, bad["t1"]).startswith("complex data type complex64: an MRI contrast must be real-valued")
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = _brain(3).astype(np.uint8)
+    _save(bad["t1"], nib.Nifti1Image(rgb, AFFINE))
+    assert _reason(root, bad["t1"]).startswith("multi-component data type (R,G,B): one scalar per voxel")
+
+
+def test_values_finite_on_disk_but_infinite_as_float32(data):
+    root, bad = data
+    image = nib.Nifti1Image(_brain(3).astype(np.int16), AFFINE)
+    image.header.set_slope_inter(1e37, 0.0)
+    _save(bad["flair"], image)
+    reason = _reason(root, bad["flair"])
+    assert "overflow float32 once scaled (scl_slope 1e+37, scl_inter 0)" in reason
+
+
+def test_qform_and_sform_disagree(data):
+    root, bad = data
+    image = nib.Nifti1Image(_brain(3), AFFINE)
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 20.0  # 2 cm
+    image.set_qform(shifted, code=1)
+    image.set_sform(AFFINE, code=2)
+    _save(bad["t1"], image)
+    assert _reason(root, bad["t1"]).startswith("qform and sform disagree: they place the grid's corners up to 20 mm apart")
+    image.set_qform(AFFINE + np.diag([0, 0, 0, 0]) + np.array([[0, 0, 0, 0.5], [0] * 4, [0] * 4, [0] * 4]), code=1)
+    _save(bad["t1"], image)  # half a millimetre: within the tolerance
+    assert not [p for p in _validate(root).problems if Path(p.path) == bad["t1"]]
+
+
+def test_singular_affine_zero_voxel_size(data):
+    root, bad = data
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_sform(np.diag([2.0, 0.0, 2.0, 1.0]), code=2)
+    header["pixdim"][1:4] = [2.0, 0.0, 2.0]
+    _save(bad["t1"], nib.Nifti1Image(_brain(3), None, header))
+    assert _reason(root, bad["t1"]).startswith("singular affine (voxel size 2x0x2 mm)")
+
+
+def test_subject_ids_colliding_case_insensitively(tmp_path):
+    root = tmp_path / "data"
+    _subject(root, "sub-ok")
+    _subject(root, "sub-OK")
+    result = _validate(root)
+    assert len(result.problems) == 1 and [e["subject"] for e in result.subjects] == ["sub-OK"]
+    assert str(result.problems[0]) == (f"{root / 'sub-ok'}: subject id 'sub-ok' differs from 'sub-OK' "
+                                       f"({root / 'sub-OK'}) only in letter case: they collide on a case-insensitive "
+                                       "file system")
+
+
+def test_shape_rule_is_the_same_in_validate_and_cache(data, tmp_path):
+    root, bad = data
+    _save(bad["t1"], nib.Nifti1Image(_brain(3)[..., None, None], AFFINE))  # 12x12x8x1x1: squeezed
+    result = _validate(root)
+    assert result.ok and any("squeezed to 3D" in w.reason for w in result.warnings)
+    cache = build_cache(result.subjects, ["t1", "flair"], tmp_path / "cache", with_labels=False)
+    assert all(a.ndim == 4 and a.shape[0] == 2 and np.isfinite(a).all() for a in cache.images())
+    four_d = np.stack([_brain(3), _brain(4)], axis=-1)  # a real series: refused by both, same words
+    _save(bad["t1"], nib.Nifti1Image(four_d, AFFINE))
+    assert _reason(root, bad["t1"]) == "is 4D (shape 12x12x8x2) where 3D is expected"
+    entry = {"subject": "sub-bad", "image": [str(bad["t1"]), str(bad["flair"])]}
+    with pytest.raises(ValueError, match=r"sub-bad_t1.nii.gz: is 4D \(shape 12x12x8x2\) where 3D is expected"):
+        build_cache([entry], ["t1", "flair"], tmp_path / "cache2", with_labels=False)
+
+
+def test_directory_and_symlink_loop_where_a_file_is_expected(data):
+    root, bad = data
+    bad["t1"].unlink()
+    bad["t1"].mkdir()
+    assert _reason(root, bad["t1"]) == "is a directory, where a NIfTI file is expected"
+    bad["t1"].rmdir()
+    loop = bad["flair"].with_name("loop_b.nii.gz")
+    os.symlink(bad["t1"], loop)
+    os.symlink(loop, bad["t1"])
+    assert _reason(root, bad["t1"]) == "is a symlink loop, where a NIfTI file is expected"
+
+
+def test_unreadable_file_says_cannot_read(tmp_path):
+    """Permission denied is not 'not a NIfTI image'. Root reads anything: then a forked child runs as nobody."""
+    import shutil
+
+    base = Path("/tmp") / f"kit-perm-{os.getpid()}"  # pytest's tmp_path is private to root
+    base.mkdir(exist_ok=True)
+    try:
+        root = base / "data"
+        _subject(root, "sub-ok")
+        bad = _subject(root, "sub-bad")
+        for path in [base, *base.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        _validate(root)  # imports everything while it can still be read
+        os.chmod(bad["t1"], 0o000)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                if os.geteuid() == 0:
+                    import pwd
+
+                    nobody = pwd.getpwnam("nobody")
+                    os.setgid(nobody.pw_gid)
+                    os.setuid(nobody.pw_uid)
+                os.write(write_end, json.dumps([str(p) for p in _validate(root).problems]).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            problems = json.loads(pipe.read() or b"null")
+        os.waitpid(pid, 0)
+        assert problems == [f"{bad['t1']}: cannot read: Permission denied"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_non_utf8_subject_folder_under_a_strict_utf8_locale(tmp_path):
+    root = tmp_path / "data"
+    _subject(root, "sub-ok")
+    odd = os.fsencode(str(root)) + b"/sub-\xff\xfe01"
+    os.mkdir(odd)  # a subject folder whose name is not UTF-8, with no images in it
+    datalist = tmp_path / "datalist.json"
+    manifest = tmp_path / "plain.yaml"
+    manifest.write_text(json.dumps(PLAIN))  # JSON is YAML
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict",
+           "PYTHONUTF8": "0"}
+    proc = subprocess.run([sys.executable, "-m", "kit.cli", "validate", "--manifest", str(manifest), "--root",
+                           str(root), "--datalist", str(datalist)], capture_output=True, env=env)
+    out = proc.stdout.decode("utf-8")  # strict: the report is valid UTF-8
+    assert proc.returncode == 1, proc.stderr.decode()[-2000:]
+    assert f"{root}/sub-\\xff\\xfe01/sub-\\xff\\xfe01_t1.nii.gz: missing t1 image" in out
+    assert "Traceback" not in proc.stderr.decode() and datalist.exists()
+    assert [e["subject"] for e in json.loads(datalist.read_text())["training"]] == ["sub-ok"]
+
+
+# ----------------------------------------------------------------------------- corruptions of our own
+
+
+def test_label_with_non_integer_values(data):
+    root, bad = data
+    label = np.zeros(SHAPE, np.float32)
+    label[4:6, 4:6, 3:5] = 0.5
+    path = _save(bad["t1"].with_name("sub-bad_seg.nii.gz"), nib.Nifti1Image(label, AFFINE))
+    assert _reason(root, path) == ("non-integer label values (8 voxels, e.g. 0.5); a label map holds integers")
+
+
+def test_contrasts_differing_by_one_voxel(data):
+    root, bad = data
+    _save(bad["flair"], nib.Nifti1Image(_brain(3, (12, 12, 9)), AFFINE))
+    assert _reason(root, bad["flair"]) == "shape 12x12x9 differs from t1 (sub-bad_t1.nii.gz) 12x12x8"
+
+
+def test_gzip_data_behind_a_nii_name_and_plain_data_behind_nii_gz(tmp_path):
+    root = tmp_path / "data"
+    manifest = dict(PLAIN, images=[{"name": "t1", "pattern": "{subject}_t1.nii"}])
+    ok = root / "sub-ok" / "sub-ok_t1.nii"
+    ok.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(_brain(1), AFFINE), ok)
+    bad = root / "sub-bad" / "sub-bad_t1.nii"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(gzip.compress(ok.read_bytes()))
+    result = validate_dataset(parse_manifest(manifest), root)
+    assert [str(p) for p in result.problems] == [
+        f"{bad}: holds gzip-compressed NIfTI data but is named .nii (rename it to .nii.gz)"]
+    plain = tmp_path / "data2"
+    _subject(plain, "sub-ok")
+    files = _subject(plain, "sub-bad")
+    nib.save(nib.Nifti1Image(_brain(2), AFFINE), files["t1"].with_suffix(""))  # .nii
+    files["t1"].write_bytes(files["t1"].with_suffix("").read_bytes())
+    assert _reason(plain, files["t1"]) == "is named .nii.gz but holds uncompressed NIfTI data (rename it to .nii)"
+
+
+def test_nan_in_header_pixdim(data):
+    root, bad = data
+    image = nib.Nifti1Image(_brain(3), AFFINE)
+    image.header["pixdim"][2] = np.nan
+    _save(bad["t1"], image)
+    assert _reason(root, bad["t1"]) == "non-finite voxel size 2xnanx2 mm in the header (pixdim)"
+
+
+def test_zero_byte_file(data):
+    root, bad = data
+    bad["flair"].write_bytes(b"")
+    assert _reason(root, bad["flair"]) == "is an empty file (0 bytes)"
+
+
+def test_bool_datatype_code(data):
+    root, bad = data
+    raw = bytearray(gzip.decompress(bad["t1"].read_bytes()))
+    raw[70:74] = struct.pack("<hh", 1, 1)  # datatype DT_BINARY (1 bit per voxel), bitpix 1
+    bad["t1"].write_bytes(gzip.compress(bytes(raw)))
+    assert _reason(root, bad["t1"]).startswith("unsupported NIfTI data type (HeaderDataError: data code 1 not supported")
+
+
+def test_huge_dimensions_in_the_header_of_a_tiny_file(data):
+    """Read naively, this header asks for 108 TB; it must be refused from the file size alone."""
+    root, bad = data
+    raw = bytearray(gzip.decompress(bad["t1"].read_bytes()))
+    raw[42:48] = struct.pack("<hhh", 30000, 30000, 30000)
+    bad["t1"].write_bytes(gzip.compress(bytes(raw)))
+    reason = _reason(root, bad["t1"])
+    assert reason.startswith("header declares shape 30000x30000x30000 (1.01e+05 GiB of voxels) but the file is a")
+    assert reason.endswith("-byte gzip stream, which cannot hold that much: a corrupt header")
+
+
+def test_empty_axis_in_the_header(data):
+    root, bad = data
+    raw = bytearray(gzip.decompress(bad["t1"].read_bytes()))
+    raw[42:48] = struct.pack("<hhh", 12, 0, 8)
+    bad["t1"].write_bytes(gzip.compress(bytes(raw)))
+    assert _reason(root, bad["t1"]) == "shape 12x0x8 has an empty axis"
+
+
+# ----------------------------------------------------------------------------- accepted means loadable
+
+
+def test_every_subject_validate_accepts_loads_through_the_cache_with_finite_values(tmp_path):
+    """Odd but valid files are accepted and preprocess to finite arrays; every broken one is refused."""
+    root = tmp_path / "data"
+    accepted, refused = [], []
+
+    def subject(sid, t1=None, flair=None, label=None, ok=True):
+        files = _subject(root, sid, seed=len(accepted) + len(refused))
+        if t1 is not None:
+            nib.save(t1, files["t1"])
+        if flair is not None:
+            nib.save(flair, files["flair"])
+        if label is not None:
+            nib.save(label, files["t1"].with_name(f"{sid}_seg.nii.gz"))
+        (accepted if ok else refused).append(sid)
+
+    lesion = np.zeros(SHAPE, np.float32)
+    lesion[5:7, 5:7, 3:5] = 1.0
+    scaled = nib.Nifti1Image(_brain(7).astype(np.int16), AFFINE)
+    scaled.header.set_slope_inter(0.25, 10.0)
+    big_endian = nib.Nifti1Image(_brain(8).astype(">f4"), AFFINE)
+    qs = nib.Nifti1Image(_brain(9), AFFINE)
+    nudged = AFFINE.copy()
+    nudged[1, 3] += 0.4
+    qs.set_qform(nudged, code=1)
+    qs.set_sform(AFFINE, code=2)
+    constant = np.where(_brain(10) > 0, 100.0, 0.0).astype(np.float32)
+    subject("sub-a-plain")
+    subject("sub-b-singleton", t1=nib.Nifti1Image(_brain(11)[..., None], AFFINE))
+    subject("sub-c-float-label", label=nib.Nifti1Image(lesion, AFFINE))
+    subject("sub-d-scaled-int16", flair=scaled)
+    subject("sub-e-big-endian-uint8", t1=big_endian, flair=nib.Nifti1Image(_brain(12).astype(np.uint8), AFFINE))
+    subject("sub-f-qform-within-1mm", t1=qs)
+    subject("sub-g-float64", flair=nib.Nifti1Image(_brain(13).astype(np.float64), AFFINE))
+    subject("sub-h-constant-brain", t1=nib.Nifti1Image(constant, AFFINE))
+    subject("sub-i-empty-label", label=nib.Nifti1Image(np.zeros(SHAPE, np.uint8), AFFINE), ok=False)
+    subject("sub-j-zero", t1=nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE), ok=False)
+    overflow = nib.Nifti1Image(_brain(14).astype(np.int16), AFFINE)
+    overflow.header.set_slope_inter(1e37, 0.0)
+    subject("sub-k-overflow", flair=overflow, ok=False)
+    subject("sub-l-nan", t1=nib.Nifti1Image(np.where(_brain(15) > 0, np.nan, 0).astype(np.float32), AFFINE), ok=False)
+    subject("sub-m-4d", t1=nib.Nifti1Image(np.stack([_brain(1), _brain(2)], -1), AFFINE), ok=False)
+
+    result = _validate(root)
+    assert sorted(e["subject"] for e in result.subjects) == accepted, [str(p) for p in result.problems]
+    assert sorted({p.subject for p in result.problems}) == refused
+    labelled = [e for e in result.subjects if "label" in e]
+    unlabelled = [e for e in result.subjects if "label" not in e]
+    images = build_cache(unlabelled, ["t1", "flair"], tmp_path / "cache", with_labels=False).images()
+    with_labels = build_cache(labelled, ["t1", "flair"], tmp_path / "cache_l", with_labels=True)
+    for array in images + with_labels.images():
+        assert array.shape[0] == 2 and np.isfinite(array).all() and np.abs(array).max() > 0
+    assert all(set(np.unique(a)) <= {0, 1} for a in with_labels.labels())

@@ -260,8 +260,9 @@ def header_problem(image, ndim: int = 3) -> str | None:
     affine = np.asarray(image.affine, dtype=float)
     if not np.all(np.isfinite(affine)):
         return "non-finite affine (NaN or inf in the header's qform/sform): voxel positions are undefined"
-    if np.any(zooms <= 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        return (f"singular affine (voxel size {'x'.join(f'{z:g}' for z in zooms)} mm): a zero voxel size "
+    steps = np.linalg.norm(affine[:3, :3], axis=0)  # nibabel reports a zero pixdim as 1: use the affine
+    if np.any(zooms <= 0) or np.any(steps < 1e-6) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        return (f"singular affine (voxel size {'x'.join(f'{z:g}' for z in steps)} mm): a zero voxel size "
                 "puts a whole axis at one point in space")
     header = image.header
     if "qform_code" in header and int(header["qform_code"]) > 0 and int(header["sform_code"]) > 0:
@@ -287,9 +288,10 @@ def data_problem(data: np.ndarray, image, is_label: bool) -> str | None:
         largest = float(np.max(np.abs(data)))
         if largest > _FLOAT32_MAX:
             n = int(np.count_nonzero(np.abs(data) > _FLOAT32_MAX))
-            slope, inter = (image.header.get_slope_inter() if image is not None and hasattr(image.header, "get_slope_inter")
-                            else (None, None))
-            scaled = f" once scaled (scl_slope {slope:g}, scl_inter {inter or 0:g})" if slope not in (None, 1.0) else ""
+            # the proxy holds the scaling nibabel applied (the loaded header's scl_* are reset)
+            slope = float(getattr(getattr(image, "dataobj", None), "slope", 1.0))
+            inter = float(getattr(getattr(image, "dataobj", None), "inter", 0.0))
+            scaled = f" once scaled (scl_slope {slope:g}, scl_inter {inter:g})" if (slope, inter) != (1.0, 0.0) else ""
             return (f"{n} voxels overflow float32{scaled}: largest |value| {largest:.3g} > {_FLOAT32_MAX:.3g}; "
                     "they would become inf in training")
     if not is_label and not np.any(data):
