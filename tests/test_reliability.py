@@ -584,3 +584,105 @@ def test_every_subject_validate_accepts_loads_through_the_cache_with_finite_valu
     for array in images + with_labels.images():
         assert array.shape[0] == 2 and np.isfinite(array).all() and np.abs(array).max() > 0
     assert all(set(np.unique(a)) <= {0, 1} for a in with_labels.labels())
+
+
+# ----------------------------------------------------------------------------- kit predict
+
+
+@pytest.fixture(scope="module")
+def seg_checkpoint(tmp_path_factory):
+    """A real 1-step segmentation fine-tune on two 2 mm subjects (t1, flair)."""
+    from kit.train.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("train")
+    entries = []
+    for i in range(2):
+        files = _subject(root, f"sub-{i}", seed=i)
+        label = np.zeros(SHAPE, np.uint8)
+        label[5:8, 5:8, 3:5] = 1
+        nib.save(nib.Nifti1Image(label, AFFINE), root / f"sub-{i}" / f"sub-{i}_seg.nii.gz")
+        entries.append({"subject": f"sub-{i}", "image": [str(files["t1"]), str(files["flair"])],
+                        "label": str(root / f"sub-{i}" / f"sub-{i}_seg.nii.gz")})
+    cache = build_cache(entries, ["t1", "flair"], root / "cache")
+    config = FinetuneConfig(backbone="segresnet_small", model={"init_filters": 8}, steps=1, crop=16,
+                            warmup_steps=0, device="cpu")
+    result = finetune(config, cache, [0, 1], regions={"lesion": [1]}, label_values=[0, 1])
+    assert result.spacing_mm == [2.0, 2.0, 2.0]
+    return result.save(root / "seg.pt")
+
+
+def _predict(checkpoint, inputs, out, *extra):
+    return kit_main(["predict", "--checkpoint", str(checkpoint), "--inputs", *map(str, inputs), "--out", str(out),
+                     "--device", "cpu", *extra])
+
+
+def test_predict_never_overwrites_an_input_or_an_existing_file(seg_checkpoint, tmp_path, capsys):
+    files = _subject(tmp_path, "sub-new")
+    before = files["flair"].read_bytes()
+    assert _predict(seg_checkpoint, [files["t1"], files["flair"]], files["flair"]) == 1
+    assert files["flair"].read_bytes() == before
+    assert "--out names one of the inputs" in capsys.readouterr().err
+    assert _predict(seg_checkpoint, [files["t1"], files["flair"]], files["flair"], "--overwrite") == 1
+    assert files["flair"].read_bytes() == before  # not even with --overwrite
+    assert "an input is never overwritten" in capsys.readouterr().err
+    out = tmp_path / "pred.nii.gz"
+    out.write_bytes(b"someone's file")
+    assert _predict(seg_checkpoint, [files["t1"], files["flair"]], out) == 1
+    assert out.read_bytes() == b"someone's file"
+    assert capsys.readouterr().err.strip() == f"kit predict: {out}: already exists; pass --overwrite to replace it"
+    assert _predict(seg_checkpoint, [files["t1"], files["flair"]], out, "--overwrite") == 0
+    assert nib.load(out).shape == SHAPE
+
+
+def test_predict_warns_on_voxel_size_and_contrast_order(seg_checkpoint, tmp_path, capsys):
+    files = _subject(tmp_path, "sub-new")
+    coarse = tmp_path / "coarse"
+    coarse.mkdir()
+    for name in ("t1", "flair"):
+        nib.save(nib.Nifti1Image(_brain(1), np.diag([3.0, 3.0, 3.0, 1.0])), coarse / f"s_{name}.nii.gz")
+    assert _predict(seg_checkpoint, [coarse / "s_t1.nii.gz", coarse / "s_flair.nii.gz"], tmp_path / "a.nii.gz") == 0
+    err = capsys.readouterr().err
+    assert f"warning: {coarse / 's_t1.nii.gz'}: voxel size 3x3x3 mm differs from the training data's 2x2x2 mm" in err
+    assert _predict(seg_checkpoint, [files["flair"], files["t1"]], tmp_path / "b.nii.gz") == 0  # swapped
+    err = capsys.readouterr().err
+    assert (f"warning: {files['flair']}: input 1 is named like flair but the checkpoint reads t1 there "
+            "(expected order: t1, flair)") in err
+
+
+def test_predict_blames_the_truncated_input(seg_checkpoint, tmp_path, capsys):
+    files = _subject(tmp_path, "sub-new")
+    payload = files["flair"].read_bytes()
+    files["flair"].write_bytes(payload[: len(payload) // 2])
+    assert _predict(seg_checkpoint, [files["t1"], files["flair"]], tmp_path / "o.nii.gz") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"kit predict: {files['flair']}: truncated or corrupt image data") and "\n" not in err.strip()
+
+
+def test_predict_refuses_bad_inputs_in_one_line(seg_checkpoint, tmp_path, capsys):
+    files = _subject(tmp_path, "sub-new")
+    nib.save(nib.Nifti1Image(np.stack([_brain(1), _brain(2)], -1), AFFINE), files["t1"])
+    assert _predict(seg_checkpoint, [files["t1"], files["flair"]], tmp_path / "o.nii.gz") == 1
+    assert capsys.readouterr().err.strip() == (f"kit predict: {files['t1']}: is 4D (shape 12x12x8x2) "
+                                               "where 3D is expected")
+    folder = tmp_path / "folder.nii.gz"
+    folder.mkdir()
+    assert _predict(seg_checkpoint, [folder, files["flair"]], tmp_path / "o.nii.gz") == 1
+    assert "folder.nii.gz: is a directory, where a NIfTI file is expected" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_predict_dataset_refuses_existing_outputs(seg_checkpoint, tmp_path, capsys):
+    from kit.predict import predict_dataset
+
+    root = tmp_path / "data"
+    _subject(root, "sub-a")
+    _subject(root, "sub-b")
+    out = tmp_path / "preds"
+    out.mkdir()
+    (out / "sub-b.nii.gz").write_bytes(b"keep me")
+    manifest = parse_manifest(PLAIN)
+    with pytest.raises(ValueError, match=r"sub-b.nii.gz: already exists \(1 of 2 label maps .*pass --overwrite"):
+        predict_dataset(seg_checkpoint, manifest, root, out, device="cpu")
+    assert (out / "sub-b.nii.gz").read_bytes() == b"keep me" and not (out / "sub-a.nii.gz").exists()
+    summary = predict_dataset(seg_checkpoint, manifest, root, out, device="cpu", overwrite=True)
+    assert len(summary["written"]) == 2 and nib.load(out / "sub-b.nii.gz").shape == SHAPE
