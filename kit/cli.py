@@ -11,6 +11,17 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count or a number of seconds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from kit.data.synth import synth_cohort
 
@@ -85,11 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write a synthetic cohort as NIfTI in a real dataset's layout")
     p.add_argument("--cohort", required=True, choices=["healthy", "tumor", "stroke"])
     p.add_argument("--layout", required=True, choices=["brats2021", "brats2023", "atlas2", "ukb", "flat"])
-    p.add_argument("--n", type=int, required=True, help="number of subjects")
+    p.add_argument("--n", type=_positive_int, required=True, help="number of subjects")
     p.add_argument("--out", required=True, type=Path, help="output directory (the data root)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=float, default=1.0, help="voxel size in mm (1 = full, 2-4 = smoke)")
-    p.add_argument("--workers", type=int, default=1, help="subjects generated in parallel")
+    p.add_argument("--workers", type=_positive_int, default=1, help="subjects generated in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
@@ -111,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", default=None, help=f"resume at this stage: {', '.join(STAGES)} (or 01..05)")
     p.add_argument("--to", dest="to_stage", default=None, help="stop after this stage (same names)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: the profile's)")
+    p.add_argument("--cell-timeout", type=_positive_int, default=None, help="seconds per cell (default: the profile's)")
     p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")
     p.add_argument("--force", action="append", default=None, metavar="STAGE",
                    help="redo this stage even if done (repeatable); later stages of the call are redone too")

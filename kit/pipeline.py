@@ -417,6 +417,8 @@ def reproduce(
     first = STAGES.index(resolve_stage(from_stage)) if from_stage else 0
     last = STAGES.index(resolve_stage(to_stage)) if to_stage else len(STAGES) - 1
     forced = {resolve_stage(name) for name in force or ()}
+    if first > last:
+        raise ValueError(f"--from {STAGES[first]} comes after --to {STAGES[last]}: nothing to run")
     if first > 0 and not (run_dir / STAGES[first - 1]).exists():
         raise NotebookFailed(
             f"--from {STAGES[first]} needs the earlier stage's outputs in {run_dir / STAGES[first - 1]}, which do not exist"

@@ -14,7 +14,12 @@ than stopping at the first, each naming the file and what is wrong with it:
 * empty label unless the phenotype table marks the subject lesion-free, and a non-empty label
   for a subject marked lesion-free;
 * a pattern, glob or symlink that leads outside the data root;
-* phenotype table missing when required, unreadable, without its id column, duplicate ids.
+* phenotype table missing when required, unreadable, without its id column, duplicate ids;
+* subject ids that differ only in letter case (one folder on a case-insensitive file system);
+* the file-level rules of :mod:`kit.data.nifti_checks`, shared with the training cache: a folder,
+  symlink loop or unreadable file where a file belongs, empty files, gzip naming, headers that
+  promise more voxels than the file holds, complex / RGB data types, non-finite or singular
+  affines, qform vs sform > 1 mm apart, all-zero images, values that overflow float32 once scaled.
 
 Warnings (reported, never failing): geometry that differs from the manifest's expected
 shape/spacing (synthetic data are often 2-4 mm), squeezed singleton axes, wildcard patterns
