@@ -686,3 +686,15 @@ def test_predict_dataset_refuses_existing_outputs(seg_checkpoint, tmp_path, caps
     assert (out / "sub-b.nii.gz").read_bytes() == b"keep me" and not (out / "sub-a.nii.gz").exists()
     summary = predict_dataset(seg_checkpoint, manifest, root, out, device="cpu", overwrite=True)
     assert len(summary["written"]) == 2 and nib.load(out / "sub-b.nii.gz").shape == SHAPE
+
+
+def test_no_empty_datalist_for_a_cohort_without_clean_subjects(tmp_path):
+    from kit.data.cohorts import combined_datalist
+
+    root = tmp_path / "data"
+    files = _subject(root, "sub-bad")
+    files["t1"].write_bytes(b"")
+    result = _validate(root)
+    with pytest.raises(ValueError, match=r"the tumor cohort has no clean subject \(1 problems\): .*sub-bad_t1.nii.gz: "
+                                         r"is an empty file \(0 bytes\)"):
+        combined_datalist({"tumor": result})
