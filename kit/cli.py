@@ -11,6 +11,17 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count or a number of seconds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from kit.data.synth import synth_cohort
 
@@ -63,9 +74,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             cell_timeout_s=args.cell_timeout,
             notebooks_dir=args.notebooks,
             progress=not args.quiet,
+            force=args.force or (),
         )
     except (NotebookFailed, ValueError) as err:
-        print(f"kit reproduce: {err}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"kit reproduce: {_one_line(err)}", file=sys.stderr)
         return 1
     print(f"report: {report}")
     return 0
@@ -76,16 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     from kit.pipeline import PROFILES, STAGES
 
     parser = argparse.ArgumentParser(prog="kit", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (any position)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic cohort as NIfTI in a real dataset's layout")
     p.add_argument("--cohort", required=True, choices=["healthy", "tumor", "stroke"])
     p.add_argument("--layout", required=True, choices=["brats2021", "brats2023", "atlas2", "ukb", "flat"])
-    p.add_argument("--n", type=int, required=True, help="number of subjects")
+    p.add_argument("--n", type=_positive_int, required=True, help="number of subjects")
     p.add_argument("--out", required=True, type=Path, help="output directory (the data root)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=float, default=1.0, help="voxel size in mm (1 = full, 2-4 = smoke)")
-    p.add_argument("--workers", type=int, default=1, help="subjects generated in parallel")
+    p.add_argument("--workers", type=_positive_int, default=1, help="subjects generated in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 
@@ -107,17 +122,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_stage", default=None, help=f"resume at this stage: {', '.join(STAGES)} (or 01..05)")
     p.add_argument("--to", dest="to_stage", default=None, help="stop after this stage (same names)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: the profile's)")
+    p.add_argument("--cell-timeout", type=_positive_int, default=None, help="seconds per cell (default: the profile's)")
     p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")
+    p.add_argument("--force", action="append", default=None, metavar="STAGE",
+                   help="redo this stage even if done (repeatable); later stages of the call are redone too")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    """An error as one line without terminal colour codes; bugs (not user mistakes) keep their type."""
+    from kit.pipeline import strip_ansi
+
+    text = " ".join(strip_ansi(str(err)).split()) or type(err).__name__
+    user_mistake = isinstance(err, (ValueError, OSError, KeyError, RuntimeError, ImportError))
+    return text if user_mistake else f"{type(err).__name__}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``kit`` console script. Returns the process exit code."""
+    """Entry point of the ``kit`` console script. Returns the process exit code.
+
+    Any error becomes one line ``kit COMMAND: what went wrong`` and exit code 1; ``--debug``
+    (before or after the subcommand) shows the traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    args.debug = debug
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"kit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(f"kit {args.command}: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,23 +295,50 @@ class _CellInfo:
 
 
 def _failing_cell(executed: Path) -> _CellInfo | None:
-    """Find the first cell with an error output in an executed notebook copy."""
+    """The cell that stopped an executed notebook copy: an error output, else papermill's status.
+
+    papermill records each cell's state in ``cell.metadata.papermill.status`` (pending, running,
+    completed, failed) and saves the copy as it goes, so a cell killed by a timeout, which has no
+    error output, is still the one left ``running`` or marked ``failed``.
+    """
     import nbformat
 
     try:
         nb = nbformat.read(executed, as_version=4)
     except Exception:
         return None
-    code_index = 0
-    for cell in nb.cells:
+    code_cells = [
+        cell for cell in nb.cells
         # papermill's injected-parameters cell is not in the user's notebook: do not count it
-        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
-            continue
-        code_index += 1
+        if cell.cell_type == "code" and "injected-parameters" not in cell.metadata.get("tags", [])
+    ]
+
+    def info(index: int, cell) -> _CellInfo:
+        first = next((line for line in cell.source.splitlines() if line.strip()), "")
+        return _CellInfo(index, first[:80])
+
+    for index, cell in enumerate(code_cells, start=1):
         if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
-            first = next((line for line in cell.source.splitlines() if line.strip()), "")
-            return _CellInfo(code_index, first[:80])
+            return info(index, cell)
+    for state in ("failed", "running"):
+        for index, cell in enumerate(code_cells, start=1):
+            meta = cell.metadata.get("papermill", {})
+            if meta.get("status") == state or (state == "failed" and meta.get("exception")):
+                return info(index, cell)
     return None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (kernel tracebacks carry them).
+
+    Example:
+        >>> strip_ansi("\x1b[0;31mValueError\x1b[0m: bad")
+        'ValueError: bad'
+    """
+    return _ANSI.sub("", text)
 
 
 def run_notebook(
@@ -348,6 +377,7 @@ def run_notebook(
         else:
             evalue = getattr(err, "evalue", None) or str(err).strip().splitlines()[-1:] or [kind]
             reason = f"{getattr(err, 'ename', kind)}: {evalue if isinstance(evalue, str) else evalue[0]}"
+        reason = " ".join(strip_ansi(reason).split())
         raise NotebookFailed(f"{notebook.name} failed at {where}: {reason}. Executed copy: {output}") from err
 
 
@@ -372,6 +402,7 @@ def reproduce(
     cell_timeout_s: int | None = None,
     notebooks_dir: str | Path | None = None,
     progress: bool = True,
+    force: list[str] | tuple[str, ...] = (),
 ) -> Path:
     """Run the notebooks in order with papermill and write ``report.md``.
 
@@ -387,61 +418,90 @@ def reproduce(
         cell_timeout_s: per-cell timeout; default the profile's.
         notebooks_dir: where the notebooks are (default: the checkout's ``notebooks/``).
         progress: show papermill's progress bar.
+        force: stages to redo even when done (they and the later stages of the call start over).
+
+    A stage already done in ``out`` with the same settings is skipped, its outputs untouched; see
+    :mod:`kit.runstate` for the rules of a rerun.
 
     Returns:
         Path of ``report.md``. Notebooks that do not exist yet are skipped with a note.
 
     Raises:
         NotebookFailed: naming the notebook and the failing cell; the report is still written.
+        ValueError: a bad ``data_root`` (before any notebook runs), or a done stage asked for with
+            other settings (:class:`kit.runstate.SettingsChanged`).
 
     Example:
         >>> reproduce("smoke", "runs/smoke", from_stage="02_stage1")  # doctest: +SKIP
     """
+    from kit.runstate import clear_stage, decide, stage_settings
+
     config = profile_config(profile)
     run_dir = Path(out).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     nb_dir = Path(notebooks_dir) if notebooks_dir else repo_root() / "notebooks"
     first = STAGES.index(resolve_stage(from_stage)) if from_stage else 0
     last = STAGES.index(resolve_stage(to_stage)) if to_stage else len(STAGES) - 1
+    forced = {resolve_stage(name) for name in force or ()}
+    if first > last:
+        raise ValueError(f"--from {STAGES[first]} comes after --to {STAGES[last]}: nothing to run")
     if first > 0 and not (run_dir / STAGES[first - 1]).exists():
         raise NotebookFailed(
             f"--from {STAGES[first]} needs the earlier stage's outputs in {run_dir / STAGES[first - 1]}, which do not exist"
         )
+    if data_root and first == 0:  # before any notebook: a wrong folder fails here, not in cell 3 of 01
+        from kit.data.cohorts import check_data_root
+
+        check_data_root(config["cohorts"], data_root)
+    run_dir.mkdir(parents=True, exist_ok=True)
     run_json = run_dir / "run.json"
     run = json.loads(run_json.read_text()) if run_json.exists() else {}
-    run.update(
-        profile=profile,
-        seed=seed,
-        device=device,
-        data_root=str(Path(data_root).resolve()) if data_root else None,
-        kit_version=kit.__version__,
-        started=run.get("started") if first > 0 and run.get("started") else time.strftime("%Y-%m-%d %H:%M:%S"),
-    )
     run.setdefault("stages", {})
+    data_root = str(Path(data_root).resolve()) if data_root else None
+    # run-wide fields describe the run as first made; a partial rerun records its own in its stages
+    fresh = not run.get("profile") or (first == 0 and STAGES[0] in forced)
+    run_wide = dict(profile=profile, seed=seed, device=device, data_root=data_root,
+                    started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    for key, value in run_wide.items():
+        if fresh or key not in run:
+            run[key] = value
+    run["kit_version"] = kit.__version__
     timeout = int(cell_timeout_s or config["cell_timeout_s"])
     parameters = {
         "profile": profile,
         "run_dir": str(run_dir),
-        "data_root": run["data_root"],
+        "data_root": data_root,
         "device": device,
         "seed": seed,
         "interactive": False,
     }
+    upstream_redone = False
     try:
         for stage in STAGES[first : last + 1]:
             notebook = nb_dir / NOTEBOOKS[stage]
             if not notebook.exists():
                 run["stages"][stage] = {"status": "skipped", "error": f"{notebook.name} does not exist yet"}
                 continue
-            run["stages"][stage] = {"status": "running"}
+            settings = stage_settings(stage, parameters, config)
+            action = decide(stage, run["stages"].get(stage), settings, forced=stage in forced,
+                            upstream_redone=upstream_redone)
+            if action == "skip":
+                print(f"{stage}: done earlier with these settings; kept as is (--force {stage} redoes it)",
+                      file=sys.stderr)
+                continue
+            if action == "redo":
+                clear_stage(run_dir, stage)
+            upstream_redone = True
+            run["stages"][stage] = {"status": "running", "settings": settings}
             write_json_atomic(run_json, run)
             start = time.perf_counter()
             try:
                 run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, parameters, timeout, progress)
             except NotebookFailed as err:
-                run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start}
+                run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start,
+                                        "settings": settings}
                 raise
-            run["stages"][stage] = {"status": "done", "wall_s": round(time.perf_counter() - start, 1)}
+            run["stages"][stage] = {"status": "done", "wall_s": round(time.perf_counter() - start, 1),
+                                    "settings": settings}
     finally:
         write_json_atomic(run_json, run)
         report = write_report(run_dir)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -81,8 +82,10 @@ def _nifti_suffix(path: Path) -> str:
 
 
 def _check_inputs(inputs: Sequence[str | os.PathLike], modalities: Sequence[str] | None = None) -> list[Path]:
-    """Existence, NIfTI readability, 3D and a common grid; errors name the file."""
+    """Existence, NIfTI readability, 3D (the rule of kit validate) and a common grid; errors name the file."""
     import nibabel as nib
+
+    from kit.data.nifti_checks import check_volume_files, spatial_shape
 
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -94,15 +97,11 @@ def _check_inputs(inputs: Sequence[str | os.PathLike], modalities: Sequence[str]
         )
     reference = None
     for path in paths:
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise FileNotFoundError(f"{path}: input file does not exist")
-        try:
-            header = nib.load(path)
-        except Exception as err:
-            raise ValueError(f"{path}: not a readable NIfTI image ({type(err).__name__}: {err})") from err
-        shape = tuple(int(s) for s in header.shape)
-        if len(shape) != 3:
-            raise ValueError(f"{path}: expected a 3D image, got shape {shape}")
+        check_volume_files([path])  # ValueError "PATH: reason" (a folder, empty, 4D, complex, singular...)
+        header = nib.load(path)
+        shape = spatial_shape(header.shape)
         if reference is None:
             reference = (path, shape, np.asarray(header.affine))
         elif shape != reference[1] or not np.allclose(header.affine, reference[2], atol=1e-3):
@@ -111,6 +110,62 @@ def _check_inputs(inputs: Sequence[str | os.PathLike], modalities: Sequence[str]
                 "all contrasts of a subject must share one voxel grid"
             )
     return paths
+
+
+_NAME_TOKENS = re.compile(r"[^a-z0-9]+")
+
+
+def _contrast_in_name(path: Path, known: Sequence[str]) -> str | None:
+    """The contrast a file name announces (``sub-1_T1Gd.nii.gz`` -> ``t1ce``), if exactly one of ``known``."""
+    from kit.models.checkpoints import canonical_modality
+
+    stem = path.name.lower().removesuffix(".gz").removesuffix(".nii")
+    found = {canonical_modality(t) for t in _NAME_TOKENS.split(stem)} & set(known)
+    return found.pop() if len(found) == 1 else None
+
+
+def input_warnings(paths: Sequence[Path], extra: Mapping[str, Any]) -> list[str]:
+    """Warnings about inputs that may not be what the checkpoint expects (never errors).
+
+    * a file whose name announces another contrast than the checkpoint reads at its position
+      (``--inputs`` are taken in the order given, names are not used to reorder them);
+    * a voxel size that differs by more than 10 % from the training data's (``extra['spacing_mm']``):
+      the network sees structures at another scale.
+
+    Example:
+        >>> input_warnings([Path("s_t1.nii.gz"), Path("s_flair.nii.gz")], {"modalities": ["flair", "t1"]})[0]
+        's_t1.nii.gz: input 1 is named like t1 but the checkpoint reads flair there (expected order: flair, t1)'
+    """
+    from kit.models.checkpoints import canonical_modality
+
+    warnings = []
+    expected = [canonical_modality(m) for m in extra.get("modalities") or []]
+    for position, (path, want) in enumerate(zip(paths, expected), start=1):
+        named = _contrast_in_name(path, expected)
+        if named is not None and named != want:
+            warnings.append(f"{path}: input {position} is named like {named} but the checkpoint reads {want} there "
+                            f"(expected order: {', '.join(expected)})")
+    trained = extra.get("spacing_mm")
+    if trained and paths and all(p.exists() for p in paths[:1]):
+        import nibabel as nib
+
+        zooms = [float(z) for z in nib.load(paths[0]).header.get_zooms()[:3]]
+        if any(abs(z - t) > 0.1 * t for z, t in zip(zooms, trained)):
+            warnings.append(f"{paths[0]}: voxel size {'x'.join(f'{z:g}' for z in zooms)} mm differs from the "
+                            f"training data's {'x'.join(f'{t:g}' for t in trained)} mm; resample the inputs to it "
+                            "for results like the validation's")
+    return warnings
+
+
+def _refuse_overwrite(out: Path, inputs: Sequence[Path], overwrite: bool) -> None:
+    """Never write over an input; over an existing file only with ``overwrite``."""
+    out_real = os.path.realpath(out)
+    for path in inputs:
+        if os.path.realpath(path) == out_real:
+            raise ValueError(f"{out}: --out names one of the inputs; choose another output file (an input is never "
+                             "overwritten)")
+    if os.path.lexists(out) and not overwrite:
+        raise ValueError(f"{out}: already exists; pass --overwrite to replace it")
 
 
 def preprocess_inputs(inputs: Sequence[str | os.PathLike], margin: int = 2) -> PreparedImage:
@@ -130,14 +185,19 @@ def preprocess_inputs(inputs: Sequence[str | os.PathLike], margin: int = 2) -> P
     """
     from monai.transforms import Compose, CropForegroundd, LoadImaged, NormalizeIntensityd
 
+    from kit.data.nifti_checks import first_undecodable, nifti_reader
+
     paths = _check_inputs(inputs)
     load_and_crop = Compose([
-        LoadImaged(keys="image", ensure_channel_first=True, image_only=True),
+        LoadImaged(keys="image", reader=nifti_reader(), ensure_channel_first=True, image_only=True),
         CropForegroundd(keys="image", source_key="image", margin=int(margin), allow_smaller=True),
     ])
     try:
         data = load_and_crop({"image": [str(p) for p in paths]})
-    except Exception as err:
+    except Exception as err:  # name the file that does not decode (a truncated one), not just the first
+        culprit = first_undecodable(paths)
+        if culprit is not None:
+            raise ValueError(f"{culprit}: truncated or corrupt image data (its voxels cannot be decoded)") from err
         raise ValueError(f"{paths[0]}: cannot preprocess {[str(p) for p in paths]}: {err}") from err
     cropped = data["image"]
     crop_start = (0, 0, 0)
@@ -248,6 +308,7 @@ def predict_files(
     sw_batch_size: int = 1,
     threshold: float = 0.5,
     margin: int = 2,
+    overwrite: bool = False,
 ) -> Path:
     """Segment one subject's files and write its label map.
 
@@ -260,13 +321,21 @@ def predict_files(
         sw_batch_size: windows per forward pass.
         threshold: region probability threshold.
         margin: brain-crop margin in voxels.
+        overwrite: replace ``out_path`` if it exists (an input file is never replaced).
+
+    Warnings (stderr): inputs named like another contrast than expected at their position, a voxel
+    size unlike the training data's (:func:`input_warnings`).
 
     Returns:
         the path written.
     """
+    paths = [Path(p) for p in inputs]
+    _nifti_suffix(Path(out_path))
+    _refuse_overwrite(Path(out_path), paths, overwrite)  # before any work
     model, extra = load_segmenter(checkpoint, device)
     paths = _check_inputs(inputs, extra["modalities"])
-    _nifti_suffix(Path(out_path))
+    for warning in input_warnings(paths, extra):
+        print(f"warning: {warning}", file=sys.stderr)
     labels = segment_files(
         model, paths, extra["regions"], extra["roi"],
         overlap=extra.get("sw_overlap", 0.5) if overlap is None else overlap,
@@ -303,6 +372,7 @@ def predict_dataset(
     threshold: float = 0.5,
     margin: int = 2,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Validate a dataset against its manifest, then segment every clean subject into ``out_dir``.
 
@@ -316,6 +386,8 @@ def predict_dataset(
         out_dir: folder for ``<subject>.nii.gz`` (created).
         device, amp, overlap, sw_batch_size, threshold, margin: see :func:`predict_files`.
         progress: tqdm bar over subjects.
+        overwrite: replace existing ``<subject>.nii.gz`` files (inputs are never replaced); without
+            it, existing outputs are refused before anything is written.
 
     Returns:
         ``{'written': [paths], 'subjects': [ids], 'problems': [validation problems as text],
@@ -337,6 +409,16 @@ def predict_dataset(
     order = _channel_order(extra["modalities"], spec.modalities, f"{checkpoint} with manifest {spec.name}")
     result = validate_dataset(spec, root, progress=progress)
     out = Path(out_dir)
+    targets = [out / f"{entry['subject']}.nii.gz" for entry in result.subjects]
+    inputs = [Path(p) for entry in result.subjects for p in entry["image"] + [entry.get("label") or ""] if p]
+    existing = [t for t in targets if os.path.lexists(t)]
+    for target in targets:
+        _refuse_overwrite(target, inputs, overwrite=True)  # an input is never replaced
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]}: already exists ({len(existing)} of {len(targets)} label maps in {out} do); "
+                         "pass --overwrite to replace them")
+    result.warnings.extend(input_warnings([Path(e["image"][order[0]]) for e in result.subjects[:1]],
+                                          {"spacing_mm": extra.get("spacing_mm")}))
     out.mkdir(parents=True, exist_ok=True)
     written, subjects = [], []
     for entry in tqdm(result.subjects, disable=not progress, desc="predict", unit="subject"):
@@ -386,6 +468,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the checkpoint's)")
     p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
     p.add_argument("--threshold", type=float, default=0.5, help="region probability threshold")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=predict_main)
     return p
@@ -400,7 +483,7 @@ def predict_main(args: argparse.Namespace) -> int:
     from kit.models.checkpoints import CheckpointError
 
     options = dict(device=args.device, amp=args.amp, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
-                   threshold=args.threshold)
+                   threshold=args.threshold, overwrite=getattr(args, "overwrite", False))
     try:
         if args.inputs:
             out = predict_files(args.checkpoint, args.inputs, args.out, **options)
@@ -412,7 +495,11 @@ def predict_main(args: argparse.Namespace) -> int:
         summary = predict_dataset(args.checkpoint, args.manifest, args.root, args.out,
                                   progress=not args.quiet, **options)
     except (FileNotFoundError, ValueError, CheckpointError, RuntimeError) as err:
-        print(f"kit predict: {err}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        from kit.pipeline import strip_ansi
+
+        print(f"kit predict: {' '.join(strip_ansi(str(err)).split())}", file=sys.stderr)
         return 1
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

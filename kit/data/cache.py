@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.data.nifti_checks import check_volume_files, first_undecodable
+
 __all__ = ["build_cache", "open_cache", "CacheIndex"]
 
 _FORMAT = "brainfm-kit-cache/1"
@@ -46,10 +48,13 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 def _transforms(has_label: bool, margin: int):
     from monai.transforms import Compose, CropForegroundd, EnsureTyped, LoadImaged, NormalizeIntensityd
 
+    from kit.data.nifti_checks import nifti_reader
+
     keys = ["image", "label"] if has_label else ["image"]
     return Compose(
         [
-            LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+            # the reader squeezes trailing singleton axes, as kit validate does (kit.data.nifti_checks)
+            LoadImaged(keys=keys, reader=nifti_reader(), ensure_channel_first=True, image_only=True),
             CropForegroundd(keys=keys, source_key="image", margin=margin, allow_smaller=True),
             NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
             EnsureTyped(keys=keys, track_meta=True),
@@ -141,10 +146,13 @@ def build_cache(
         item = {"image": list(entry["image"])}
         if has_label:
             item["label"] = entry["label"]
+        files = item["image"] + ([item["label"]] if has_label else [])
+        check_volume_files(files)  # the shape rule of kit validate: ValueError "FILE: reason"
         try:
             data = transform(item)
-        except Exception as err:  # MONAI wraps loader errors; name the subject's files
-            raise ValueError(f"{entry['image'][0]}: cannot preprocess subject {subject}: {err}") from err
+        except Exception as err:  # MONAI wraps loader errors; name the file that fails to decode
+            culprit = first_undecodable(files) or entry["image"][0]
+            raise ValueError(f"{culprit}: cannot preprocess subject {subject}: {err}") from err
         image = data["image"]
         # CropForeground records the crop in the meta tensor's applied operations; the start
         # offset maps cached voxels back to the original grid (for predictions in input space).

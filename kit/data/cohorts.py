@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-__all__ = ["cohort_root", "prepare_cohorts", "combined_datalist", "load_cohort"]
+__all__ = ["cohort_root", "check_data_root", "prepare_cohorts", "combined_datalist", "load_cohort"]
 
 # Each cohort gets its own seed stream so adding subjects to one does not change another.
 _COHORT_SEED_OFFSET = {"healthy": 0, "tumor": 1000, "stroke": 2000}
@@ -82,14 +82,58 @@ def prepare_cohorts(
     return results
 
 
+def check_data_root(cohorts: dict, data_root: str | Path) -> None:
+    """Refuse a ``data_root`` that cannot hold the cohorts, before any notebook starts.
+
+    Each cohort's data must be a folder ``data_root/<manifest name>`` in which the manifest's
+    subject glob finds at least one subject (a full check is :func:`kit.data.validate.validate_dataset`).
+
+    Raises:
+        ValueError: one line naming the folder and what is missing.
+
+    Example:
+        >>> check_data_root({"tumor": {"manifest": "brats2021"}}, "/nonexistent")
+        Traceback (most recent call last):
+        ...
+        ValueError: --data-root /nonexistent: does not exist
+    """
+    import glob
+
+    from kit.data.manifest import load_manifest
+
+    root = Path(data_root)
+    if not root.is_dir():
+        raise ValueError(f"--data-root {root}: {'is not a directory' if root.exists() else 'does not exist'}")
+    expected = ", ".join(f"{spec['manifest']}/" for spec in cohorts.values())
+    for name, spec in cohorts.items():
+        folder = cohort_root(name, spec, "", root)
+        if not folder.is_dir():
+            raise ValueError(f"--data-root {root}: no {spec['manifest']}/ folder for the {name} cohort "
+                             f"(a data root holds one folder per manifest: {expected})")
+        manifest = load_manifest(spec["manifest"])
+        if not glob.glob(str(Path(glob.escape(str(folder))) / manifest.subjects_glob)):
+            raise ValueError(f"{folder}: no subjects match the {manifest.name} manifest's glob "
+                             f"'{manifest.subjects_glob}' (is this the {manifest.name} dataset?)")
+
+
 def combined_datalist(results: dict) -> dict:
     """One decathlon-style dict with a data-list key per cohort and each cohort's metadata.
 
     Returns:
         ``{"name", "description", "cohorts": {name: {manifest, root, modality, labels, regions,
         numTraining, problems}}, name: [entries], ...}``.
+
+    Raises:
+        ValueError: a cohort has no clean subject (the first problem is named), so that no
+            empty datalist is written.
     """
     from kit.data.validate import datalist_dict
+
+    for name, result in results.items():
+        if not result.subjects:
+            first = f": {result.problems[0]}" if result.problems else ""
+            raise ValueError(f"{result.root}: the {name} cohort has no clean subject "
+                             f"({len(result.problems)} problems){first}")
 
     out: dict = {
         "name": "brainfm-kit cohorts",

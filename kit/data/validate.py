@@ -14,7 +14,12 @@ than stopping at the first, each naming the file and what is wrong with it:
 * empty label unless the phenotype table marks the subject lesion-free, and a non-empty label
   for a subject marked lesion-free;
 * a pattern, glob or symlink that leads outside the data root;
-* phenotype table missing when required, unreadable, without its id column, duplicate ids.
+* phenotype table missing when required, unreadable, without its id column, duplicate ids;
+* subject ids that differ only in letter case (one folder on a case-insensitive file system);
+* the file-level rules of :mod:`kit.data.nifti_checks`, shared with the training cache: a folder,
+  symlink loop or unreadable file where a file belongs, empty files, gzip naming, headers that
+  promise more voxels than the file holds, complex / RGB data types, non-finite or singular
+  affines, qform vs sform > 1 mm apart, all-zero images, values that overflow float32 once scaled.
 
 Warnings (reported, never failing): geometry that differs from the manifest's expected
 shape/spacing (synthetic data are often 2-4 mm), squeezed singleton axes, wildcard patterns
@@ -48,10 +53,12 @@ import nibabel as nib
 import numpy as np
 
 from kit.data.manifest import Manifest, load_manifest
+from kit.data.nifti_checks import corner_shift_mm, data_problem, file_problem, header_problem, spatial_shape
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",
     "Problem",
+    "printable",
     "ValidationResult",
     "validate_dataset",
     "datalist_dict",
@@ -80,7 +87,7 @@ class Problem:
     subject: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
+        return printable(f"{self.path}: {self.reason}")
 
 
 @dataclass
@@ -116,6 +123,18 @@ class ValidationResult:
 
 
 # ----------------------------------------------------------------------------- small helpers
+
+def printable(text: str) -> str:
+    """``text`` safe to print under any locale: bytes of non-UTF-8 file names become ``\\xNN``.
+
+    Python decodes such names with surrogate escapes, which a strict UTF-8 stream cannot encode.
+
+    Example:
+        >>> printable("/data/sub-\\udcff01/t1.nii.gz")
+        '/data/sub-\\\\xff01/t1.nii.gz'
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
 
 class _FileError(Exception):
     """A file-level problem found while reading; the message is the reason."""
@@ -190,16 +209,27 @@ class _Volume:
 def _read_volume(path: str, ndim: int, is_label: bool, problems: list, warnings: list,
                  subject: str) -> _Volume | None:
     """Read one NIfTI in full and record its file-level problems; None when unreadable."""
+    reason = file_problem(path)  # before nibabel: permissions, empty, gzip naming, impossible sizes
+    if reason is not None:
+        problems.append(Problem(path, reason, subject))
+        return None
     try:
         image = nib.load(path)
     except Exception as error:  # nibabel raises many types for non-images; report, never crash
-        problems.append(Problem(path, f"unreadable: not a NIfTI image ({_error_text(error, path)})",
-                                subject))
+        text = _error_text(error, path)
+        if "data code" in text and "not supported" in text:
+            problems.append(Problem(path, f"unsupported NIfTI data type ({text})", subject))
+        else:
+            problems.append(Problem(path, f"unreadable: not a NIfTI image ({text})", subject))
         return None
     if not hasattr(image, "dataobj") or not hasattr(image, "affine") or image.affine is None:
         problems.append(Problem(path, f"unreadable: {type(image).__name__} has no voxel data/affine",
                                 subject))
         return None
+    reason = header_problem(image, ndim)  # shape rule shared with the cache, dtype, geometry
+    if reason is not None:
+        problems.append(Problem(path, reason, subject))
+        return _Volume(path, tuple(int(s) for s in image.shape), np.eye(4), (), bad=True)
     try:
         data = np.asanyarray(image.dataobj)  # decodes everything: truncation shows only here
     except Exception as error:
@@ -209,16 +239,11 @@ def _read_volume(path: str, ndim: int, is_label: bool, problems: list, warnings:
 
     volume = _Volume(path, tuple(int(s) for s in data.shape), np.asarray(image.affine, float),
                      tuple(float(z) for z in image.header.get_zooms()[:ndim]))
-    if data.ndim > ndim and all(s == 1 for s in data.shape[ndim:]):
+    if data.ndim > ndim:  # header_problem accepted it: only trailing singleton axes
         warnings.append(Problem(path, f"shape {_fmt_shape(data.shape)} has trailing singleton "
                                       f"axes; squeezed to {ndim}D", subject))
-        data = data.reshape(data.shape[:ndim])
+        data = data.reshape(spatial_shape(data.shape, ndim))
         volume.shape = tuple(int(s) for s in data.shape)
-    elif data.ndim != ndim:
-        problems.append(Problem(path, f"is {data.ndim}D (shape {_fmt_shape(data.shape)}) where "
-                                      f"{ndim}D is expected", subject))
-        volume.bad = True
-        return volume
 
     if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
         finite = np.isfinite(data)
@@ -229,6 +254,11 @@ def _read_volume(path: str, ndim: int, is_label: bool, problems: list, warnings:
                                           f"{n_bad - n_nan}) of {data.size}", subject))
             volume.bad = True
             return volume
+    reason = data_problem(data, image, is_label)  # all zero; finite on disk, inf as float32
+    if reason is not None:
+        problems.append(Problem(path, reason, subject))
+        volume.bad = True
+        return volume
 
     if is_label:
         if not np.issubdtype(data.dtype, np.integer):
@@ -252,13 +282,6 @@ def _read_volume(path: str, ndim: int, is_label: bool, problems: list, warnings:
     return volume
 
 
-def _max_corner_shift_mm(affine_a: np.ndarray, affine_b: np.ndarray, shape) -> float:
-    """Largest distance (mm) between where the two affines put the grid's corner voxels."""
-    corners = np.array(list(itertools.product(*[(0, max(int(s) - 1, 0)) for s in shape[:3]])), float)
-    corners = np.c_[corners, np.ones(len(corners))]
-    return float(np.max(np.linalg.norm((corners @ affine_a.T - corners @ affine_b.T)[:, :3], axis=1)))
-
-
 # ----------------------------------------------------------------------------- discovery
 
 @dataclass
@@ -274,6 +297,7 @@ def _discover(manifest: Manifest, root: Path, root_real: str, problems: list, wa
     id_regex = re.compile(manifest.subject_id_regex) if manifest.subject_id_regex else None
     subjects: list[_Subject] = []
     seen: dict[str, str] = {}
+    seen_folded: dict[str, tuple[str, str]] = {}
     for match in matches:
         is_dir = os.path.isdir(match)
         if id_regex is None and not is_dir:
@@ -295,7 +319,15 @@ def _discover(manifest: Manifest, root: Path, root_real: str, problems: list, wa
             problems.append(Problem(match, f"duplicate subject id '{subject_id}' (also {seen[subject_id]})",
                                     subject_id))
             continue
+        folded = subject_id.casefold()
+        if folded in seen_folded:  # one folder / one cache file on macOS and Windows file systems
+            other_id, other = seen_folded[folded]
+            problems.append(Problem(match, f"subject id '{subject_id}' differs from '{other_id}' ({other}) only in "
+                                           "letter case: they collide on a case-insensitive file system",
+                                    subject_id))
+            continue
         seen[subject_id] = match
+        seen_folded[folded] = (subject_id, match)
         subjects.append(_Subject(subject_id, match if is_dir else os.path.dirname(match), match))
     if not subjects and len(problems) == n_problems_before:
         problems.append(Problem(str(root), f"no subjects found: glob '{manifest.subjects_glob}' "
@@ -308,8 +340,9 @@ def _locate(pattern: str, subject: _Subject, root: Path, root_real: str, what: s
     """Return (existing inside-root file or None, the path to report)."""
     if _GLOB_CHARS.search(pattern):
         relative = pattern.format(subject=glob.escape(subject.id))
-        matches = sorted(m for m in glob.glob(os.path.join(glob.escape(subject.folder), relative))
-                         if os.path.isfile(m))
+        found = sorted(glob.glob(os.path.join(glob.escape(subject.folder), relative)))
+        # files first; a folder or a dangling/looping link matched alone is reported as such
+        matches = [m for m in found if os.path.isfile(m)] or found
         expected = os.path.join(subject.folder, pattern.format(subject=subject.id))
         if not matches:
             return None, expected
@@ -325,7 +358,8 @@ def _locate(pattern: str, subject: _Subject, root: Path, root_real: str, what: s
     if not _inside(path, root_real):
         problems.append(Problem(path, _outside_reason(path, root, f"{what} file"), subject.id))
         return None, path
-    return (path if os.path.isfile(path) else None), path
+    # anything there (a folder, a symlink loop) is read and reported for what it is, not as missing
+    return (path if os.path.lexists(path) else None), path
 
 
 # ----------------------------------------------------------------------------- phenotypes
@@ -418,7 +452,7 @@ def _check_subject(subject: _Subject, manifest: Manifest, root: Path, root_real:
                                                      f"{ref_name} ({os.path.basename(ref.path)}) "
                                                      f"{_fmt_shape(ref.shape)}", subject.id))
                 continue
-            shift = _max_corner_shift_mm(volume.affine, ref.affine, ref.shape)
+            shift = corner_shift_mm(volume.affine, ref.affine, ref.shape)
             if shift > AFFINE_TOLERANCE_MM:
                 problems.append(Problem(volume.path, f"affine differs from {ref_name} "
                                                      f"({os.path.basename(ref.path)}): grid corners "

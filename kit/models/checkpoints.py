@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kit.models.backbones import create_model
+from kit.models.backbones import create_model, list_models
+from kit.tempfiles import remove_stale_temporaries, temporary_prefix
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -58,6 +59,7 @@ __all__ = [
     "canonical_modality",
     "transfer_input_channels",
     "build_from_checkpoint",
+    "model_from_config",
 ]
 
 CHECKPOINT_FORMAT = "brainfm-kit/1"
@@ -203,7 +205,8 @@ def save_checkpoint(
         "extra": dict(extra or {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)  # left by a writer killed mid-write
+    fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -547,7 +550,7 @@ def build_from_checkpoint(
     else:
         dst_in = int(in_channels) if in_channels is not None else src_in
     config["in_channels"] = dst_in
-    model = create_model(**config)
+    model = model_from_config(config, path)
     state, notes = normalize_state_dict(ckpt["state_dict"], model.state_dict().keys())
     report_extra = LoadReport(notes=notes)
 
@@ -579,3 +582,25 @@ def build_from_checkpoint(
     report.dropped, report.transferred = report_extra.dropped, report_extra.transferred
     report.notes = notes + report.notes
     return model, report
+
+
+def model_from_config(model_config: Mapping[str, Any], path: str | os.PathLike) -> nn.Module:
+    """``create_model(**model_config)`` with one-line errors naming the checkpoint ``path``.
+
+    Raises:
+        CheckpointError: no or an unknown model name, or a setting the model does not take.
+
+    Example:
+        >>> model_from_config({"name": "unet9", "in_channels": 1}, "c.pt")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        kit.models.checkpoints.CheckpointError: c.pt: model_config names an unknown model 'unet9' (known: ...)
+    """
+    config = dict(model_config)
+    name = config.pop("name", None)
+    if name not in list_models():
+        raise CheckpointError(f"{path}: model_config names an unknown model {name!r} (known: {', '.join(list_models())})")
+    try:
+        return create_model(name, **config)
+    except TypeError as err:  # an unexpected or missing keyword: a checkpoint from another version
+        raise CheckpointError(f"{path}: model_config does not fit model {name!r}: {err}") from err

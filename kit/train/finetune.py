@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from kit.models.backbones import create_model
 from kit.models.checkpoints import (
     CheckpointError,
+    model_from_config,
     LoadReport,
     canonical_modality,
     load_checkpoint,
@@ -683,6 +684,7 @@ class FinetuneResult:
         label_values: the dataset's label values (segmentation).
         classes: classification classes in logit order (binary: ``classes[1]`` is the positive one).
         train_subjects: subject ids used for training.
+        spacing_mm: median voxel size (mm) of the training subjects (``kit predict`` compares inputs).
     """
 
     model: nn.Module
@@ -695,6 +697,7 @@ class FinetuneResult:
     label_values: list[int] = field(default_factory=list)
     classes: list[Any] = field(default_factory=list)
     train_subjects: list[str] = field(default_factory=list)
+    spacing_mm: list[float] = field(default_factory=list)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """The ``extra`` that :meth:`save` stores (what kit.predict and evaluation need)."""
@@ -705,6 +708,7 @@ class FinetuneResult:
             "finetune_config": asdict(cfg),
             "history": list(self.history),
             "summary": {k: v for k, v in self.summary.items() if isinstance(v, (int, float, str, type(None)))},
+            "spacing_mm": list(self.spacing_mm),  # median voxel size of the training subjects
         }
         if cfg.task == "segmentation":
             extra.update(regions={k: list(v) for k, v in self.regions.items()}, label_values=list(self.label_values),
@@ -751,7 +755,7 @@ def load_finetuned(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[
             f"{path}: not a fine-tuned checkpoint (extra['task'] is {task!r}); an SSL checkpoint must be "
             "fine-tuned first (kit.train.finetune.finetune)"
         )
-    backbone = create_model(**checkpoint["model_config"])
+    backbone = model_from_config(checkpoint["model_config"], path)
     if task == "classification":
         head = extra.get("head") or {}
         model = ClassificationModel(backbone, int(head.get("n_outputs", 1)), float(head.get("dropout", 0.0)))
@@ -918,5 +922,8 @@ def finetune(
         torch.manual_seed(config.seed)  # dropout: deterministic, without touching the caller's RNG
         history, summary = _run_steps(model, dataset, loss_fn, config, device, callback)
     summary.update(n_train=len(subjects), init_report=report.summary() if report is not None else None)
+    # voxel size of the training data, so kit predict can warn about inputs at another resolution
+    affines = [np.asarray(cache.entries[i]["affine"], float) for i in indices if cache.entries[i].get("affine")]
+    spacing = [round(float(v), 4) for v in np.median([np.linalg.norm(a[:3, :3], axis=0) for a in affines], axis=0)] if affines else []
     return FinetuneResult(model=model, history=history, summary=summary, config=config, load_report=report,
-                          modalities=modalities, train_subjects=subjects, **result_meta)
+                          modalities=modalities, train_subjects=subjects, spacing_mm=spacing, **result_meta)

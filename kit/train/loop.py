@@ -45,6 +45,7 @@ from kit.models.checkpoints import (
     save_checkpoint,
     transfer_input_channels,
 )
+from kit.tempfiles import remove_stale_temporaries
 from kit.train.distributed import setup_distributed
 from kit.train.sampling import GlobalBatchSampler
 
@@ -175,6 +176,7 @@ def train(
     checkpoint_path = run_dir / CHECKPOINT_NAME
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(checkpoint_path)  # a run killed while writing its checkpoint
 
     # ---- model, optimizer, schedule, mixed precision --------------------------------------------
     if device.type == "cuda":

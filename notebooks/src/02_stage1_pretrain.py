@@ -103,7 +103,7 @@ write_summary(
         "backbone": config["backbone"], "steps": last["step"], "loss_first": round(first["loss"], 4),
         "loss_last": round(last["loss"], 4),
         **{f"{k}_last": round(last[k], 4) for k in ("rot", "contrast", "recon") if k in last},
-        "samples_per_s": round(float(summary.get("samples_per_s", 0.0)), 2),
+        "samples_per_s": round(float(summary.get("samples_per_s") or 0.0), 2),  # None: finished earlier
         "checkpoint": str(out / "checkpoint.pt"),
     },
     ["figures/ssl_views_before.png", "figures/loss_curves.png", "figures/ssl_views_after.png"],
