@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_parser(sub)
 
+    from kit.interop import add_interop_parsers
+
+    add_interop_parsers(sub)  # import-weights, export-bundle, pretrain
+
     p = sub.add_parser("reproduce", help="run the notebooks in order with papermill")
     p.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
     p.add_argument("--out", required=True, type=Path, help="run directory")
