@@ -89,7 +89,8 @@ def pretrain_main(args: argparse.Namespace) -> int:
             overrides=parse_overrides(args.set), init_checkpoint=args.init, progress=not args.quiet,
         )
     except (FileNotFoundError, KeyError, ValueError, CheckpointError) as err:
-        print(f"kit pretrain: {str(err).strip(chr(39))}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"kit pretrain: {message}", file=sys.stderr)
         cleanup()
         return 1
     if is_main():
