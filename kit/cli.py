@@ -63,12 +63,26 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             cell_timeout_s=args.cell_timeout,
             notebooks_dir=args.notebooks,
             progress=not args.quiet,
+            extra_inits=_named_paths(args.init),
         )
     except (NotebookFailed, ValueError) as err:
         print(f"kit reproduce: {err}", file=sys.stderr)
         return 1
     print(f"report: {report}")
     return 0
+
+
+def _named_paths(items: list[str] | None) -> dict[str, str]:
+    """``NAME=PATH`` strings (``kit reproduce --init``) as ``{name: absolute path}``; the path must exist."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--init expects NAME=CHECKPOINT, got {item!r}")
+        if not Path(path).is_file():
+            raise ValueError(f"--init {name}: {path} does not exist")
+        out[name] = str(Path(path).resolve())
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: the profile's)")
     p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--init", action="append", metavar="NAME=CKPT",
+                   help="another fine-tuning initialisation for notebook 04 (e.g. from kit import-weights); repeatable")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 

@@ -347,6 +347,7 @@ def reproduce(
     cell_timeout_s: int | None = None,
     notebooks_dir: str | Path | None = None,
     progress: bool = True,
+    extra_inits: dict[str, str] | None = None,
 ) -> Path:
     """Run the notebooks in order with papermill and write ``report.md``.
 
@@ -362,6 +363,8 @@ def reproduce(
         cell_timeout_s: per-cell timeout; default the profile's.
         notebooks_dir: where the notebooks are (default: the checkout's ``notebooks/``).
         progress: show papermill's progress bar.
+        extra_inits: more fine-tuning initialisations for notebook 04, ``{name: kit checkpoint}``
+            (e.g. published weights converted by ``kit import-weights``).
 
     Returns:
         Path of ``report.md``. Notebooks that do not exist yet are skipped with a note.
@@ -412,7 +415,8 @@ def reproduce(
             write_json_atomic(run_json, run)
             start = time.perf_counter()
             try:
-                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, parameters, timeout, progress)
+                params = {**parameters, "extra_inits": dict(extra_inits)} if extra_inits and stage == "04_finetune" else parameters
+                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress)
             except NotebookFailed as err:
                 run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start}
                 raise
