@@ -124,3 +124,20 @@ def test_an_incomplete_encoder_is_refused_naming_the_file(tmp_path, capsys):
         pass
     else:  # pragma: no cover
         raise AssertionError("an incomplete encoder was accepted")
+
+
+def test_reproduce_init_reaches_notebook_04_only(tmp_path, monkeypatch, capsys):
+    import kit.pipeline
+
+    calls = {}
+    monkeypatch.setattr(kit.pipeline, "run_notebook",
+                        lambda notebook, output, parameters, *a, **k: calls.setdefault(notebook.name, parameters))
+    ckpt = tmp_path / "imported.pt"
+    ckpt.write_bytes(b"x")
+    run = tmp_path / "run"
+    (run / "02_stage1").mkdir(parents=True)
+    assert main(["reproduce", "--out", str(run), "--from", "03", "--quiet", "--init", f"monai_ssl={ckpt}"]) == 0
+    assert calls["04_finetune.ipynb"]["extra_inits"] == {"monai_ssl": str(ckpt.resolve())}
+    assert all("extra_inits" not in p for name, p in calls.items() if name != "04_finetune.ipynb")
+    assert main(["reproduce", "--out", str(run), "--from", "03", "--init", "x=missing.pt"]) == 1
+    assert "--init x: missing.pt does not exist" in capsys.readouterr().err

@@ -110,3 +110,33 @@ def test_bad_requests_fail_with_one_line(curated_run, tmp_path, capsys):
     assert "unknown SSL objective 'nope'" in capsys.readouterr().err
     assert main(["pretrain", "--profile", "smoke", "--stage", "1", "--out", str(tmp_path / "empty")]) == 1
     assert "datalist not found" in capsys.readouterr().err
+
+
+SRUN_SHIM = """#!/bin/bash
+# srun stand-in: one copy of the command per "node", all on this machine
+while [[ "$1" == --* ]]; do shift; done
+pids=()
+for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i SLURM_PROCID=$i "$@" & pids+=($!); done
+rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc
+"""
+
+
+def test_the_shipped_sbatch_script_trains_on_two_nodes(curated_run, tmp_path):
+    """examples/slurm/pretrain.sbatch as SLURM would run it on 2 nodes (srun/scontrol stand-ins, gloo on CPU)."""
+    run = copy_run(curated_run, tmp_path / "run")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "srun").write_text(SRUN_SHIM)
+    (shims / "scontrol").write_text("#!/bin/bash\necho localhost\n")
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{shims}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
+           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "4242", "GPUS_PER_NODE": "1",
+           "HEAD_PORT": str(free_port()), "DEVICE": "cpu", "PROFILE": "smoke", "STAGE": "1", "RUN": str(run),
+           "KIT_ARGS": "--set steps=1 --set crop=16 --set batch_size=1 --set warmup_steps=1"}
+    done = subprocess.run(["bash", str(ROOT / "examples" / "slurm" / "pretrain.sbatch")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    checkpoint = load_checkpoint(run / "02_stage1" / "checkpoint.pt")
+    assert checkpoint["extra"]["world_size"] == 2 and checkpoint["extra"]["step"] == 1
