@@ -18,7 +18,8 @@ The architecture (feature size, depths, heads) is read off the tensors. The Swin
 complete: a missing encoder tensor or one of another shape is an error, never a silent gap. The
 first layer is mapped to the wanted input contrasts with
 :func:`kit.models.checkpoints.transfer_input_channels` (the sum over input channels is kept), the
-decoder, which these releases do not hold, keeps a seeded initialisation, and the SSL heads are
+convolutional skip encoders and decoder of SwinUNETR, which these releases do not hold, keep a seeded
+initialisation, and the SSL heads are
 left out; the report lists each group.
 
 Example:
@@ -64,7 +65,7 @@ class ImportReport:
 
     Attributes:
         matched: model keys whose values come from the source file (first layer included).
-        missing: model keys the source does not hold (the decoder): seeded initialisation.
+        missing: model keys the source does not hold (convolutional skip encoders, decoder): seeded initialisation.
         unexpected: source keys not written (SSL heads and anything unknown).
         transferred: ``(key, source_shape, written_shape)`` of the layers mapped across input channels.
         model_config: the written checkpoint's ``model_config``.
@@ -187,7 +188,7 @@ def import_weights(
         src_modalities: names of the source's input channels (default: the release's, see the module
             docstring; MONAI's weights have one unnamed channel).
         out_channels: segmentation outputs of the (freshly initialised) decoder.
-        seed: seed of the decoder's initialisation.
+        seed: seed of the initialisation of everything the source does not hold.
         overwrite: replace an existing ``out``.
 
     Returns:
