@@ -75,6 +75,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             notebooks_dir=args.notebooks,
             progress=not args.quiet,
             force=args.force or (),
+            extra_inits=_named_paths(args.init),
         )
     except (NotebookFailed, ValueError) as err:
         if getattr(args, "debug", False):
@@ -83,6 +84,19 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         return 1
     print(f"report: {report}")
     return 0
+
+
+def _named_paths(items: list[str] | None) -> dict[str, str]:
+    """``NAME=PATH`` strings (``kit reproduce --init``) as ``{name: absolute path}``; the path must exist."""
+    out = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--init expects NAME=CHECKPOINT, got {item!r}")
+        if not Path(path).is_file():
+            raise ValueError(f"--init {name}: {path} does not exist")
+        out[name] = str(Path(path).resolve())
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_parser(sub)
 
+    from kit.interop import add_interop_parsers
+
+    add_interop_parsers(sub)  # import-weights, export-bundle, pretrain
+
     p = sub.add_parser("reproduce", help="run the notebooks in order with papermill")
     p.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
     p.add_argument("--out", required=True, type=Path, help="run directory")
@@ -127,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=None, metavar="STAGE",
                    help="redo this stage even if done (repeatable); later stages of the call are redone too")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--init", action="append", metavar="NAME=CKPT",
+                   help="another fine-tuning initialisation for notebook 04 (e.g. from kit import-weights); repeatable")
     p.set_defaults(func=_cmd_reproduce)
     return parser
 

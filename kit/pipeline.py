@@ -403,6 +403,7 @@ def reproduce(
     notebooks_dir: str | Path | None = None,
     progress: bool = True,
     force: list[str] | tuple[str, ...] = (),
+    extra_inits: dict[str, str] | None = None,
 ) -> Path:
     """Run the notebooks in order with papermill and write ``report.md``.
 
@@ -419,6 +420,8 @@ def reproduce(
         notebooks_dir: where the notebooks are (default: the checkout's ``notebooks/``).
         progress: show papermill's progress bar.
         force: stages to redo even when done (they and the later stages of the call start over).
+        extra_inits: more fine-tuning initialisations for notebook 04, ``{name: kit checkpoint}``
+            (e.g. published weights converted by ``kit import-weights``).
 
     A stage already done in ``out`` with the same settings is skipped, its outputs untouched; see
     :mod:`kit.runstate` for the rules of a rerun.
@@ -481,7 +484,8 @@ def reproduce(
             if not notebook.exists():
                 run["stages"][stage] = {"status": "skipped", "error": f"{notebook.name} does not exist yet"}
                 continue
-            settings = stage_settings(stage, parameters, config)
+            params = {**parameters, "extra_inits": dict(extra_inits)} if extra_inits and stage == "04_finetune" else parameters
+            settings = stage_settings(stage, params, config)
             action = decide(stage, run["stages"].get(stage), settings, forced=stage in forced,
                             upstream_redone=upstream_redone)
             if action == "skip":
@@ -495,7 +499,7 @@ def reproduce(
             write_json_atomic(run_json, run)
             start = time.perf_counter()
             try:
-                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, parameters, timeout, progress)
+                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress)
             except NotebookFailed as err:
                 run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start,
                                         "settings": settings}

@@ -1,21 +1,41 @@
 """One SSL pretraining stage from a datalist: cache, dataset, model, objective, loop.
 
 Notebooks 02 (stage 1, healthy brains) and 03 (stage 2, diseased brains, from the stage-1
-checkpoint) both call :func:`run_pretraining` with their profile's stage settings, so the two
-stages differ only in data, channels, learning rate and initialisation, as in BrainSegFounder.
+checkpoint) and ``kit pretrain`` all call :func:`prepare_stage` and :func:`run_pretraining` with
+their profile's stage settings, so the two stages differ only in data, channels, learning rate and
+initialisation, as in BrainSegFounder. ``kit pretrain`` (:func:`pretrain_stage`) runs a stage
+without a notebook, also under ``torchrun`` on several nodes::
+
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        -m kit.cli pretrain --profile full --stage 1 --out RUN
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import torch
 
 from kit.data.cache import CacheIndex, build_cache
 from kit.train.loop import TrainConfig, train
 from kit.train.sampling import ArrayCropDataset
 
-__all__ = ["PretrainSetup", "prepare_pretraining", "run_pretraining", "train_config_from"]
+__all__ = [
+    "PretrainSetup",
+    "prepare_pretraining",
+    "run_pretraining",
+    "train_config_from",
+    "STAGE_SETTINGS",
+    "PretrainStage",
+    "stage_settings",
+    "prepare_stage",
+    "pretrain_stage",
+]
+
+# stage number -> (run-directory folder, cohort of the run's datalist, profile key)
+STAGE_SETTINGS = {1: ("02_stage1", "healthy", "stage1"), 2: ("03_stage2", "tumor", "stage2")}
 
 
 class PretrainSetup:
@@ -74,11 +94,21 @@ def prepare_pretraining(
     from kit.models import create_model
     from kit.ssl import create_objective
 
+    from kit.train.distributed import rank_and_world
+
     out = Path(out_dir)
-    cache = build_cache(entries, modalities, out / "cache", with_labels=False, progress=progress)
+    rank, world_size = rank_and_world()
+    if world_size > 1 and rank != 0:
+        torch.distributed.barrier()  # rank 0 writes the cache first; the others then find it complete
+    cache = build_cache(entries, modalities, out / "cache", with_labels=False, progress=progress and rank == 0)
+    if world_size > 1 and rank == 0:
+        torch.distributed.barrier()
     dataset = ArrayCropDataset(cache.images(), stage["crop"])
-    model = create_model(stage["backbone"], in_channels=len(modalities), out_channels=3, **stage.get("model", {}))
-    objective = create_objective(stage.get("objective", "swin_trio"), model, **stage.get("objective_cfg", {}))
+    # Seeded initialisation: every process, and every rerun, starts from the same weights.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(stage["backbone"], in_channels=len(modalities), out_channels=3, **stage.get("model", {}))
+        objective = create_objective(stage.get("objective", "swin_trio"), model, **stage.get("objective_cfg", {}))
     config = train_config_from(stage, seed, device, progress)
     return PretrainSetup(cache, dataset, objective, modalities, config, out)
 
@@ -108,3 +138,124 @@ def run_pretraining(
         modalities=setup.modalities,
         callback=callback,
     )
+
+
+# ----------------------------------------------------------------------------- a stage of a run
+
+
+def stage_settings(profile: str, stage: int, objective: str | None = None, overrides: dict | None = None) -> dict:
+    """The profile's settings of pretraining ``stage`` (1 or 2), with ``objective`` and ``overrides`` applied.
+
+    Example:
+        >>> cfg = stage_settings("smoke", 1, overrides={"steps": 3, "objective_cfg": {"mix_prob": 0.0}})
+        >>> cfg["steps"], cfg["objective"], cfg["objective_cfg"]
+        (3, 'swin_trio', {'mix_prob': 0.0})
+    """
+    from kit.pipeline import profile_config
+
+    if stage not in STAGE_SETTINGS:
+        raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+    config = profile_config(profile)[STAGE_SETTINGS[stage][2]]
+    unknown = sorted(set(overrides or {}) - set(config) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} for stage {stage}; the profile's are {sorted(config)}")
+    config.update(overrides or {})
+    if objective is not None:
+        if objective != config.get("objective"):
+            config["objective_cfg"] = dict((overrides or {}).get("objective_cfg", {}))  # options belong to an objective
+        config["objective"] = objective
+    return config
+
+
+@dataclass
+class PretrainStage:
+    """One stage of a run, ready to train: what notebooks 02/03 and ``kit pretrain`` share.
+
+    Attributes:
+        config: the stage's settings (:func:`stage_settings`).
+        entries, modalities: the stage's cohort from ``RUN/01_curation/datalist.json`` and its channels.
+        out: the stage folder (``RUN/02_stage1`` or ``RUN/03_stage2``).
+        setup: the prepared cache, dataset, model and objective (:func:`prepare_pretraining`).
+        init_checkpoint: the weights the stage starts from (stage 2: stage 1's checkpoint), or None.
+    """
+
+    config: dict
+    entries: list[dict]
+    modalities: list[str]
+    out: Path
+    setup: PretrainSetup
+    init_checkpoint: Path | None
+
+
+def prepare_stage(
+    profile: str,
+    stage: int,
+    run_dir: str | Path,
+    *,
+    objective: str | None = None,
+    overrides: dict | None = None,
+    init_checkpoint: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> PretrainStage:
+    """Read the stage's cohort from the run's datalist and prepare its training.
+
+    Under torchrun the process group is joined here (rank 0 builds the cache while the others wait).
+
+    Args:
+        profile: a :data:`kit.pipeline.PROFILES` name.
+        stage: 1 (healthy cohort, ``RUN/02_stage1``) or 2 (tumour cohort, ``RUN/03_stage2``).
+        run_dir: the run directory; ``01_curation/datalist.json`` must exist (notebook 01).
+        objective: SSL objective name (default: the profile's); overrides: stage settings to change.
+        init_checkpoint: initial weights (default: stage 2 starts from ``RUN/02_stage1/checkpoint.pt``).
+        seed, device, progress: as for :func:`prepare_pretraining`.
+
+    Example:
+        >>> st = prepare_stage("smoke", 1, "runs/smoke")  # doctest: +SKIP
+        >>> summary = run_pretraining(st.setup, init_checkpoint=st.init_checkpoint)  # doctest: +SKIP
+    """
+    from kit.data.cohorts import load_cohort
+    from kit.pipeline import stage_dir
+    from kit.train.distributed import setup_distributed
+
+    config = stage_settings(profile, stage, objective, overrides)
+    folder, cohort, _ = STAGE_SETTINGS[stage]
+    run = Path(run_dir)
+    if init_checkpoint is None and stage == 2:
+        init_checkpoint = run / "02_stage1" / "checkpoint.pt"
+        if not init_checkpoint.is_file():
+            raise FileNotFoundError(f"{init_checkpoint}: stage 2 starts from stage 1's checkpoint; run stage 1 first")
+    entries, meta = load_cohort(run / "01_curation" / "datalist.json", cohort)
+    modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
+    setup_distributed(device)
+    out = stage_dir(run, folder)
+    setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=progress)
+    return PretrainStage(config, entries, modalities, out, setup, Path(init_checkpoint) if init_checkpoint else None)
+
+
+def pretrain_stage(
+    profile: str,
+    stage: int,
+    run_dir: str | Path,
+    *,
+    objective: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    overrides: dict | None = None,
+    init_checkpoint: str | Path | None = None,
+    progress: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
+) -> dict[str, Any]:
+    """``kit pretrain``: prepare and train one stage; resumes from ``checkpoint.pt`` when interrupted.
+
+    Returns:
+        the loop's summary (see :func:`kit.train.train`).
+
+    Example:
+        >>> pretrain_stage("smoke", 1, "runs/smoke", device="cpu")["world_size"]  # doctest: +SKIP
+        1
+    """
+    prepared = prepare_stage(profile, stage, run_dir, objective=objective, overrides=overrides,
+                             init_checkpoint=init_checkpoint, seed=seed, device=device, progress=progress)
+    return run_pretraining(prepared.setup, init_checkpoint=prepared.init_checkpoint, callback=callback)

@@ -25,21 +25,18 @@ interactive = False
 
 # %%
 import json
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from kit.data.cohorts import load_cohort
-from kit.pipeline import profile_config, stage_dir, write_summary
-from kit.train.pretrain import prepare_pretraining, run_pretraining
+from kit.pipeline import write_summary
+from kit.train.pretrain import prepare_stage, run_pretraining
 from kit.viz import plot_loss_curves, plot_ssl_preview
 
-STAGE, COHORT, SETTINGS = "02_stage1", "healthy", "stage1"
-config = profile_config(profile)[SETTINGS]
-out = stage_dir(run_dir, STAGE)
-entries, meta = load_cohort(Path(run_dir) / "01_curation" / "datalist.json", COHORT)
-modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
+# The same preparation as `kit pretrain --stage 1` (the script for clusters): cohort, cache, model.
+STAGE, COHORT = "02_stage1", "healthy"
+stage = prepare_stage(profile, 1, run_dir, seed=seed, device=device, progress=True)
+config, entries, modalities, out, setup = stage.config, stage.entries, stage.modalities, stage.out, stage.setup
 print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {config['backbone']}, crop {config['crop']}^3")
 
 # %% [markdown]
@@ -48,7 +45,6 @@ print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {confi
 # voxels, memory-mapped), so each random crop reads a few megabytes instead of decoding .nii.gz.
 
 # %%
-setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=True)
 n_params = sum(p.numel() for p in setup.objective.model.parameters())
 print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}; backbone parameters: {n_params / 1e6:.2f} M")
 

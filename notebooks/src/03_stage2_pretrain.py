@@ -27,24 +27,21 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from kit.data.cohorts import load_cohort
 from kit.models.checkpoints import load_checkpoint
-from kit.pipeline import profile_config, stage_dir, write_summary
-from kit.train.pretrain import prepare_pretraining, run_pretraining
+from kit.pipeline import write_summary
+from kit.train.pretrain import prepare_stage, run_pretraining
 from kit.viz import plot_loss_curves, plot_ssl_preview
 
-STAGE, COHORT, SETTINGS = "03_stage2", "tumor", "stage2"
-config = profile_config(profile)[SETTINGS]
-out = stage_dir(run_dir, STAGE)
+STAGE, COHORT = "03_stage2", "tumor"
 stage1_checkpoint = Path(run_dir) / "02_stage1" / "checkpoint.pt"
-entries, meta = load_cohort(Path(run_dir) / "01_curation" / "datalist.json", COHORT)
-modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
 stage1 = load_checkpoint(stage1_checkpoint)
 print(f"stage 1: {stage1_checkpoint} ({stage1['extra'].get('modalities')}, step {stage1['extra'].get('step')})")
-print(f"stage 2: {len(entries)} {COHORT} subjects, channels {modalities}")
 
 # %%
-setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=True)
+# The same preparation as `kit pretrain --stage 2` (the script for clusters): cohort, cache, model.
+stage = prepare_stage(profile, 2, run_dir, init_checkpoint=stage1_checkpoint, seed=seed, device=device, progress=True)
+config, entries, modalities, out, setup = stage.config, stage.entries, stage.modalities, stage.out, stage.setup
+print(f"stage 2: {len(entries)} {COHORT} subjects, channels {modalities}")
 print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}")
 
 # %% [markdown]

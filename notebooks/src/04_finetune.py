@@ -9,7 +9,8 @@
 #   (classification on the encoder with a pooled head; accuracy, AUC, sensitivity, specificity),
 #   optionally a linear probe (frozen encoder), and stroke lesion segmentation on the ATLAS-layout
 #   cohort.
-# - **Initialisations**: `scratch`, `stage1` (notebook 02) and `stage1+2` (notebook 03).
+# - **Initialisations**: `scratch`, `stage1` (notebook 02) and `stage1+2` (notebook 03), plus any in
+#   `extra_inits` (e.g. published weights converted with `kit import-weights`).
 # - **Splits**: a fixed, stratified, subject-level test set; per seed, nested label-fraction
 #   subsets of the remaining subjects, identical for every initialisation, so differences are
 #   paired.
@@ -24,6 +25,7 @@ data_root = None
 device = "auto"
 seed = 0
 interactive = False
+extra_inits = {}  # more initialisations {name: kit checkpoint}, e.g. published weights from `kit import-weights`
 
 # %%
 from pathlib import Path
@@ -50,6 +52,8 @@ inits = {
     "stage1": str(run / "02_stage1" / "checkpoint.pt"),
     "stage1+2": str(run / "03_stage2" / "checkpoint.pt"),
 }
+# Further inits from the profile ("extra_inits") or the parameter (`kit reproduce --init NAME=CKPT`).
+inits.update({**config.get("extra_inits", {}), **extra_inits})
 seeds = [seed + s for s in config["seeds"]]
 print(f"tasks: {[t['name'] for t in config['tasks']]}; fractions {config['fractions']}; seeds {seeds}")
 
@@ -119,7 +123,7 @@ display(summary_table.round(3))
 seg_task = next(t["name"] for t in config["tasks"] if t["task"] == "segmentation")
 seg_rows = results[results.task == seg_task]
 smallest = float(seg_rows.label_fraction.min())
-diffs = pd.concat([paired_difference(seg_rows, "dice_mean", init) for init in ("stage1", "stage1+2")
+diffs = pd.concat([paired_difference(seg_rows, "dice_mean", init) for init in sorted(set(inits) - {"scratch"})
                    if init in set(seg_rows.init)], ignore_index=True)
 display(diffs.round(4))
 headline = diffs[(diffs.treatment == "stage1+2") & (diffs.label_fraction == smallest)]

@@ -1,0 +1,253 @@
+"""A fine-tuned segmentation checkpoint as a MONAI bundle: ``kit export-bundle``.
+
+The bundle (https://docs.monai.io/en/stable/mb_specification.html) runs without the kit::
+
+    DIR/configs/metadata.json     input channels (names, order), spacing, output labels, versions
+    DIR/configs/inference.json    MONAI transforms, network, SlidingWindowInferer, SaveImaged
+    DIR/models/model.pt           the network's state dict
+    DIR/scripts/kit_bundle.py     subjects of a BraTS-layout folder, regions -> labels (numpy/torch/MONAI only)
+    DIR/README.md                 how to run it
+
+    python -m monai.bundle run --bundle_root DIR --config_file DIR/configs/inference.json \\
+        --meta_file DIR/configs/metadata.json --dataset_dir SUBJECTS --output_dir OUT
+
+writes ``OUT/<subject>_seg.nii.gz`` for every subject folder of ``SUBJECTS``. The preprocessing and
+postprocessing are those of ``kit predict`` (kit.predict): ``LoadImaged`` (channels stacked in the
+checkpoint's order), ``CropForegroundd`` on voxels > 0 with a margin of 2,
+``NormalizeIntensityd(nonzero=True, channel_wise=True)``, no resampling or reorientation (the
+model reads the grid it was trained on), Gaussian-weighted sliding windows of the training crop
+size, sigmoid, regions -> BraTS labels, zero outside the brain, un-cropped into the input grid
+(``Invertd``) and saved in the first input's space as uint8.
+
+Example:
+    >>> export_bundle("runs/x/04_finetune/models/tumor_seg__stage1+2.pt", "bundles/tumor_seg")  # doctest: +SKIP
+    PosixPath('bundles/tumor_seg')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["export_bundle", "network_definition", "inference_config"]
+
+# MONAI classes of the kit's backbones (kit.models.backbones subclasses them without changing keys or forward).
+_MONAI_CLASS = {"segresnet_small": "SegResNet", "swinunetr": "SwinUNETR"}
+_BRATS2021_PATTERN = "{subject}_%s.nii.gz"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def network_definition(model_config: dict) -> dict:
+    """The MONAI network of a kit ``model_config`` as a bundle ``_target_`` definition.
+
+    Example:
+        >>> network_definition({"name": "segresnet_small", "in_channels": 4, "out_channels": 3, "init_filters": 8,
+        ...                     "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1), "dropout_prob": None})["_target_"]
+        'SegResNet'
+    """
+    config = dict(model_config)
+    name = config.pop("name")
+    if name not in _MONAI_CLASS:
+        raise ValueError(f"no MONAI network for the kit backbone {name!r}; exportable: {sorted(_MONAI_CLASS)}")
+    config.setdefault("spatial_dims", 3)
+    return {"_target_": _MONAI_CLASS[name], **_jsonable(config)}
+
+
+def inference_config(extra: dict, network: dict, patterns: list[str]) -> dict:
+    """The ``inference.json`` of a segmentation checkpoint's ``extra`` (regions, roi, sw_overlap)."""
+    from kit.train.regions import region_paint_order
+
+    regions = extra["regions"]
+    index = {name: i for i, name in enumerate(regions)}
+    paint = [[index[name], int(value)] for name, value in region_paint_order(regions)]
+    return {
+        # scripts.* only in _target_: MONAI puts the bundle root on sys.path when the run starts, after imports.
+        "imports": ["$import numpy", "$import torch"],
+        "bundle_root": ".",
+        "ckpt_path": "$@bundle_root + '/models/model.pt'",
+        "dataset_dir": "data",
+        "output_dir": "$@bundle_root + '/eval'",
+        "output_postfix": "seg",
+        "image_patterns": patterns,
+        "threshold": 0.5,
+        "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
+        "network_def": network,
+        "network": "$@network_def.to(@device)",
+        "datalist": {"_target_": "scripts.kit_bundle.brats_subjects", "dataset_dir": "@dataset_dir",
+                     "patterns": "@image_patterns"},
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image", "ensure_channel_first": True, "image_only": True},
+                {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "margin": 2,
+                 "allow_smaller": True},
+                {"_target_": "CopyItemsd", "keys": "image", "times": 1, "names": "brain"},
+                {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True},
+            ],
+        },
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": _jsonable(extra["roi"]), "sw_batch_size": 1,
+                    "overlap": float(extra.get("sw_overlap", 0.5)), "mode": "gaussian"},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+                {"_target_": "scripts.kit_bundle.RegionsToLabelsd", "keys": "pred", "paint": paint,
+                 "threshold": "@threshold", "brain_key": "brain"},
+                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                 "nearest_interp": True, "to_tensor": True},
+                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir",
+                 "output_postfix": "@output_postfix", "output_dtype": "$numpy.uint8", "separate_folder": False,
+                 "resample": False, "print_log": False,
+                 "output_name_formatter": {"_target_": "scripts.kit_bundle.subject_name_formatter",
+                                           "first_pattern": "$@image_patterns[0]"}},
+            ],
+        },
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+             "map_location": "@device", "strict": True},
+        ],
+        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                      "val_handlers": "@handlers", "amp": False},
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def _metadata(ckpt: dict, extra: dict, patterns: list[str], spacing: list[float] | None) -> dict:
+    import monai
+    import numpy
+
+    from kit.train.regions import region_paint_order
+
+    modalities = list(extra["modalities"])
+    label_names = {"0": "background"}
+    for name, value in region_paint_order(extra["regions"]):
+        label_names[str(value)] = f"{name} only" if len(extra["regions"][name]) > 1 else name
+    config = ckpt["model_config"]
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": "0.1.0",
+        "changelog": {"0.1.0": "exported by brainfm-kit (kit export-bundle)"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": numpy.__version__,
+        "optional_packages_version": {"nibabel": _version("nibabel"), **({"einops": _version("einops")} if config["name"] == "swinunetr" else {})},
+        "name": f"brainfm-kit {extra.get('task', 'segmentation')} ({config['name']})",
+        "task": "brain lesion segmentation in multi-contrast MRI",
+        "description": (
+            "A brainfm-kit fine-tuned segmentation model. Inputs: one subject folder per case in the BraTS 2021 "
+            f"layout with the channels {modalities} in this order, skull-stripped and co-registered. "
+            "Preprocessing as kit predict: brain crop (voxels > 0, margin 2), z-score per channel over brain voxels; "
+            "no resampling: inputs must already have the training spacing. Output: a uint8 label map per subject, "
+            "in the first input's grid."
+        ),
+        "authors": "brainfm-kit",
+        "copyright": "see the training data's licence",
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image", "format": "magnitude", "modality": "MR", "num_channels": len(modalities),
+                    "spatial_shape": _jsonable(extra["roi"]), "dtype": "float32", "value_range": [],
+                    "is_patch_data": True, "channel_def": {str(i): m for i, m in enumerate(modalities)},
+                    "file_patterns": patterns, "spacing_mm": spacing,
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image", "format": "labels", "num_channels": 1, "spatial_shape": _jsonable(extra["roi"]),
+                    "dtype": "uint8", "value_range": sorted(int(v) for v in label_names), "is_patch_data": False,
+                    "channel_def": label_names,
+                }
+            },
+        },
+        "kit": {
+            "modalities": modalities, "regions": _jsonable(extra["regions"]), "roi": _jsonable(extra["roi"]),
+            "sw_overlap": float(extra.get("sw_overlap", 0.5)), "threshold": 0.5, "spacing_mm": spacing,
+            "model_config": _jsonable(config),
+        },
+    }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing: list[float] | None = None) -> Path:
+    """Write a MONAI bundle for a fine-tuned segmentation checkpoint (see the module docstring).
+
+    Args:
+        checkpoint: a segmentation checkpoint (``FinetuneResult.save``, e.g. ``04_finetune/models/*.pt``).
+        out: the bundle folder; must not exist (nothing is overwritten). Written in a temporary
+            sibling folder and renamed, so a failed export leaves nothing behind.
+        spacing: voxel spacing (mm) of the training data, recorded in metadata.json (default: the
+            checkpoint's ``extra['spacing_mm']``, else null: not recorded).
+
+    Returns:
+        the bundle folder.
+
+    Raises:
+        CheckpointError: not a segmentation checkpoint; FileExistsError: ``out`` exists.
+    """
+    from kit.models.checkpoints import CheckpointError, load_checkpoint
+    from kit.predict import load_segmenter
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new --out folder (a bundle is never written over files)")
+    model, extra = load_segmenter(checkpoint, device="cpu")
+    ckpt = load_checkpoint(checkpoint)
+    network = network_definition(ckpt["model_config"])
+    # The bundle's network is MONAI's class: check here that it takes the weights, key for key.
+    from monai.bundle import ConfigParser
+
+    monai_net = ConfigParser({"net": network}).get_parsed_content("net")
+    try:
+        monai_net.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint}: MONAI's {network['_target_']} does not take these weights: {err}") from err
+    spacing = list(spacing) if spacing is not None else extra.get("spacing_mm")
+    spacing = [float(s) for s in spacing] if spacing is not None else None
+    patterns = [_BRATS2021_PATTERN % m for m in extra["modalities"]]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for sub in ("configs", "models", "scripts"):
+            (tmp / sub).mkdir()
+        (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(extra, network, patterns), indent=2))
+        (tmp / "configs" / "metadata.json").write_text(json.dumps(_metadata(ckpt, extra, patterns, spacing), indent=2))
+        torch.save({k: v.detach().cpu() for k, v in monai_net.state_dict().items()}, tmp / "models" / "model.pt")
+        shutil.copyfile(Path(__file__).with_name("bundle_scripts.py"), tmp / "scripts" / "kit_bundle.py")
+        (tmp / "scripts" / "__init__.py").write_text("")
+        (tmp / "README.md").write_text(
+            f"# {out.name}\n\nExported by brainfm-kit from `{Path(checkpoint).name}`. Run on a folder of subjects "
+            f"in the BraTS 2021 layout (channels {', '.join(extra['modalities'])}):\n\n"
+            "```bash\npython -m monai.bundle run --bundle_root . --config_file configs/inference.json "
+            "--meta_file configs/metadata.json --dataset_dir SUBJECTS --output_dir OUT\n```\n"
+        )
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
