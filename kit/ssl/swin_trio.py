@@ -48,6 +48,7 @@ from torch import nn
 
 from kit.models.heads import SSLHead
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
+from kit.tensors import to_module_device, to_numpy
 
 __all__ = [
     "Box",
@@ -432,11 +433,14 @@ class SwinTrio(SSLObjective):
     def preview(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, np.ndarray]:
         """First view of each sample, as numpy arrays for figures.
 
+        ``x`` may be on any device: it is moved to the model's (e.g. CPU crops for a model trained on a GPU).
+
         Returns:
             ``input`` (B, C, X, Y, Z) the crops; ``masked`` the network input (rotated + masked);
             ``target`` the rotated unmasked volume; ``reconstruction`` the decoder output;
             ``mask`` (B, 1, X, Y, Z) bool; ``rot_labels`` (B,) the applied k; ``rot_pred`` (B,) predicted k.
         """
+        x = to_module_device(x, self.model)  # crops come from the CPU; the model may live on a GPU
         was_training = self.training
         self.eval()
         try:
@@ -448,11 +452,11 @@ class SwinTrio(SSLObjective):
         finally:
             self.train(was_training)
         return {
-            "input": x.detach().float().cpu().numpy(),
-            "masked": v["views"][:batch].float().cpu().numpy(),
-            "target": v["targets"][:batch].float().cpu().numpy(),
-            "reconstruction": recon.float().cpu().numpy(),
-            "mask": v["masks"][:batch].cpu().numpy(),
-            "rot_labels": v["rot_labels"][:batch].cpu().numpy(),
-            "rot_pred": rot_pred.cpu().numpy(),
+            "input": to_numpy(x.float()),
+            "masked": to_numpy(v["views"][:batch]),
+            "target": to_numpy(v["targets"][:batch]),
+            "reconstruction": to_numpy(recon),
+            "mask": to_numpy(v["masks"][:batch]),
+            "rot_labels": to_numpy(v["rot_labels"][:batch]),
+            "rot_pred": to_numpy(rot_pred),
         }

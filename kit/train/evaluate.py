@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kit.tensors import to_numpy
 from kit.train.distributed import resolve_device
 from kit.train.loop import resolve_amp
 from kit.train.regions import labels_to_regions
@@ -98,7 +99,8 @@ def _inference_mode(model: nn.Module, device: torch.device, amp: str):
     was_training = model.training
     model.eval()
     try:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        with autocast:
             yield
     finally:
         model.train(was_training)
@@ -368,8 +370,8 @@ def classification_scores(model: nn.Module, volumes: torch.Tensor, amp: str = "a
     with _inference_mode(model, device, amp):
         logits = model(volumes.to(device)).float()
     if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0]).cpu().numpy()
-    return torch.softmax(logits, dim=1).cpu().numpy()
+        return to_numpy(torch.sigmoid(logits[:, 0]))
+    return to_numpy(torch.softmax(logits, dim=1))
 
 
 def evaluate_classification(

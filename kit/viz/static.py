@@ -13,9 +13,11 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
+from kit.tensors import to_numpy
+
 __all__ = [
     "BRATS_COLORS", "STROKE_COLORS", "label_colors_for", "plot_orthogonal", "plot_subjects", "plot_entropy",
-    "plot_ssl_preview", "plot_loss_curves",
+    "plot_ssl_preview", "plot_loss_curves", "plot_first_layer",
 ]
 
 # RGBA per label value. BraTS 2023 writes enhancing as 3; both share the colour.
@@ -246,3 +248,35 @@ def plot_loss_curves(records: Sequence[dict], terms: Sequence[str] | None = None
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def plot_first_layer(model, modalities: Sequence[str], ax=None, title: str = "first-layer filters per input channel"):
+    """Bar chart of the mean absolute first-layer weight per input channel (is every channel used?).
+
+    Works for a model on any device (the weights are copied to the CPU through ``to_numpy``).
+
+    Args:
+        model: a ``kit.models`` backbone (``first_conv_key`` names its first convolution's weight,
+            shaped (out, in, kx, ky, kz)).
+        modalities: one name per input channel, in order.
+        ax: matplotlib axes to draw on (default: a new figure).
+
+    Returns:
+        (figure, per-channel values as a float32 numpy array of length ``in``).
+
+    Example:
+        >>> from kit.models import create_model
+        >>> fig, values = plot_first_layer(create_model("segresnet_small", in_channels=2), ["t1", "flair"])
+        >>> values.shape
+        (2,)
+    """
+    weight = model.state_dict()[model.first_conv_key]
+    if weight.shape[1] != len(modalities):
+        raise ValueError(f"plot_first_layer: {weight.shape[1]} input channels but {len(modalities)} modalities {list(modalities)}")
+    per_channel = to_numpy(weight.detach().abs().float().mean(dim=[0] + list(range(2, weight.ndim))))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 2.8), constrained_layout=True)
+    ax.bar(list(modalities), per_channel)
+    ax.set_ylabel("mean |weight|")
+    ax.set_title(title)
+    return ax.figure, per_channel

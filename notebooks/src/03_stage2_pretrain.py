@@ -31,7 +31,7 @@ from kit.data.cohorts import load_cohort
 from kit.models.checkpoints import load_checkpoint
 from kit.pipeline import profile_config, stage_dir, write_summary
 from kit.train.pretrain import prepare_pretraining, run_pretraining
-from kit.viz import plot_loss_curves, plot_ssl_preview
+from kit.viz import plot_first_layer, plot_loss_curves, plot_ssl_preview
 
 STAGE, COHORT, SETTINGS = "03_stage2", "tumor", "stage2"
 config = profile_config(profile)[SETTINGS]
@@ -65,12 +65,7 @@ print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, d
 # channel contributes, none was left at a random initialisation.
 
 # %%
-first_key = setup.objective.model.first_conv_key
-weight = setup.objective.model.state_dict()[first_key]
-per_channel = weight.abs().mean(dim=[0] + list(range(2, weight.ndim)))
-fig, ax = plt.subplots(figsize=(4.5, 2.8), constrained_layout=True)
-ax.bar(modalities, per_channel.numpy())
-ax.set_ylabel("mean |weight|"); ax.set_title("first-layer filters per input channel")
+fig, per_channel = plot_first_layer(setup.objective.model, modalities)  # the model may be on a GPU
 fig.savefig(out / "figures" / "first_layer.png", dpi=100)
 plt.show()
 
