@@ -6,8 +6,8 @@ two views, all random choices come from that sample's seed:
 - rotation: ``k ~ U{0,1,2,3}``; the sample (C, X, Y, Z) is rotated by ``x.rot90(k, (2, 3))``, i.e.
   dims (3, 4) of the (B, C, X, Y, Z) batch; the rotation head is trained with 4-class cross-entropy.
 - inpainting: boxes are drawn until a voxel budget ``U(0, 0.3) * volume`` is used (the last box may
-  overshoot it); each side is uniform in [0.05, 0.25] of its dimension; box contents become noise
-  scaled to [0, 1]. With probability ``mix_prob`` (``'auto'`` = (B-1)/B, as the reference's
+  overshoot it); each side is uniform in [0.05, 0.25] of its dimension; box contents become Gaussian
+  noise min-max scaled to [0, 1]. With probability ``mix_prob`` (``'auto'`` = (B-1)/B, as the reference's
   ``randint(0, B) != i``) a second pass draws new boxes and pastes, at the same locations, the rotated
   voxels of a partner sample chosen among the other samples of the local batch. Reconstruction loss:
   L1 between the reconstruction and the rotated, unmasked volume, over the whole volume.
@@ -21,7 +21,9 @@ Deviations from the reference code, on purpose: the heads read globally pooled f
 the first two tokens (see ``kit.models.heads.SSLHead``); a box side is drawn from the integers in
 [0.05 n, 0.25 n] (the reference draws from [int(0.05 n), int(0.25 n) - 1]);
 the partner's pasted voxels are its rotated, unmasked volume (in the reference they are the partner
-as already processed, which depends on the order of the loop over the batch).
+as already processed, which depends on the order of the loop over the batch); the noise of a view is
+scaled over all its noise boxes together (the reference scales box by box), so that the views are
+made in a few batched operations on the batch's device (:func:`make_views`), not box by box.
 
 Example:
     >>> import torch
@@ -57,6 +59,7 @@ __all__ = [
     "box_noise",
     "mask_volume",
     "box_mask",
+    "boxes_mask",
     "resolve_mix_prob",
     "make_views",
     "SwinTrio",
@@ -73,7 +76,7 @@ MAX_BOX_FRACTION = 0.25**3
 
 # Stream path of a sample's generators: (seed, _TAG, view, stream).
 _TAG = 0x7377696E  # "swin"
-_ROT, _MASK, _MIX = 0, 1, 2
+_ROT, _MASK, _MIX, _NOISE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,13 @@ def rotate_batch(x: torch.Tensor, ks: Sequence[int] | torch.Tensor) -> torch.Ten
         raise ValueError(f"rotate_batch: {len(ks)} rotations for a batch of {x.shape[0]}")
     if x.shape[3] != x.shape[4] and any(k % 2 for k in ks):
         raise ValueError(f"rotate_batch: a 90-degree rotation needs equal Y and Z sides, got shape {tuple(x.shape)}")
-    return torch.stack([sample.rot90(k, (2, 3)) for sample, k in zip(x, ks)])
+    if len(set(ks)) == 1:
+        return x.rot90(ks[0], ROTATION_DIMS).contiguous()
+    out = torch.empty_like(x)
+    for k in sorted(set(ks)):  # one gather + rotate + scatter per distinct k, on x's device
+        rows = [i for i, k_i in enumerate(ks) if k_i == k]
+        out[rows] = x[rows].rot90(k, ROTATION_DIMS)
+    return out
 
 
 def draw_boxes(
@@ -236,6 +245,40 @@ def box_mask(shape: Sequence[int], boxes: Sequence[Box]) -> torch.Tensor:
     return mask
 
 
+def boxes_mask(
+    shape: Sequence[int], boxes_per_row: Sequence[Sequence[Box]], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Boolean (N, 1, X, Y, Z) masks, row ``r`` covering the union of ``boxes_per_row[r]``, built on ``device``.
+
+    One pass for all rows, whatever the number of boxes: +1/-1 at each box's 8 corners of a
+    difference array (one ``index_put_``), then a cumulative sum along each axis counts the boxes
+    covering each voxel (a 3D summed-area table). Equal to stacking :func:`box_mask` per row.
+
+    Example:
+        >>> m = boxes_mask((4, 4, 4), [[Box(0, 2, 0, 2, 0, 2), Box(1, 3, 0, 1, 0, 1)], []])
+        >>> m.shape, m[0].sum().item(), m[1].sum().item()
+        (torch.Size([2, 1, 4, 4, 4]), 9, 0)
+    """
+    sx, sy, sz = (int(n) for n in shape[-3:])
+    rows = [(r, b.x0, b.x1, b.y0, b.y1, b.z0, b.z1) for r, boxes in enumerate(boxes_per_row) for b in boxes]
+    counts = torch.zeros((len(boxes_per_row), sx + 1, sy + 1, sz + 1), dtype=torch.int32, device=device)
+    if rows:
+        table = np.asarray(rows, dtype=np.int64)  # (n_boxes, 7): row, x0, x1, y0, y1, z0, z1
+        corner = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, 8).T  # (8, 3): 0 = start, 1 = end
+        # Corner (cx, cy, cz) of a box sits at (x0 or x1, y0 or y1, z0 or z1), sign (-1) ** (number of ends).
+        index = [np.repeat(table[:, 0], 8)]
+        for axis in range(3):
+            starts_ends = table[:, 1 + 2 * axis: 3 + 2 * axis]  # (n_boxes, 2)
+            index.append(starts_ends[:, corner[:, axis]].reshape(-1))
+        signs = np.tile(np.where(corner.sum(axis=1) % 2 == 0, 1, -1), len(rows)).astype(np.int32)
+        packed = torch.from_numpy(np.concatenate([np.stack(index), signs[None].astype(np.int64)]))
+        packed = packed.to(counts.device)  # one small host-to-device copy
+        counts.index_put_(tuple(packed[:4]), packed[4].to(torch.int32), accumulate=True)
+        for dim in (1, 2, 3):
+            counts = counts.cumsum(dim, dtype=torch.int32)
+    return (counts[:, :sx, :sy, :sz] > 0).unsqueeze(1)
+
+
 def resolve_mix_prob(mix_prob: float | str, batch_size: int) -> float:
     """Probability of the partner pass: ``'auto'`` is (B-1)/B (the reference); 0 for a batch of one.
 
@@ -263,8 +306,15 @@ def make_views(
     """The rotated, inpainting-masked views of a batch, every draw from each sample's seed.
 
     View ``v`` of sample ``i`` uses generators ``sample_rng(seeds[i], TAG, v, stream)`` for the
-    rotation, the noise boxes and the partner pass, so with ``mix_prob=0`` a sample's views do not
-    depend on the rest of the batch (DDP splits give the same views).
+    rotation, the noise boxes, the partner pass and the seed of its noise, so with ``mix_prob=0`` a
+    sample's views do not depend on the rest of the batch (DDP splits give the same views).
+
+    The draws (a few integers per box) happen on the host; the volumes are then made on ``x``'s
+    device in a few batched operations: one rotation per distinct k, one mask per pass from all the
+    boxes at once (:func:`boxes_mask`), Gaussian noise per view from a ``torch.Generator`` seeded by
+    the sample (on the GPU for CUDA inputs, else on the CPU), min-max scaled to [0, 1] over the view's
+    noise boxes, and two ``torch.where``. Noise values therefore depend on the device type (CPU or
+    CUDA); boxes, rotations and partners do not.
 
     Args:
         x: (B, C, X, Y, Z) float batch (Y == Z for the 90-degree rotations).
@@ -289,33 +339,62 @@ def make_views(
         raise ValueError(f"make_views: the rotation plane needs equal Y and Z sides, got shape {tuple(x.shape)}")
     batch, channels = x.shape[:2]
     mix = resolve_mix_prob(mix_prob, batch)
-    views, targets, labels, masks, details = [], [], [], [], []
+    # 1. Every random choice, on the host, from the sample's generators (a few small integers per box).
+    ks, noise_boxes, pasted_boxes, partner_rows, noise_seeds, details = [], [], [], [], [], []
     for view in range(n_views):
-        ks = [int(sample_rng(s, _TAG, view, _ROT).integers(4)) for s in seeds]
-        rotated = rotate_batch(x, ks)
         for i, seed in enumerate(seeds):
-            mask_rng = sample_rng(seed, _TAG, view, _MASK)
-            noise_boxes = draw_boxes(x.shape, mask_rng, mask_budget, box_frac)
-            masked = mask_volume(rotated[i], noise_boxes, box_noise(noise_boxes, channels, mask_rng))
+            ks.append(int(sample_rng(seed, _TAG, view, _ROT).integers(4)))
+            noise = draw_boxes(x.shape, sample_rng(seed, _TAG, view, _MASK), mask_budget, box_frac)
             partner, pasted = None, []
             mix_rng = sample_rng(seed, _TAG, view, _MIX)
             if mix > 0 and mix_rng.random() < mix:
                 other = int(mix_rng.integers(batch - 1))
                 partner = other if other < i else other + 1
                 pasted = draw_boxes(x.shape, mix_rng, mask_budget, box_frac)
-                masked = mask_volume(masked, pasted, rotated[partner])
-            views.append(masked)
-            masks.append(box_mask(x.shape, noise_boxes + pasted))
-            details.append({"noise": noise_boxes, "partner": partner, "pasted": pasted})
-        targets.append(rotated)
-        labels += ks
+            noise_boxes.append(noise)
+            pasted_boxes.append(pasted)
+            partner_rows.append(view * batch + (i if partner is None else partner))
+            noise_seeds.append(int(sample_rng(seed, _TAG, view, _NOISE).integers(2**63)))
+            details.append({"noise": noise, "partner": partner, "pasted": pasted})
+    # 2. A few batched operations on x's device.
+    targets = rotate_batch(x.repeat(n_views, 1, 1, 1, 1), ks)  # (N, C, X, Y, Z), view-major
+    noise_mask = boxes_mask(x.shape, noise_boxes, x.device)
+    views = torch.where(noise_mask, _scaled_noise(targets.shape, noise_seeds, noise_mask).to(x.dtype), targets)
+    masks = noise_mask
+    if any(pasted_boxes):
+        pasted_mask = boxes_mask(x.shape, pasted_boxes, x.device)
+        # The partner's rotated, unmasked voxels, pasted after the noise (they win where both apply).
+        views = torch.where(pasted_mask, targets[partner_rows], views)
+        masks = noise_mask | pasted_mask
     return {
-        "views": torch.stack(views),
-        "targets": torch.cat(targets),
-        "rot_labels": torch.tensor(labels, dtype=torch.long, device=x.device),
-        "masks": torch.stack(masks).to(x.device),
+        "views": views,
+        "targets": targets,
+        "rot_labels": torch.tensor(ks, dtype=torch.long).to(x.device),
+        "masks": masks,
         "boxes": details,
     }
+
+
+def _scaled_noise(shape: Sequence[int], seeds: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
+    """(N, C, X, Y, Z) float32 Gaussian noise, row ``r`` from ``seeds[r]``, min-max scaled to [0, 1]
+    over the row's masked voxels (all channels), on ``mask``'s device.
+
+    Drawn on the GPU for a CUDA mask (``torch.Generator`` per row), else on the CPU and copied once,
+    so the values depend on the seeds and the device type only (identical across ranks).
+    """
+    device = mask.device
+    source = device if device.type == "cuda" else torch.device("cpu")
+    noise = torch.empty(tuple(shape), dtype=torch.float32, device=source)
+    for row, seed in enumerate(seeds):
+        noise[row].normal_(generator=torch.Generator(device=source).manual_seed(seed))
+    noise = noise.to(device)
+    inside = mask.expand_as(noise)
+    lo = noise.masked_fill(~inside, math.inf).amin(dim=(1, 2, 3, 4), keepdim=True)
+    hi = noise.masked_fill(~inside, -math.inf).amax(dim=(1, 2, 3, 4), keepdim=True)
+    span = hi - lo
+    # Rows without a box (lo = inf) or with a single masked value (span 0) get zeros; they are not shown.
+    ok = torch.isfinite(span) & (span > 0)
+    return torch.where(ok, (noise - lo.nan_to_num(0.0, 0.0, 0.0)) / torch.where(ok, span, 1.0), 0.0)
 
 
 @register_objective("swin_trio")
