@@ -119,3 +119,22 @@ def test_notebooks_convert_tensors_only_through_to_numpy():
             if re.search(r"\.numpy\(\)", line):
                 offenders.append(f"{src.name}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_sliding_window_batch_defaults_to_one_window_on_a_cpu():
+    from kit.train.evaluate import predict_volume
+
+    seen = []
+
+    class Recorder(torch.nn.Conv3d):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    net = Recorder(1, 2, 1)
+    volume = torch.rand(1, 40, 40, 40)
+    auto = predict_volume(net, volume, roi=16)
+    assert set(seen) == {1}  # CPU figures unchanged: one window per pass, as before
+    seen.clear()
+    torch.testing.assert_close(predict_volume(net, volume, roi=16, sw_batch_size=4), auto)
+    assert max(seen) == 4
