@@ -408,13 +408,18 @@ def test_batched_noise_is_seeded_scaled_and_independent_between_views():
     assert not torch.equal(rows[0], rows[3]) and not torch.equal(rows[0], rows[1])
 
 
-def test_boxes_mask_equals_the_union_of_box_masks():
+@pytest.mark.parametrize("method", ["summed_area", "paint"])
+def test_boxes_mask_equals_the_union_of_box_masks(method):
     shape = (20, 24, 28)
     per_row = [draw_boxes(shape, np.random.default_rng(seed)) for seed in range(12)] + [[]]
-    batched = boxes_mask(shape, per_row)
-    assert batched.shape == (13, 1, 20, 24, 28) and batched.dtype == torch.bool
+    per_row.append([Box(0, 20, 0, 24, 0, 28), Box(19, 20, 23, 24, 27, 28)])  # the whole volume, the last corner
+    batched = boxes_mask(shape, per_row, method=method)
+    assert batched.shape == (14, 1, 20, 24, 28) and batched.dtype == torch.bool
     for row, boxes in enumerate(per_row):
         assert torch.equal(batched[row], box_mask(shape, boxes)), row
+    assert batched[-1].all() and not batched[-2].any()
+    with pytest.raises(ValueError, match="method"):
+        boxes_mask(shape, per_row, method="scan")
 
 
 def test_views_are_made_on_the_batch_device():
@@ -429,3 +434,8 @@ def test_views_are_made_on_the_batch_device():
         for key in ("views", "targets", "rot_labels", "masks"):
             assert isinstance(on_device[key], OnAccelerator), key
             assert torch.equal(on_device[key].cpu(), on_cpu[key]), key
+        # The GPU's mask path (summed-area table) stays on the device too.
+        boxes = [info["noise"] for info in on_cpu["boxes"]]
+        summed = boxes_mask(x.shape, boxes, ACCELERATOR, method="summed_area")
+        assert isinstance(summed, OnAccelerator)
+        assert torch.equal(summed.cpu(), boxes_mask(x.shape, boxes, method="paint"))

@@ -127,12 +127,9 @@ def rotate_batch(x: torch.Tensor, ks: Sequence[int] | torch.Tensor) -> torch.Ten
         raise ValueError(f"rotate_batch: {len(ks)} rotations for a batch of {x.shape[0]}")
     if x.shape[3] != x.shape[4] and any(k % 2 for k in ks):
         raise ValueError(f"rotate_batch: a 90-degree rotation needs equal Y and Z sides, got shape {tuple(x.shape)}")
-    if len(set(ks)) == 1:
-        return x.rot90(ks[0], ROTATION_DIMS).contiguous()
-    out = torch.empty_like(x)
-    for k in sorted(set(ks)):  # one gather + rotate + scatter per distinct k, on x's device
-        rows = [i for i, k_i in enumerate(ks) if k_i == k]
-        out[rows] = x[rows].rot90(k, ROTATION_DIMS)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    for i, k in enumerate(ks):  # one strided copy per sample, on x's device (no gather, no stack)
+        out[i].copy_(x[i].rot90(k, (2, 3)))
     return out
 
 
@@ -246,13 +243,18 @@ def box_mask(shape: Sequence[int], boxes: Sequence[Box]) -> torch.Tensor:
 
 
 def boxes_mask(
-    shape: Sequence[int], boxes_per_row: Sequence[Sequence[Box]], device: torch.device | str = "cpu"
+    shape: Sequence[int],
+    boxes_per_row: Sequence[Sequence[Box]],
+    device: torch.device | str = "cpu",
+    method: str = "auto",
 ) -> torch.Tensor:
     """Boolean (N, 1, X, Y, Z) masks, row ``r`` covering the union of ``boxes_per_row[r]``, built on ``device``.
 
-    One pass for all rows, whatever the number of boxes: +1/-1 at each box's 8 corners of a
-    difference array (one ``index_put_``), then a cumulative sum along each axis counts the boxes
-    covering each voxel (a 3D summed-area table). Equal to stacking :func:`box_mask` per row.
+    On a GPU, one pass for all rows whatever the number of boxes: +1/-1 at each box's 8 corners of
+    a difference array (one ``index_put_``), then a cumulative sum along each axis counts the boxes
+    covering each voxel (a 3D summed-area table), instead of one kernel launch per box. Elsewhere
+    (where strided cumulative sums are slow and launches cheap) each box's voxels are set directly.
+    Equal to stacking :func:`box_mask` per row. ``method``: 'auto' (as above), 'summed_area' or 'paint'.
 
     Example:
         >>> m = boxes_mask((4, 4, 4), [[Box(0, 2, 0, 2, 0, 2), Box(1, 3, 0, 1, 0, 1)], []])
@@ -260,6 +262,14 @@ def boxes_mask(
         (torch.Size([2, 1, 4, 4, 4]), 9, 0)
     """
     sx, sy, sz = (int(n) for n in shape[-3:])
+    if method not in ("auto", "summed_area", "paint"):
+        raise ValueError(f"boxes_mask: method must be 'auto', 'summed_area' or 'paint', got {method!r}")
+    if method == "paint" or (method == "auto" and torch.device(device).type != "cuda"):
+        mask = torch.zeros((len(boxes_per_row), 1, sx, sy, sz), dtype=torch.bool, device=device)
+        for row, boxes in enumerate(boxes_per_row):
+            for box in boxes:
+                mask[row][box.slices] = True
+        return mask
     rows = [(r, b.x0, b.x1, b.y0, b.y1, b.z0, b.z1) for r, boxes in enumerate(boxes_per_row) for b in boxes]
     counts = torch.zeros((len(boxes_per_row), sx + 1, sy + 1, sz + 1), dtype=torch.int32, device=device)
     if rows:
@@ -310,11 +320,12 @@ def make_views(
     sample's views do not depend on the rest of the batch (DDP splits give the same views).
 
     The draws (a few integers per box) happen on the host; the volumes are then made on ``x``'s
-    device in a few batched operations: one rotation per distinct k, one mask per pass from all the
-    boxes at once (:func:`boxes_mask`), Gaussian noise per view from a ``torch.Generator`` seeded by
-    the sample (on the GPU for CUDA inputs, else on the CPU), min-max scaled to [0, 1] over the view's
-    noise boxes, and two ``torch.where``. Noise values therefore depend on the device type (CPU or
-    CUDA); boxes, rotations and partners do not.
+    device, each touched once: one rotated copy per row, one mask per pass for all rows
+    (:func:`boxes_mask`), Gaussian noise drawn only for the masked voxels from a ``torch.Generator``
+    seeded by the sample (on the GPU for CUDA inputs, else on the CPU), min-max scaled to [0, 1] over
+    the view's noise boxes and written with one ``masked_scatter_``, then the partner's voxels with
+    one ``torch.where`` per mixed row. Noise values therefore depend on the device type (CPU or
+    CUDA); boxes, rotations, partners and masks do not.
 
     Args:
         x: (B, C, X, Y, Z) float batch (Y == Z for the 90-degree rotations).
@@ -356,15 +367,19 @@ def make_views(
             partner_rows.append(view * batch + (i if partner is None else partner))
             noise_seeds.append(int(sample_rng(seed, _TAG, view, _NOISE).integers(2**63)))
             details.append({"noise": noise, "partner": partner, "pasted": pasted})
-    # 2. A few batched operations on x's device.
-    targets = rotate_batch(x.repeat(n_views, 1, 1, 1, 1), ks)  # (N, C, X, Y, Z), view-major
+    # 2. A few operations on x's device, each touching a volume once.
+    targets = torch.empty((n_views * batch, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    for row, k in enumerate(ks):  # view-major: row = view * B + i
+        targets[row].copy_(x[row % batch].rot90(k, (2, 3)))
     noise_mask = boxes_mask(x.shape, noise_boxes, x.device)
-    views = torch.where(noise_mask, _scaled_noise(targets.shape, noise_seeds, noise_mask).to(x.dtype), targets)
+    views = _with_noise(targets.clone(), noise_mask, noise_seeds)
     masks = noise_mask
     if any(pasted_boxes):
         pasted_mask = boxes_mask(x.shape, pasted_boxes, x.device)
         # The partner's rotated, unmasked voxels, pasted after the noise (they win where both apply).
-        views = torch.where(pasted_mask, targets[partner_rows], views)
+        for row, source in enumerate(partner_rows):
+            if pasted_boxes[row]:
+                torch.where(pasted_mask[row], targets[source], views[row], out=views[row])
         masks = noise_mask | pasted_mask
     return {
         "views": views,
@@ -375,26 +390,31 @@ def make_views(
     }
 
 
-def _scaled_noise(shape: Sequence[int], seeds: Sequence[int], mask: torch.Tensor) -> torch.Tensor:
-    """(N, C, X, Y, Z) float32 Gaussian noise, row ``r`` from ``seeds[r]``, min-max scaled to [0, 1]
-    over the row's masked voxels (all channels), on ``mask``'s device.
+def _with_noise(views: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """Write Gaussian noise into ``views`` (N, C, X, Y, Z) where ``mask`` (N, 1, X, Y, Z), in place.
 
-    Drawn on the GPU for a CUDA mask (``torch.Generator`` per row), else on the CPU and copied once,
-    so the values depend on the seeds and the device type only (identical across ranks).
+    Row ``r`` gets ``C * mask[r].sum()`` values from a ``torch.Generator`` seeded with ``seeds[r]``,
+    min-max scaled to [0, 1] over the row, so only masked voxels cost anything. They are drawn on
+    the GPU for CUDA tensors, else on the CPU (then one copy), so the values depend on the seeds and
+    the device type only (identical across ranks). One device-to-host sync (the per-row counts).
     """
-    device = mask.device
-    source = device if device.type == "cuda" else torch.device("cpu")
-    noise = torch.empty(tuple(shape), dtype=torch.float32, device=source)
-    for row, seed in enumerate(seeds):
-        noise[row].normal_(generator=torch.Generator(device=source).manual_seed(seed))
-    noise = noise.to(device)
-    inside = mask.expand_as(noise)
-    lo = noise.masked_fill(~inside, math.inf).amin(dim=(1, 2, 3, 4), keepdim=True)
-    hi = noise.masked_fill(~inside, -math.inf).amax(dim=(1, 2, 3, 4), keepdim=True)
-    span = hi - lo
-    # Rows without a box (lo = inf) or with a single masked value (span 0) get zeros; they are not shown.
-    ok = torch.isfinite(span) & (span > 0)
-    return torch.where(ok, (noise - lo.nan_to_num(0.0, 0.0, 0.0)) / torch.where(ok, span, 1.0), 0.0)
+    channels = views.shape[1]
+    counts = (mask.flatten(1).sum(dim=1) * channels).tolist()
+    if not any(counts):
+        return views
+    source = views.device if views.device.type == "cuda" else torch.device("cpu")
+    values = torch.empty(int(sum(counts)), dtype=torch.float32, device=source)
+    start = 0
+    for count, seed in zip(counts, seeds):
+        if count:
+            segment = values[start:start + count]
+            segment.normal_(generator=torch.Generator(device=source).manual_seed(seed))
+            lo, hi = segment.aminmax()
+            # A single masked value has no span: it becomes 0 (as a constant box in the reference).
+            segment.sub_(lo).div_((hi - lo).clamp_min(torch.finfo(torch.float32).tiny))
+        start += count
+    # masked_scatter_ fills the masked positions in memory order: row by row, channel by channel.
+    return views.masked_scatter_(mask, values.to(device=views.device, dtype=views.dtype))
 
 
 @register_objective("swin_trio")
