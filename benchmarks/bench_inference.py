@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="labels to run, e.g. swinunetr_fs12")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/inference_<device>.json")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device visible to torch")
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -41,6 +41,10 @@ torch loads, for both paths alike (the JSON records it). With the library defaul
 at barriers on a shared 2-core machine made steps about 2x slower, with 5-10 s outliers that fell at
 random on one path or the other.
 
+"views share" is the fraction of the window spent making the SSL views (``objective.views``: rotations,
+masks, noise), timed around each call (CUDA events on a GPU, which add no synchronisation; the
+loop synchronises once per step anyway when it logs the losses).
+
 On CUDA the FLOPs of one training step (forward + backward of the objective on one batch) are counted
 with ``torch.utils.flop_counter.FlopCounterMode`` and multiplied by steps/s (achieved TFLOP/s).
 
@@ -149,10 +153,53 @@ of step k (DataLoader workers excluded).
         self.handle.remove()
 
 
-def measure(clock: StepClock, warmup: int, steps: int, batch_size: int, window_s: float | None = None) -> dict:
+class ViewsClock:
+    """Time spent in ``objective.views`` per step (wraps the bound method for the run; see ``close``).
+
+    A call belongs to step ``len(step_clock.forward_starts)`` (the forward pre-hook has fired for it).
+    """
+
+    def __init__(self, objective: torch.nn.Module, step_clock: StepClock, device: torch.device) -> None:
+        self.objective, self.calls, self.cuda = objective, [], device.type == "cuda"
+        original = getattr(objective, "views", None)
+        if original is None:  # an objective without a separate view step
+            return
+
+        def timed(*args, **kwargs):
+            step = len(step_clock.forward_starts)
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = original(*args, **kwargs)
+                end.record()
+            else:
+                start = time.perf_counter()
+                out = original(*args, **kwargs)
+                end = time.perf_counter()
+            self.calls.append((step, start, end))
+            return out
+
+        objective.views = timed
+
+    def seconds(self, steps: range) -> float | None:
+        """Seconds spent making views during ``steps`` (None when the objective has no ``views``)."""
+        if not self.calls and getattr(self.objective, "views", None) is None:
+            return None
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(s.elapsed_time(e) / 1e3 for k, s, e in self.calls if k in steps)
+        return sum(e - s for k, s, e in self.calls if k in steps)
+
+    def close(self) -> None:
+        self.objective.__dict__.pop("views", None)
+
+
+def measure(clock: StepClock, warmup: int, steps: int, batch_size: int, window_s: float | None = None,
+            views: ViewsClock | None = None) -> dict:
     """Raw figures of one run over steps warmup+1..steps; ``window_s`` overrides the clock's window."""
     window = range(warmup + 1, steps + 1)
     return {
+        "views_s": views.seconds(window) if views is not None else None,
         "samples": len(window) * batch_size,
         "window_s": window_s if window_s is not None else clock.ends[steps] - clock.ends[warmup],
         "data_s": sum(clock.forward_starts[k - 1] - clock.ends[k - 1] for k in window),
@@ -176,6 +223,10 @@ def combine(path: str, runs: list[dict], steps: int, batch_size: int) -> dict:
         "cpu_s_per_step": round(sum(r["cpu_s"] for r in runs) / n_steps, 4),
         "data_s_per_step": round(sum(r["data_s"] for r in runs) / n_steps, 4),
         "data_share": round(sum(r["data_s"] for r in runs) / window_s, 4),
+        "views_s_per_step": (round(sum(r["views_s"] for r in runs) / n_steps, 4)
+                             if all(r.get("views_s") is not None for r in runs) else None),
+        "views_share": (round(sum(r["views_s"] for r in runs) / window_s, 4)
+                        if all(r.get("views_s") is not None for r in runs) else None),
         "page_faults_per_step": round(sum(r["page_faults"] for r in runs) / n_steps),
         "window_samples": samples,
         "window_s": round(window_s, 3),
@@ -195,9 +246,10 @@ def run_kit(dataset: ArrayCropDataset, args, device: torch.device, run_dir: Path
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=LR, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM,
         amp=args.amp, device=device.type, ckpt_every=args.steps,  # one checkpoint, at the end
-        log_every=1, seed=args.seed, num_workers=args.num_workers, progress=False,
+        log_every=1, seed=args.seed, num_workers=args.num_workers, progress=False, compile=args.compile,
     )
     clock = StepClock(objective)
+    views = ViewsClock(objective, clock, device)
     sync(device)
     start = time.perf_counter()
     clock.mark(0)
@@ -205,13 +257,14 @@ def run_kit(dataset: ArrayCropDataset, args, device: torch.device, run_dir: Path
     sync(device)
     wall_s = time.perf_counter() - start
     clock.close()
+    views.close()
 
     # The rate comes from the loop's own clock (metrics.jsonl elapsed_s); the step and data times
     # from the callback clock (the two windows agree to a few ms).
     records = {r["step"]: r for r in map(json.loads, (run_dir / METRICS_JSONL).read_text().splitlines())}
     window_s = records[args.steps]["elapsed_s"] - records[args.warmup]["elapsed_s"]
     return {
-        **measure(clock, args.warmup, args.steps, args.batch_size, window_s),
+        **measure(clock, args.warmup, args.steps, args.batch_size, window_s, views),
         "callback_window_s": clock.ends[args.steps] - clock.ends[args.warmup],
         "train_summary_samples_per_s": summary["samples_per_s"],
         "wall_s": wall_s,
@@ -245,6 +298,7 @@ def run_reference(entries: list[dict], args, device: torch.device) -> dict:
     dataset.transform.set_random_state(seed=args.seed)
     objective = make_objective(args)
     clock = StepClock(objective)
+    views = ViewsClock(objective, clock, device)
     sync(device)
     start = time.perf_counter()  # as for the kit: setup (device copy, optimizer, loader) counts in wall time
     clock.mark(0)
@@ -278,8 +332,9 @@ def run_reference(entries: list[dict], args, device: torch.device) -> dict:
                 break
     wall_s = time.perf_counter() - start
     clock.close()
+    views.close()
     return {
-        **measure(clock, args.warmup, args.steps, args.batch_size),
+        **measure(clock, args.warmup, args.steps, args.batch_size, views=views),
         "wall_s": wall_s,
         "final_loss": loss,
         "load_avg_before": load_before,
@@ -327,6 +382,10 @@ def count_step_flops(entries: list[dict], args, device: torch.device) -> int:
 # ---- main ------------------------------------------------------------------------------------------
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -357,6 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reference-first", action="store_true", help="start with the reference path")
     parser.add_argument("--spin-wait", action="store_true",
                         help="keep OpenMP's default waiting (spinning); default sets OMP_WAIT_POLICY=PASSIVE")
+    parser.add_argument("--compile", action="store_true", help="kit path: TrainConfig(compile=True)")
     parser.add_argument("--count-flops", action="store_true", help="also count FLOPs on CPU (always on CUDA)")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/train_<device>.json")
     args = parser.parse_args(argv)
@@ -430,12 +490,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     print()
     header = (f"{'path':<10} {'samples/s':>10} {'s/step':>8} {'median':>8} {'CPU s/step':>11} {'data s/step':>12} "
-              f"{'data share':>11} {'wall s':>8} {'kit/ref':>8}")
+              f"{'data share':>11} {'views share':>12} {'wall s':>8} {'kit/ref':>8}")
     print(header + (f" {'TFLOP/s':>8}" if flops is not None else ""))
     for row in (kit, reference):
         line = (f"{row['path']:<10} {row['samples_per_s']:>10.3f} {row['s_per_step']:>8.3f} "
                 f"{row['median_s_per_step']:>8.3f} {row['cpu_s_per_step']:>11.3f} {row['data_s_per_step']:>12.3f} "
-                f"{row['data_share']:>11.0%} {row['wall_s']:>8.1f} {(ratio if row is kit else 1.0):>8.2f}")
+                f"{row['data_share']:>11.0%} {_percent(row['views_share']):>12} {row['wall_s']:>8.1f} "
+                f"{(ratio if row is kit else 1.0):>8.2f}")
         print(line + (f" {row['tflops_per_s']:>8.3f}" if flops is not None else ""))
     print(f"\nkit/reference = {ratio:.2f}x samples/s over steps {args.warmup + 1}..{args.steps} "
           f"({median_ratio:.2f}x by median step, {cpu_ratio:.2f}x by main-process CPU s/step; "
@@ -456,7 +517,8 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"device": device.type, "amp": args.amp, "model": model_desc, "crop": args.crop,
                      "batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup,
                      "num_workers": args.num_workers, "n_subjects": args.n, "resolution_mm": args.resolution,
-                     "seed": args.seed, "kit_ckpt_every": args.steps, "rounds": args.rounds, "order": order},
+                     "seed": args.seed, "kit_ckpt_every": args.steps, "rounds": args.rounds, "order": order,
+                     "compile": args.compile},
         "ratio_kit_to_reference": round(ratio, 3),
         "ratio_per_round": round_ratios,
         "median_step_ratio_reference_to_kit": round(median_ratio, 3),

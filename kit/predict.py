@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from kit.tensors import to_numpy
+
 __all__ = [
     "PreparedImage",
     "preprocess_inputs",
@@ -248,7 +250,7 @@ def segment_files(
     labels[~prepared.brain] = 0  # lesions lie in the brain: nothing where every contrast is 0
     full = np.zeros(prepared.original_shape, dtype=np.uint8)
     box = tuple(slice(s, s + n) for s, n in zip(prepared.crop_start, labels.shape))
-    full[box] = labels.numpy()
+    full[box] = to_numpy(labels)
     return full
 
 

@@ -108,7 +108,9 @@ def test_heatmap_is_masked_to_the_brain_and_has_a_colour_bar():
 def test_result_figures_stay_in_range_and_show_references():
     import pandas as pd
 
-    from kit.viz.results import plot_first_layer, plot_localisation_bars, plot_qc_volumes
+    from kit.models import create_model
+    from kit.viz import plot_first_layer
+    from kit.viz.results import plot_localisation_bars, plot_qc_volumes
 
     table = pd.DataFrame({"init": ["scratch", "stage1+2"], "method": ["gradcam"] * 2, "mass_in_lesion_mean": [0.012, 0.9],
                           "mass_in_lesion_ci_low": [-0.2, 0.7], "mass_in_lesion_ci_high": [0.03, 1.3]})
@@ -118,8 +120,9 @@ def test_result_figures_stay_in_range_and_show_references():
         assert bar.get_height() >= 0
     small = plot_localisation_bars(table.iloc[:1], chance=0.03)
     assert small.get_ylim()[1] < 0.1  # 0.012 is visible, not flattened on a 0-1 axis
-    ref = plot_first_layer({"flair": 0.05, "t1": 0.04}, {"flair": 0.03, "t1": 0.03})
-    assert [t.get_text() for t in ref.get_legend().get_texts()] == ["trained", "random init"]
+    fig, _ = plot_first_layer(create_model("segresnet_small", in_channels=2), ["t1", "flair"],
+                              reference=create_model("segresnet_small", in_channels=2))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["trained", "random init"]
     qc = pd.DataFrame({"cohort": ["a"] * 3, "brain_volume_ml": [1400.0, 1500.0, 1510.0], "lesion_volume_ml": [None] * 3})
     fig = plot_qc_volumes(qc)
     assert all(float(t).is_integer() for t in fig.axes[0].get_yticks())

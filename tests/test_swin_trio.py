@@ -18,9 +18,11 @@ from kit.ssl.swin_trio import (
     Box,
     box_mask,
     box_noise,
+    boxes_mask,
     draw_boxes,
     make_views,
     mask_volume,
+    resolve_mix_prob,
     rotate_batch,
 )
 
@@ -330,3 +332,110 @@ def test_preview_and_checkpoint_extra(trio):
     clone = create_objective("swin_trio", objective.model)
     clone.load_checkpoint_extra(extra)
     assert all(torch.equal(clone.state_dict()[k], v) for k, v in extra["ssl_state"].items())
+
+
+# ----------------------------------------------------------------------------- batched views vs the reference
+
+
+def _reference_views(x, seeds, *, n_views=2, mix_prob="auto", mask_budget=(0.0, 0.3), box_frac=(0.05, 0.25)):
+    """The per-sample, box-by-box make_views that the batched one replaced, kept as the reference:
+    per-box noise from the box generator (``box_noise``), boxes pasted one by one (``mask_volume``)."""
+    seeds = [int(s) for s in seeds]
+    batch, channels = x.shape[:2]
+    mix = resolve_mix_prob(mix_prob, batch)
+    views, targets, labels, masks, details = [], [], [], [], []
+    for view in range(n_views):
+        ks = [int(sample_rng(s, 0x7377696E, view, 0).integers(4)) for s in seeds]
+        rotated = torch.stack([sample.rot90(k, (2, 3)) for sample, k in zip(x, ks)])
+        for i, seed in enumerate(seeds):
+            mask_rng = sample_rng(seed, 0x7377696E, view, 1)
+            noise_boxes = draw_boxes(x.shape, mask_rng, mask_budget, box_frac)
+            masked = mask_volume(rotated[i], noise_boxes, box_noise(noise_boxes, channels, mask_rng))
+            partner, pasted = None, []
+            mix_rng = sample_rng(seed, 0x7377696E, view, 2)
+            if mix > 0 and mix_rng.random() < mix:
+                other = int(mix_rng.integers(batch - 1))
+                partner = other if other < i else other + 1
+                pasted = draw_boxes(x.shape, mix_rng, mask_budget, box_frac)
+                masked = mask_volume(masked, pasted, rotated[partner])
+            views.append(masked)
+            masks.append(box_mask(x.shape, noise_boxes + pasted))
+            details.append({"noise": noise_boxes, "partner": partner, "pasted": pasted})
+        targets.append(rotated)
+        labels += ks
+    return {"views": torch.stack(views), "targets": torch.cat(targets), "rot_labels": torch.tensor(labels),
+            "masks": torch.stack(masks), "boxes": details}
+
+
+@pytest.mark.parametrize("mix_prob", [0.0, "auto", 1.0])
+def test_batched_views_equal_the_per_sample_reference_up_to_the_noise(mix_prob):
+    x = _volumes(4, channels=2, size=24) + 5.0  # values >= 5: noise (in [0, 1]) is told apart
+    for seeds in ([1, 2, 3, 4], [901, 17, 5, 2**40 + 3]):
+        new = make_views(x, torch.tensor(seeds), mix_prob=mix_prob)
+        old = _reference_views(x, seeds, mix_prob=mix_prob)
+        assert new["boxes"] == old["boxes"]  # same boxes, partners and pasted boxes
+        assert torch.equal(new["rot_labels"], old["rot_labels"])
+        assert torch.equal(new["targets"], old["targets"])
+        assert torch.equal(new["masks"], old["masks"])
+        assert new["views"].dtype == x.dtype and new["views"].is_contiguous()
+        for row, info in enumerate(new["boxes"]):
+            noise_only = box_mask(x.shape, info["noise"]) & ~box_mask(x.shape, info["pasted"])
+            noise_only = noise_only.expand_as(new["views"][row])
+            # Everything but the noise voxels is identical (unmasked voxels, the partner's pasted ones) ...
+            assert torch.equal(new["views"][row][~noise_only], old["views"][row][~noise_only])
+            # ... and the noise voxels hold noise in [0, 1] in both.
+            for out in (new, old):
+                values = out["views"][row][noise_only]
+                assert values.numel() == 0 or (values.min() >= 0 and values.max() <= 1)
+        if mix_prob == 1.0:
+            assert all(info["pasted"] for info in new["boxes"])
+
+
+def test_batched_noise_is_seeded_scaled_and_independent_between_views():
+    x = torch.full((3, 2, 32, 32, 32), 7.0)
+    seeds = torch.tensor([4, 5, 6])
+    out = make_views(x, seeds, mix_prob=0.0, mask_budget=(0.2, 0.3))
+    again = make_views(x, seeds, mix_prob=0.0, mask_budget=(0.2, 0.3))
+    assert torch.equal(out["views"], again["views"])
+    rows = []
+    for row in range(6):
+        values = out["views"][row][out["masks"][row].expand(2, -1, -1, -1)]
+        # Min-max scaled over the view's boxes: spans exactly [0, 1], centred like a Gaussian.
+        assert values.min() == 0.0 and values.max() == 1.0
+        assert 0.4 < values.mean() < 0.6 and 0.08 < values.std() < 0.2, (values.mean(), values.std())
+        rows.append(values[:500])
+    # Two views of a sample, and two samples, get different noise.
+    assert not torch.equal(rows[0], rows[3]) and not torch.equal(rows[0], rows[1])
+
+
+@pytest.mark.parametrize("method", ["summed_area", "paint"])
+def test_boxes_mask_equals_the_union_of_box_masks(method):
+    shape = (20, 24, 28)
+    per_row = [draw_boxes(shape, np.random.default_rng(seed)) for seed in range(12)] + [[]]
+    per_row.append([Box(0, 20, 0, 24, 0, 28), Box(19, 20, 23, 24, 27, 28)])  # the whole volume, the last corner
+    batched = boxes_mask(shape, per_row, method=method)
+    assert batched.shape == (14, 1, 20, 24, 28) and batched.dtype == torch.bool
+    for row, boxes in enumerate(per_row):
+        assert torch.equal(batched[row], box_mask(shape, boxes)), row
+    assert batched[-1].all() and not batched[-2].any()
+    with pytest.raises(ValueError, match="method"):
+        boxes_mask(shape, per_row, method="scan")
+
+
+def test_views_are_made_on_the_batch_device():
+    """On a (simulated) GPU every tensor op stays there and the results equal the CPU ones."""
+    from accelerator_shim import ACCELERATOR, AcceleratorShim, OnAccelerator
+
+    x = _volumes(3, size=16)
+    seeds = torch.tensor([3, 4, 5])
+    on_cpu = make_views(x, seeds, mix_prob=1.0)
+    with AcceleratorShim():
+        on_device = make_views(x.to(ACCELERATOR), seeds, mix_prob=1.0)
+        for key in ("views", "targets", "rot_labels", "masks"):
+            assert isinstance(on_device[key], OnAccelerator), key
+            assert torch.equal(on_device[key].cpu(), on_cpu[key]), key
+        # The GPU's mask path (summed-area table) stays on the device too.
+        boxes = [info["noise"] for info in on_cpu["boxes"]]
+        summed = boxes_mask(x.shape, boxes, ACCELERATOR, method="summed_area")
+        assert isinstance(summed, OnAccelerator)
+        assert torch.equal(summed.cpu(), boxes_mask(x.shape, boxes, method="paint"))

@@ -34,6 +34,8 @@ Segmentation models ``(B, C, X, Y, Z) -> (B, R, X, Y, Z)`` are explained through
 Example:
     >>> import torch
     >>> from torch import nn
+
+from kit.tensors import to_numpy
     >>> net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(),
     ...                     nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2))
     >>> x = torch.rand(1, 1, 16, 16, 16)
@@ -542,7 +544,7 @@ def saliency_map(
             layer = default_target_layer(model, x) if target_layer is None else _resolve_layer(model, target_layer)
             options["target_layer"] = layer
         result = _METHODS[method](model, x, target, **options)
-    out = result.detach().float().cpu().numpy()
+    out = to_numpy(result.float())
     if out.shape != tuple(x.shape[2:]):
         raise RuntimeError(f"saliency method {method!r} produced shape {out.shape}, expected {tuple(x.shape[2:])}")
     return np.ascontiguousarray(out, dtype=np.float32)

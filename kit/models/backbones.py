@@ -34,6 +34,8 @@ import torch
 from monai.networks.nets import SegResNet, SwinUNETR
 from torch import nn
 
+from kit.models.sdpa_attention import use_sdpa_attention
+
 __all__ = [
     "register_model",
     "create_model",
@@ -251,12 +253,17 @@ def swinunetr(
     num_heads: Sequence[int] = (3, 6, 12, 24),
     use_checkpoint: bool = False,
     spatial_dims: int = 3,
+    sdpa_attention: bool = True,
     **extra: Any,
 ) -> SwinUNETRBackbone:
     """MONAI SwinUNETR as in BrainSegFounder (feature_size 48, depths (2,2,2,2) = 62.2M parameters).
 
     MONAI >= 1.5 no longer takes ``img_size``: the network accepts any size that is a multiple of 32.
     ``extra`` goes to SwinUNETR unchanged (e.g. ``drop_rate``, ``dropout_path_rate``, ``use_v2``).
+    ``sdpa_attention`` (default on) runs the window attention through
+    ``torch.nn.functional.scaled_dot_product_attention`` in training too
+    (:mod:`kit.models.sdpa_attention`; the same function and weights as MONAI's); ``False`` keeps
+    MONAI's own forward. It is a speed choice, not part of the model: it is not stored in ``config``.
 
     Example:
         >>> net = swinunetr(in_channels=4, feature_size=12)
@@ -275,7 +282,10 @@ def swinunetr(
         spatial_dims=3,
         **{k: _plain(v) for k, v in extra.items()},
     )
-    return SwinUNETRBackbone(in_channels, out_channels, **cfg)
+    net = SwinUNETRBackbone(in_channels, out_channels, **cfg)
+    if sdpa_attention:
+        use_sdpa_attention(net)
+    return net
 
 
 @register_model("segresnet_small")

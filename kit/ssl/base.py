@@ -26,7 +26,9 @@ anatomy-hierarchical contrastive, ...): write one module ``kit/ssl/NAME.py`` tha
 5. keeps state that is not trained by the optimizer (a MoCo momentum encoder, a queue) as frozen
    submodules / buffers, updated in :meth:`SSLObjective.on_step_end`, which the loop calls after
    each optimizer step;
-6. offers ``preview(x, seeds)`` returning numpy arrays for the notebook figures.
+6. offers ``preview(x, seeds)`` returning numpy arrays for the notebook figures; ``x`` may be on any
+   device (move it with ``kit.tensors.to_module_device(x, self.model)``) and every array comes out
+   through ``kit.tensors.to_numpy`` (a model trained on a GPU is previewed with CPU crops).
 
 Per-contrast coarse dropout (cross-contrast restoration) is a different ``make_views``; MoCo v3 on
 2D slices uses a 2D backbone registered in ``kit.models`` and the same loop; the anatomy-hierarchical

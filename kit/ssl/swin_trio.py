@@ -6,8 +6,8 @@ two views, all random choices come from that sample's seed:
 - rotation: ``k ~ U{0,1,2,3}``; the sample (C, X, Y, Z) is rotated by ``x.rot90(k, (2, 3))``, i.e.
   dims (3, 4) of the (B, C, X, Y, Z) batch; the rotation head is trained with 4-class cross-entropy.
 - inpainting: boxes are drawn until a voxel budget ``U(0, 0.3) * volume`` is used (the last box may
-  overshoot it); each side is uniform in [0.05, 0.25] of its dimension; box contents become noise
-  scaled to [0, 1]. With probability ``mix_prob`` (``'auto'`` = (B-1)/B, as the reference's
+  overshoot it); each side is uniform in [0.05, 0.25] of its dimension; box contents become Gaussian
+  noise min-max scaled to [0, 1]. With probability ``mix_prob`` (``'auto'`` = (B-1)/B, as the reference's
   ``randint(0, B) != i``) a second pass draws new boxes and pastes, at the same locations, the rotated
   voxels of a partner sample chosen among the other samples of the local batch. Reconstruction loss:
   L1 between the reconstruction and the rotated, unmasked volume, over the whole volume.
@@ -21,7 +21,9 @@ Deviations from the reference code, on purpose: the heads read globally pooled f
 the first two tokens (see ``kit.models.heads.SSLHead``); a box side is drawn from the integers in
 [0.05 n, 0.25 n] (the reference draws from [int(0.05 n), int(0.25 n) - 1]);
 the partner's pasted voxels are its rotated, unmasked volume (in the reference they are the partner
-as already processed, which depends on the order of the loop over the batch).
+as already processed, which depends on the order of the loop over the batch); the noise of a view is
+scaled over all its noise boxes together (the reference scales box by box), so that the views are
+made in a few batched operations on the batch's device (:func:`make_views`), not box by box.
 
 Example:
     >>> import torch
@@ -48,6 +50,7 @@ from torch import nn
 
 from kit.models.heads import SSLHead
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
+from kit.tensors import to_module_device, to_numpy
 
 __all__ = [
     "Box",
@@ -56,6 +59,7 @@ __all__ = [
     "box_noise",
     "mask_volume",
     "box_mask",
+    "boxes_mask",
     "resolve_mix_prob",
     "make_views",
     "SwinTrio",
@@ -72,7 +76,7 @@ MAX_BOX_FRACTION = 0.25**3
 
 # Stream path of a sample's generators: (seed, _TAG, view, stream).
 _TAG = 0x7377696E  # "swin"
-_ROT, _MASK, _MIX = 0, 1, 2
+_ROT, _MASK, _MIX, _NOISE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,10 @@ def rotate_batch(x: torch.Tensor, ks: Sequence[int] | torch.Tensor) -> torch.Ten
         raise ValueError(f"rotate_batch: {len(ks)} rotations for a batch of {x.shape[0]}")
     if x.shape[3] != x.shape[4] and any(k % 2 for k in ks):
         raise ValueError(f"rotate_batch: a 90-degree rotation needs equal Y and Z sides, got shape {tuple(x.shape)}")
-    return torch.stack([sample.rot90(k, (2, 3)) for sample, k in zip(x, ks)])
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    for i, k in enumerate(ks):  # one strided copy per sample, on x's device (no gather, no stack)
+        out[i].copy_(x[i].rot90(k, (2, 3)))
+    return out
 
 
 def draw_boxes(
@@ -235,6 +242,53 @@ def box_mask(shape: Sequence[int], boxes: Sequence[Box]) -> torch.Tensor:
     return mask
 
 
+def boxes_mask(
+    shape: Sequence[int],
+    boxes_per_row: Sequence[Sequence[Box]],
+    device: torch.device | str = "cpu",
+    method: str = "auto",
+) -> torch.Tensor:
+    """Boolean (N, 1, X, Y, Z) masks, row ``r`` covering the union of ``boxes_per_row[r]``, built on ``device``.
+
+    On a GPU, one pass for all rows whatever the number of boxes: +1/-1 at each box's 8 corners of
+    a difference array (one ``index_put_``), then a cumulative sum along each axis counts the boxes
+    covering each voxel (a 3D summed-area table), instead of one kernel launch per box. Elsewhere
+    (where strided cumulative sums are slow and launches cheap) each box's voxels are set directly.
+    Equal to stacking :func:`box_mask` per row. ``method``: 'auto' (as above), 'summed_area' or 'paint'.
+
+    Example:
+        >>> m = boxes_mask((4, 4, 4), [[Box(0, 2, 0, 2, 0, 2), Box(1, 3, 0, 1, 0, 1)], []])
+        >>> m.shape, m[0].sum().item(), m[1].sum().item()
+        (torch.Size([2, 1, 4, 4, 4]), 9, 0)
+    """
+    sx, sy, sz = (int(n) for n in shape[-3:])
+    if method not in ("auto", "summed_area", "paint"):
+        raise ValueError(f"boxes_mask: method must be 'auto', 'summed_area' or 'paint', got {method!r}")
+    if method == "paint" or (method == "auto" and torch.device(device).type != "cuda"):
+        mask = torch.zeros((len(boxes_per_row), 1, sx, sy, sz), dtype=torch.bool, device=device)
+        for row, boxes in enumerate(boxes_per_row):
+            for box in boxes:
+                mask[row][box.slices] = True
+        return mask
+    rows = [(r, b.x0, b.x1, b.y0, b.y1, b.z0, b.z1) for r, boxes in enumerate(boxes_per_row) for b in boxes]
+    counts = torch.zeros((len(boxes_per_row), sx + 1, sy + 1, sz + 1), dtype=torch.int32, device=device)
+    if rows:
+        table = np.asarray(rows, dtype=np.int64)  # (n_boxes, 7): row, x0, x1, y0, y1, z0, z1
+        corner = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, 8).T  # (8, 3): 0 = start, 1 = end
+        # Corner (cx, cy, cz) of a box sits at (x0 or x1, y0 or y1, z0 or z1), sign (-1) ** (number of ends).
+        index = [np.repeat(table[:, 0], 8)]
+        for axis in range(3):
+            starts_ends = table[:, 1 + 2 * axis: 3 + 2 * axis]  # (n_boxes, 2)
+            index.append(starts_ends[:, corner[:, axis]].reshape(-1))
+        signs = np.tile(np.where(corner.sum(axis=1) % 2 == 0, 1, -1), len(rows)).astype(np.int32)
+        packed = torch.from_numpy(np.concatenate([np.stack(index), signs[None].astype(np.int64)]))
+        packed = packed.to(counts.device)  # one small host-to-device copy
+        counts.index_put_(tuple(packed[:4]), packed[4].to(torch.int32), accumulate=True)
+        for dim in (1, 2, 3):
+            counts = counts.cumsum(dim, dtype=torch.int32)
+    return (counts[:, :sx, :sy, :sz] > 0).unsqueeze(1)
+
+
 def resolve_mix_prob(mix_prob: float | str, batch_size: int) -> float:
     """Probability of the partner pass: ``'auto'`` is (B-1)/B (the reference); 0 for a batch of one.
 
@@ -262,8 +316,16 @@ def make_views(
     """The rotated, inpainting-masked views of a batch, every draw from each sample's seed.
 
     View ``v`` of sample ``i`` uses generators ``sample_rng(seeds[i], TAG, v, stream)`` for the
-    rotation, the noise boxes and the partner pass, so with ``mix_prob=0`` a sample's views do not
-    depend on the rest of the batch (DDP splits give the same views).
+    rotation, the noise boxes, the partner pass and the seed of its noise, so with ``mix_prob=0`` a
+    sample's views do not depend on the rest of the batch (DDP splits give the same views).
+
+    The draws (a few integers per box) happen on the host; the volumes are then made on ``x``'s
+    device, each touched once: one rotated copy per row, one mask per pass for all rows
+    (:func:`boxes_mask`), Gaussian noise drawn only for the masked voxels from a ``torch.Generator``
+    seeded by the sample (on the GPU for CUDA inputs, else on the CPU), min-max scaled to [0, 1] over
+    the view's noise boxes and written with one ``masked_scatter_``, then the partner's voxels with
+    one ``torch.where`` per mixed row. Noise values therefore depend on the device type (CPU or
+    CUDA); boxes, rotations, partners and masks do not.
 
     Args:
         x: (B, C, X, Y, Z) float batch (Y == Z for the 90-degree rotations).
@@ -288,33 +350,71 @@ def make_views(
         raise ValueError(f"make_views: the rotation plane needs equal Y and Z sides, got shape {tuple(x.shape)}")
     batch, channels = x.shape[:2]
     mix = resolve_mix_prob(mix_prob, batch)
-    views, targets, labels, masks, details = [], [], [], [], []
+    # 1. Every random choice, on the host, from the sample's generators (a few small integers per box).
+    ks, noise_boxes, pasted_boxes, partner_rows, noise_seeds, details = [], [], [], [], [], []
     for view in range(n_views):
-        ks = [int(sample_rng(s, _TAG, view, _ROT).integers(4)) for s in seeds]
-        rotated = rotate_batch(x, ks)
         for i, seed in enumerate(seeds):
-            mask_rng = sample_rng(seed, _TAG, view, _MASK)
-            noise_boxes = draw_boxes(x.shape, mask_rng, mask_budget, box_frac)
-            masked = mask_volume(rotated[i], noise_boxes, box_noise(noise_boxes, channels, mask_rng))
+            ks.append(int(sample_rng(seed, _TAG, view, _ROT).integers(4)))
+            noise = draw_boxes(x.shape, sample_rng(seed, _TAG, view, _MASK), mask_budget, box_frac)
             partner, pasted = None, []
             mix_rng = sample_rng(seed, _TAG, view, _MIX)
             if mix > 0 and mix_rng.random() < mix:
                 other = int(mix_rng.integers(batch - 1))
                 partner = other if other < i else other + 1
                 pasted = draw_boxes(x.shape, mix_rng, mask_budget, box_frac)
-                masked = mask_volume(masked, pasted, rotated[partner])
-            views.append(masked)
-            masks.append(box_mask(x.shape, noise_boxes + pasted))
-            details.append({"noise": noise_boxes, "partner": partner, "pasted": pasted})
-        targets.append(rotated)
-        labels += ks
+            noise_boxes.append(noise)
+            pasted_boxes.append(pasted)
+            partner_rows.append(view * batch + (i if partner is None else partner))
+            noise_seeds.append(int(sample_rng(seed, _TAG, view, _NOISE).integers(2**63)))
+            details.append({"noise": noise, "partner": partner, "pasted": pasted})
+    # 2. A few operations on x's device, each touching a volume once.
+    targets = torch.empty((n_views * batch, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    for row, k in enumerate(ks):  # view-major: row = view * B + i
+        targets[row].copy_(x[row % batch].rot90(k, (2, 3)))
+    noise_mask = boxes_mask(x.shape, noise_boxes, x.device)
+    views = _with_noise(targets.clone(), noise_mask, noise_seeds)
+    masks = noise_mask
+    if any(pasted_boxes):
+        pasted_mask = boxes_mask(x.shape, pasted_boxes, x.device)
+        # The partner's rotated, unmasked voxels, pasted after the noise (they win where both apply).
+        for row, source in enumerate(partner_rows):
+            if pasted_boxes[row]:
+                torch.where(pasted_mask[row], targets[source], views[row], out=views[row])
+        masks = noise_mask | pasted_mask
     return {
-        "views": torch.stack(views),
-        "targets": torch.cat(targets),
-        "rot_labels": torch.tensor(labels, dtype=torch.long, device=x.device),
-        "masks": torch.stack(masks).to(x.device),
+        "views": views,
+        "targets": targets,
+        "rot_labels": torch.tensor(ks, dtype=torch.long).to(x.device),
+        "masks": masks,
         "boxes": details,
     }
+
+
+def _with_noise(views: torch.Tensor, mask: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """Write Gaussian noise into ``views`` (N, C, X, Y, Z) where ``mask`` (N, 1, X, Y, Z), in place.
+
+    Row ``r`` gets ``C * mask[r].sum()`` values from a ``torch.Generator`` seeded with ``seeds[r]``,
+    min-max scaled to [0, 1] over the row, so only masked voxels cost anything. They are drawn on
+    the GPU for CUDA tensors, else on the CPU (then one copy), so the values depend on the seeds and
+    the device type only (identical across ranks). One device-to-host sync (the per-row counts).
+    """
+    channels = views.shape[1]
+    counts = (mask.flatten(1).sum(dim=1) * channels).tolist()
+    if not any(counts):
+        return views
+    source = views.device if views.device.type == "cuda" else torch.device("cpu")
+    values = torch.empty(int(sum(counts)), dtype=torch.float32, device=source)
+    start = 0
+    for count, seed in zip(counts, seeds):
+        if count:
+            segment = values[start:start + count]
+            segment.normal_(generator=torch.Generator(device=source).manual_seed(seed))
+            lo, hi = segment.aminmax()
+            # A single masked value has no span: it becomes 0 (as a constant box in the reference).
+            segment.sub_(lo).div_((hi - lo).clamp_min(torch.finfo(torch.float32).tiny))
+        start += count
+    # masked_scatter_ fills the masked positions in memory order: row by row, channel by channel.
+    return views.masked_scatter_(mask, values.to(device=views.device, dtype=views.dtype))
 
 
 @register_objective("swin_trio")
@@ -432,11 +532,14 @@ class SwinTrio(SSLObjective):
     def preview(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, np.ndarray]:
         """First view of each sample, as numpy arrays for figures.
 
+        ``x`` may be on any device: it is moved to the model's (e.g. CPU crops for a model trained on a GPU).
+
         Returns:
             ``input`` (B, C, X, Y, Z) the crops; ``masked`` the network input (rotated + masked);
             ``target`` the rotated unmasked volume; ``reconstruction`` the decoder output;
             ``mask`` (B, 1, X, Y, Z) bool; ``rot_labels`` (B,) the applied k; ``rot_pred`` (B,) predicted k.
         """
+        x = to_module_device(x, self.model)  # crops come from the CPU; the model may live on a GPU
         was_training = self.training
         self.eval()
         try:
@@ -448,11 +551,11 @@ class SwinTrio(SSLObjective):
         finally:
             self.train(was_training)
         return {
-            "input": x.detach().float().cpu().numpy(),
-            "masked": v["views"][:batch].float().cpu().numpy(),
-            "target": v["targets"][:batch].float().cpu().numpy(),
-            "reconstruction": recon.float().cpu().numpy(),
-            "mask": v["masks"][:batch].cpu().numpy(),
-            "rot_labels": v["rot_labels"][:batch].cpu().numpy(),
-            "rot_pred": rot_pred.cpu().numpy(),
+            "input": to_numpy(x.float()),
+            "masked": to_numpy(v["views"][:batch]),
+            "target": to_numpy(v["targets"][:batch]),
+            "reconstruction": to_numpy(recon),
+            "mask": to_numpy(v["masks"][:batch]),
+            "rot_labels": to_numpy(v["rot_labels"][:batch]),
+            "rot_pred": to_numpy(rot_pred),
         }

@@ -42,9 +42,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from kit.tensors import to_numpy
 from kit.train.distributed import resolve_device
 from kit.train.loop import resolve_amp
 from kit.train.regions import labels_to_regions
+
+#: Sliding-window batch of :func:`predict_volume` on a GPU when none is given.
+GPU_SW_BATCH_SIZE = 4
 
 __all__ = [
     "Evaluation",
@@ -98,7 +102,8 @@ def _inference_mode(model: nn.Module, device: torch.device, amp: str):
     was_training = model.training
     model.eval()
     try:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        with autocast:
             yield
     finally:
         model.train(was_training)
@@ -110,7 +115,7 @@ def predict_volume(
     image: Any,
     roi: int | Sequence[int],
     overlap: float = 0.5,
-    sw_batch_size: int = 1,
+    sw_batch_size: int | None = None,
     *,
     amp: str = "auto",
     mode: str = "gaussian",
@@ -121,14 +126,16 @@ def predict_volume(
     ``monai.inferers.sliding_window_inference`` runs ``model`` on ``roi`` windows overlapping by
     ``overlap`` (volumes smaller than ``roi`` are padded) and blends them (``mode`` 'gaussian'
     weights window centres more than borders, 'constant' averages). The model runs on its own device
-    in eval mode, under autocast when ``amp`` resolves to a dtype there.
+    in eval mode, under autocast when ``amp`` resolves to a dtype there ('auto': bf16 on a CUDA GPU
+    that supports it, float32 on a CPU); kit's SwinUNETR runs its window attention through SDPA.
 
     Args:
         model: network ``(B, C, *roi) -> (B, R, *roi)`` logits.
         image: (C, X, Y, Z) array or tensor (the cached, normalised volume).
         roi: window size in voxels (one int or 3); must suit the model (e.g. multiples of 32 for swinunetr).
         overlap: fraction of a window shared with its neighbour along each axis.
-        sw_batch_size: windows per forward pass.
+        sw_batch_size: windows per forward pass; None = 4 on a GPU, 1 on a CPU (more windows per
+            pass only help a device with parallelism to spare, and cost memory).
         amp: 'auto' | 'bf16' | 'fp16' | 'off' (see kit.train.resolve_amp).
         mode: window blending, 'gaussian' or 'constant'.
         activation: 'sigmoid' (region channels), 'softmax' or 'none' (logits).
@@ -148,6 +155,8 @@ def predict_volume(
         raise ValueError(f"predict_volume: expected an image (C, X, Y, Z), got shape {tuple(volume.shape)}")
     roi_size = (int(roi),) * 3 if np.isscalar(roi) else tuple(int(r) for r in roi)
     device = _model_device(model)
+    if sw_batch_size is None:
+        sw_batch_size = GPU_SW_BATCH_SIZE if device.type == "cuda" else 1
     with _inference_mode(model, device, amp):
         logits = sliding_window_inference(
             volume[None].to(device), roi_size, int(sw_batch_size), model,
@@ -304,7 +313,7 @@ def evaluate_segmentation(
     roi: int | Sequence[int],
     *,
     overlap: float = 0.5,
-    sw_batch_size: int = 1,
+    sw_batch_size: int | None = None,
     threshold: float = 0.5,
     amp: str = "auto",
     device: str | None = None,
@@ -368,8 +377,8 @@ def classification_scores(model: nn.Module, volumes: torch.Tensor, amp: str = "a
     with _inference_mode(model, device, amp):
         logits = model(volumes.to(device)).float()
     if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0]).cpu().numpy()
-    return torch.softmax(logits, dim=1).cpu().numpy()
+        return to_numpy(torch.sigmoid(logits[:, 0]))
+    return to_numpy(torch.softmax(logits, dim=1))
 
 
 def evaluate_classification(

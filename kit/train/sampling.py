@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from kit.tensors import to_numpy
+
 __all__ = ["sample_seed", "epoch_permutation", "GlobalBatchSampler", "ArrayCropDataset"]
 
 # Separate streams so that the permutation and the per-sample seeds never share entropy.
@@ -182,7 +184,7 @@ class ArrayCropDataset(Dataset):
                 )
             channels = array.shape[0]
         # Tensors become numpy views (no copy) so that one indexing path serves both.
-        self.arrays = [a.detach().cpu().numpy() if torch.is_tensor(a) else a for a in arrays]
+        self.arrays = [to_numpy(a) if torch.is_tensor(a) else a for a in arrays]
         self.in_channels = int(channels)
 
     def __len__(self) -> int:

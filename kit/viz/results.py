@@ -1,4 +1,4 @@
-"""Figures of results a reader can trust: integer subject counts, bounded axes, chance and random-init references."""
+"""Figures of results a reader can trust: integer subject counts, bounded axes, chance levels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_qc_volumes", "plot_localisation_bars", "plot_first_layer"]
+__all__ = ["plot_qc_volumes", "plot_localisation_bars"]
 
 
 def plot_qc_volumes(qc: pd.DataFrame, cohort_column: str = "cohort"):
@@ -81,36 +81,5 @@ def plot_localisation_bars(table: pd.DataFrame, chance: float, metric: str = "ma
     ax.set_xticks(np.arange(len(methods)) + width * (len(inits) - 1) / 2, methods, rotation=20)
     ax.set_ylabel(f"{metric.replace('_', ' ')} (fraction of positive saliency)")
     ax.set_ylim(0, min(1.0, max(top * 1.25, 1e-3)))
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_first_layer(
-    per_channel: Mapping[str, float], reference: Mapping[str, float] | None = None,
-    reference_label: str = "random init", ax=None,
-):
-    """Mean |weight| of the first layer per input channel, beside a reference (a fresh random init).
-
-    Args:
-        per_channel: channel name -> mean absolute first-layer weight after training.
-        reference: the same for the reference model (same architecture, random init), or None.
-
-    Example:
-        >>> ax = plot_first_layer({"flair": .05, "t1": .04}, {"flair": .03, "t1": .03})
-        >>> len(ax.patches)
-        4
-    """
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 2.9), constrained_layout=True)
-    names = list(per_channel)
-    x = np.arange(len(names))
-    width = 0.4 if reference else 0.8
-    ax.bar(x, [per_channel[n] for n in names], width, label="trained")
-    if reference:
-        ax.bar(x + width, [reference.get(n, np.nan) for n in names], width, color="0.7", label=reference_label)
-    ax.set_xticks(x + (width / 2 if reference else 0), names)
-    ax.set_xlabel("input channel")
-    ax.set_ylabel("mean |weight|")
-    ax.set_title("first-layer filters per input channel", fontsize=10)
     ax.legend(fontsize=8)
     return ax

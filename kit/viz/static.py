@@ -13,9 +13,11 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
+from kit.tensors import to_numpy
+
 __all__ = [
     "BRATS_COLORS", "STROKE_COLORS", "label_colors_for", "plot_orthogonal", "plot_subjects", "plot_entropy",
-    "plot_ssl_preview", "plot_loss_curves", "plot_heatmap_over_anatomy",
+    "plot_ssl_preview", "plot_loss_curves", "plot_heatmap_over_anatomy", "plot_first_layer",
 ]
 
 # RGBA per label value. BraTS 2023 writes enhancing as 3; both share the colour.
@@ -375,3 +377,51 @@ def plot_loss_curves(records: Sequence[dict], terms: Sequence[str] | None = None
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def plot_first_layer(model, modalities: Sequence[str], reference=None, ax=None,
+                     title: str = "first-layer filters per input channel"):
+    """Bar chart of the mean absolute first-layer weight per input channel (is every channel used?),
+    beside the same architecture at its random initialisation when ``reference`` is given.
+
+    Works for models on any device (the weights are copied to the CPU through ``to_numpy``).
+
+    Args:
+        model: a ``kit.models`` backbone (``first_conv_key`` names its first convolution's weight,
+            shaped (out, in, kx, ky, kz)).
+        modalities: one name per input channel, in order.
+        reference: a freshly initialised model of the same architecture, or None.
+        ax: matplotlib axes to draw on (default: a new figure).
+
+    Returns:
+        (figure, per-channel values as a float32 numpy array of length ``in``).
+
+    Example:
+        >>> from kit.models import create_model
+        >>> fig, values = plot_first_layer(create_model("segresnet_small", in_channels=2), ["t1", "flair"],
+        ...                                reference=create_model("segresnet_small", in_channels=2))
+        >>> values.shape, len(fig.axes[0].patches)
+        ((2,), 4)
+    """
+
+    def per_channel_of(net):
+        weight = net.state_dict()[net.first_conv_key]
+        if weight.shape[1] != len(modalities):
+            raise ValueError(f"plot_first_layer: {weight.shape[1]} input channels but {len(modalities)} modalities {list(modalities)}")
+        return to_numpy(weight.detach().abs().float().mean(dim=[0] + list(range(2, weight.ndim))))
+
+    per_channel = per_channel_of(model)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 2.9), constrained_layout=True)
+    x = np.arange(len(modalities))
+    width = 0.4 if reference is not None else 0.8
+    ax.bar(x, per_channel, width, label="trained")
+    if reference is not None:
+        ax.bar(x + width, per_channel_of(reference), width, color="0.7", label="random init")
+        ax.legend(fontsize=8)
+    ax.set_xticks(x + (width / 2 if reference is not None else 0), list(modalities))
+    ax.set_xlabel("input channel")
+    ax.set_ylabel("mean |weight|")
+    ax.set_title(title, fontsize=10)
+    return ax.figure, per_channel
+

@@ -30,7 +30,7 @@ import torch
 from kit.models.checkpoints import load_checkpoint
 from kit.pipeline import write_summary
 from kit.train.pretrain import prepare_stage, run_pretraining
-from kit.viz import plot_loss_curves, plot_ssl_preview
+from kit.viz import plot_first_layer, plot_loss_curves, plot_ssl_preview
 
 STAGE, COHORT = "03_stage2", "tumor"
 stage1_checkpoint = Path(run_dir) / "02_stage1" / "checkpoint.pt"
@@ -59,15 +59,14 @@ print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, d
 
 # %% [markdown]
 # The first layer after stage 2, per input channel: the mean absolute filter weight shows each
-# channel contributes, none was left at a random initialisation.
+# channel contributes. Grey bars: the same network at a random initialisation, for scale.
 
 # %%
-first_key = setup.objective.model.first_conv_key
-weight = setup.objective.model.state_dict()[first_key]
-per_channel = weight.abs().mean(dim=[0] + list(range(2, weight.ndim)))
-fig, ax = plt.subplots(figsize=(4.5, 2.8), constrained_layout=True)
-ax.bar(modalities, per_channel.numpy())
-ax.set_ylabel("mean |weight|"); ax.set_title("first-layer filters per input channel")
+from kit.models import create_model
+
+torch.manual_seed(seed)
+random_init = create_model(**setup.objective.model.config)
+fig, per_channel = plot_first_layer(setup.objective.model, modalities, reference=random_init)  # model may be on a GPU
 fig.savefig(out / "figures" / "first_layer.png", dpi=100)
 plt.show()
 

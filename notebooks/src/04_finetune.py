@@ -37,6 +37,7 @@ import pandas as pd
 from kit.data.cache import build_cache
 from kit.data.cohorts import load_cohort
 from kit.pipeline import profile_config, stage_dir, write_summary
+from kit.tensors import to_numpy
 from kit.train.evaluate import predict_volume
 from kit.train.finetune import load_finetuned
 from kit.train.regions import regions_to_labels
@@ -158,7 +159,7 @@ for i in test_idx[: config["n_overlays"]]:
                  "title": f"{cache.entries[i]['subject']} truth"})
     for init, model in models.items():
         probs = predict_volume(model, images[i], config["config"]["crop"], overlap=config["config"]["sw_overlap"])
-        pred = regions_to_labels(probs.numpy(), regions["tumor"])[0]
+        pred = regions_to_labels(to_numpy(probs), regions["tumor"])[0]
         rows.append({"image": flair, "label": pred, "point": point, "style": "contour",
                      "title": f"{cache.entries[i]['subject']} {init}"})
 if rows:

@@ -35,6 +35,7 @@ import torch
 from kit.data.cache import open_cache
 from kit.explain import random_baseline, saliency_map, score_saliency, summarise_localisation
 from kit.pipeline import profile_config, stage_dir, write_summary
+from kit.tensors import to_numpy
 from kit.train.finetune import classification_input, load_finetuned
 from kit.viz import plot_orthogonal
 
@@ -64,8 +65,8 @@ print(f"classifiers {list(classifiers)} for {task!r} ({extra['classes']}); {len(
 # %%
 def on_classifier_grid(index):
     image = classification_input(np.asarray(cache.images()[index]), input_size)
-    lesion = classification_input((np.asarray(labels[index]) > 0).astype(np.float32), input_size)[0].numpy() > 0.5
-    brain = image.abs().sum(0).numpy() > 1e-3
+    lesion = to_numpy(classification_input((np.asarray(labels[index]) > 0).astype(np.float32), input_size)[0]) > 0.5
+    brain = to_numpy(image.abs().sum(0)) > 1e-3
     original = np.asarray(cache.entries[index]["shape"][1:], dtype=float)
     spacing = np.abs(np.diag(np.asarray(cache.entries[index]["affine"]))[:3]) * original.max() / max(input_size)
     return image, lesion, brain, tuple(spacing)
