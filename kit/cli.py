@@ -1,6 +1,6 @@
 """The ``kit`` command: ``kit synth``, ``kit validate``, ``kit predict``, ``kit reproduce``.
 
-The spellings of the subcommands and flags are a user-facing contract (see DESIGN.md).
+The spellings of the subcommands and flags are a user-facing contract: keep them.
 Heavy imports happen inside each subcommand so ``kit --help`` stays fast.
 """
 
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datalist", type=Path, default=None, help="write a MONAI decathlon-style datalist here")
     p.set_defaults(func=_cmd_validate)
 
-    from kit.predict import add_predict_parser
+    from kit.predict_cli import add_predict_parser
 
     add_predict_parser(sub)
 
@@ -132,7 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_interop_parsers(sub)  # import-weights, export-bundle, pretrain
 
-    p = sub.add_parser("reproduce", help="run the notebooks in order with papermill")
+    profiles = "\n".join(f"  {name:9} {PROFILES[name].get('description', '')}" for name in PROFILES)
+    p = sub.add_parser(
+        "reproduce", help="run the notebooks in order with papermill",
+        description="Run notebooks 01-05 in order with papermill into one run folder (a rerun skips the stages "
+        "already done with the same settings).",
+        epilog=f"profiles:\n{profiles}", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--data-root", default=None, help="validated real data (default: synthetic cohorts)")

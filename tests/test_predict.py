@@ -12,7 +12,8 @@ from torch import nn
 
 from kit.data.cache import build_cache
 from kit.models import CheckpointError
-from kit.predict import _channel_order, add_predict_parser, predict_dataset, predict_files, preprocess_inputs, segment_files
+from kit.predict_cli import add_predict_parser
+from kit.predict import _channel_order, predict_dataset, predict_files, preprocess_inputs, segment_files
 from kit.train.finetune import FinetuneConfig, finetune
 
 BRATS21 = {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}

@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,11 @@ def test_notebook_matches_its_source(path):
     assert [c.source for c in built.cells] == ["".join(c["source"]) for c in committed["cells"]], (
         f"{path.name} differs from {src.name}: run python tools/nbbuild.py {src.relative_to(ROOT)} {path.relative_to(ROOT)}"
     )
+
+
+def test_kit_help_does_not_import_torch():
+    """`kit --help` stays instant: building every parser imports no torch (several seconds)."""
+    code = ("import sys; from kit.cli import build_parser; p = build_parser(); "
+            "p.format_help(); print('torch' in sys.modules, 'monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
