@@ -348,10 +348,13 @@ def run_notebook(
     cell_timeout_s: int,
     progress: bool = True,
     kernel_name: str = "python3",
+    label: str | None = None,
 ) -> None:
     """Execute one notebook with papermill, raising :class:`NotebookFailed` with the cell that failed.
 
     The executed copy is written to ``output`` even when a cell fails, so the traceback can be read.
+    The progress bar is named ``label`` (default: the notebook's name); the kernel logs errors only
+    (its "running over TCP without encryption" warning is about remote kernels, not a local run).
     """
     import papermill as pm
 
@@ -365,8 +368,9 @@ def run_notebook(
             parameters=parameters,
             kernel_name=kernel_name,
             execution_timeout=cell_timeout_s,
-            progress_bar=progress,
+            progress_bar={"desc": label or notebook.stem} if progress else False,
             cwd=str(output.parent),
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except Exception as err:  # papermill/nbclient raise several types: name the notebook and the cell
         cell = _failing_cell(output)
@@ -498,14 +502,17 @@ def reproduce(
             run["stages"][stage] = {"status": "running", "settings": settings}
             write_json_atomic(run_json, run)
             start = time.perf_counter()
+            label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {notebook.stem}"
+            print(f"{label} ...", file=sys.stderr, flush=True)
             try:
-                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress)
+                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress, label=label)
             except NotebookFailed as err:
                 run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start,
                                         "settings": settings}
                 raise
             run["stages"][stage] = {"status": "done", "wall_s": round(time.perf_counter() - start, 1),
                                     "settings": settings}
+            print(f"{label} done in {run['stages'][stage]['wall_s']:.0f} s", file=sys.stderr, flush=True)
     finally:
         write_json_atomic(run_json, run)
         report = write_report(run_dir)

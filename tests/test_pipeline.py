@@ -120,3 +120,13 @@ def test_smoke_report_has_a_banner_and_no_verdicts(tmp_path):
     write_json_atomic(tmp_path / "run.json", {"profile": "workshop", "seed": 0})
     workshop = write_report(tmp_path).read_text()
     assert "Smoke run" not in workshop and "accuracy 1.000" in workshop
+
+
+def test_terminal_shows_each_stage_by_name_without_kernel_warnings(tmp_path, notebooks):
+    cmd = [sys.executable, "-m", "kit.cli", "reproduce", "--profile", "smoke", "--out", str(tmp_path / "run"),
+           "--notebooks", str(notebooks), "--to", "02", "--cell-timeout", "120"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "[1/5] 01_curation ..." in proc.stderr and "[2/5] 02_stage1_pretrain done in" in proc.stderr
+    assert "[2/5] 02_stage1_pretrain:" in proc.stderr  # papermill's bar carries the stage's name
+    assert "TCP" not in proc.stderr and "WARNING" not in proc.stderr
