@@ -13,11 +13,11 @@ The bundle (https://docs.monai.io/en/stable/mb_specification.html) runs without 
 
 writes ``OUT/<subject>_seg.nii.gz`` for every subject folder of ``SUBJECTS``. The preprocessing and
 postprocessing are those of ``kit predict`` (kit.predict): ``LoadImaged`` (channels stacked in the
-checkpoint's order), ``CropForegroundd`` on voxels > 0 with a margin of 2,
-``NormalizeIntensityd(nonzero=True, channel_wise=True)``, no resampling or reorientation (the
-model reads the grid it was trained on), Gaussian-weighted sliding windows of the training crop
-size, sigmoid, regions -> BraTS labels, zero outside the brain, un-cropped into the input grid
-(``Invertd``) and saved in the first input's space as uint8.
+checkpoint's order), ``Orientationd`` to RAS+ (as in training), ``CropForegroundd`` on voxels > 0
+with a margin of 2, ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, no resampling (the
+model reads the voxel size it was trained on), Gaussian-weighted sliding windows of the training
+crop size, sigmoid, regions -> BraTS labels, zero outside the brain, un-cropped and put back in
+the input's own orientation (``Invertd``) and saved in the first input's space as uint8.
 
 Example:
     >>> export_bundle("runs/x/04_finetune/models/tumor_seg__stage1+2.pt", "bundles/tumor_seg")  # doctest: +SKIP
@@ -92,6 +92,7 @@ def inference_config(extra: dict, network: dict, patterns: list[str]) -> dict:
             "_target_": "Compose",
             "transforms": [
                 {"_target_": "LoadImaged", "keys": "image", "ensure_channel_first": True, "image_only": True},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS", "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
                 {"_target_": "CropForegroundd", "keys": "image", "source_key": "image", "margin": 2,
                  "allow_smaller": True},
                 {"_target_": "CopyItemsd", "keys": "image", "times": 1, "names": "brain"},

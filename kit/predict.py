@@ -37,10 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from torch import nn
 
+from kit.data import orientation
 from kit.tensors import to_numpy
 
 __all__ = [
@@ -63,14 +65,16 @@ class PreparedImage:
     Attributes:
         image: float32 tensor (C, x, y, z), brain-cropped and z-scored over brain voxels.
         brain: bool tensor (x, y, z), voxels nonzero in at least one input channel.
-        crop_start: voxel offset of the crop in the original grid.
-        original_shape: spatial shape of the input files.
+        crop_start: voxel offset of the crop in the RAS+ grid of the inputs.
+        original_shape: spatial shape of the inputs in RAS+ voxel order.
+        source_affine: the input files' 4x4 affine (their own voxel order, for writing back).
     """
 
     image: torch.Tensor
     brain: torch.Tensor
     crop_start: tuple[int, int, int]
     original_shape: tuple[int, int, int]
+    source_affine: np.ndarray | None = None
 
 
 def _nifti_suffix(path: Path) -> str:
@@ -83,7 +87,6 @@ def _nifti_suffix(path: Path) -> str:
 
 def _check_inputs(inputs: Sequence[str | os.PathLike], modalities: Sequence[str] | None = None) -> list[Path]:
     """Existence, NIfTI readability, 3D (the rule of kit validate) and a common grid; errors name the file."""
-    import nibabel as nib
 
     from kit.data.nifti_checks import check_volume_files, spatial_shape
 
@@ -183,13 +186,15 @@ def preprocess_inputs(inputs: Sequence[str | os.PathLike], margin: int = 2) -> P
         >>> prepared.image.shape, prepared.crop_start  # doctest: +SKIP
         (torch.Size([2, 140, 172, 138]), (50, 34, 8))
     """
-    from monai.transforms import Compose, CropForegroundd, LoadImaged, NormalizeIntensityd
+    from monai.transforms import Compose, CropForegroundd, LoadImaged, NormalizeIntensityd, Orientationd
 
     from kit.data.nifti_checks import first_undecodable, nifti_reader
 
     paths = _check_inputs(inputs)
     load_and_crop = Compose([
         LoadImaged(keys="image", reader=nifti_reader(), ensure_channel_first=True, image_only=True),
+        # as the training cache: RAS+ whatever the file's voxel order
+        Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         CropForegroundd(keys="image", source_key="image", margin=int(margin), allow_smaller=True),
     ])
     try:
@@ -206,11 +211,13 @@ def preprocess_inputs(inputs: Sequence[str | os.PathLike], margin: int = 2) -> P
             box = op.get("extra_info", {}).get("cropped")
             if box is not None:
                 crop_start = tuple(int(c) for c in list(box)[0::2])
-    original_shape = tuple(int(s) for s in cropped.meta["spatial_shape"])
+    source_affine = np.asarray(nib.load(paths[0]).affine, dtype=float)
+    ras_shape = orientation.ras_shape(tuple(int(s) for s in cropped.meta["spatial_shape"])[:3], source_affine)
     brain = (cropped.as_tensor() != 0).any(dim=0)
     normalised = NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)(data)["image"]
     image = normalised.as_tensor().float() if hasattr(normalised, "as_tensor") else torch.as_tensor(normalised).float()
-    return PreparedImage(image=image, brain=brain, crop_start=crop_start, original_shape=original_shape)
+    return PreparedImage(image=image, brain=brain, crop_start=crop_start, original_shape=tuple(ras_shape),
+                         source_affine=source_affine)
 
 
 def segment_files(
@@ -236,8 +243,10 @@ def segment_files(
         margin: brain-crop margin in voxels.
 
     Returns:
-        uint8 array with the input files' spatial shape; label values from ``regions``, zero outside
-        the brain.
+        uint8 array with the input files' spatial shape and voxel order; label values from
+        ``regions``, zero outside the brain. The network sees RAS+ arrays (as in training); the
+        labels are mapped back to the files' own orientation, so an LPS and a RAS file of the same
+        scan give the same labels in world space.
     """
     from kit.train.evaluate import predict_volume
     from kit.train.regions import regions_to_labels
@@ -249,7 +258,7 @@ def segment_files(
     full = np.zeros(prepared.original_shape, dtype=np.uint8)
     box = tuple(slice(s, s + n) for s, n in zip(prepared.crop_start, labels.shape))
     full[box] = to_numpy(labels)
-    return full
+    return orientation.from_ras(full, prepared.source_affine) if prepared.source_affine is not None else full
 
 
 def save_label_nifti(labels: np.ndarray, reference: str | os.PathLike, out_path: str | os.PathLike) -> Path:

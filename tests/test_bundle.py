@@ -29,6 +29,12 @@ def subjects_and_checkpoint(tmp_path_factory):
     """Two synthetic tumour subjects (kit synth, 4 mm, BraTS 2021 layout) and a tiny segresnet_small fine-tune."""
     root = tmp_path_factory.mktemp("brats")
     ids = synth_cohort("tumor", "brats2021", n=2, out=root, seed=3, resolution_mm=4.0, progress=False)
+    for path in (root / ids[1]).glob("*.nii.gz"):  # the second subject stored LPS, as many BraTS files are
+        img = nib.load(path)
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        flip[:2, 3] = [img.shape[0] - 1, img.shape[1] - 1]
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1, ::-1].copy(), img.affine @ flip, img.header), path)
+    assert nib.aff2axcodes(nib.load(root / ids[1] / f"{ids[1]}_flair.nii.gz").affine) == ("L", "P", "S")
     entries = [{"subject": s, "image": [str(root / s / f"{s}_{m}.nii.gz") for m in MODALITIES],
                 "label": str(root / s / f"{s}_seg.nii.gz")} for s in ids]
     cache = build_cache(entries, MODALITIES, tmp_path_factory.mktemp("cache"), with_labels=True)

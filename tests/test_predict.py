@@ -13,7 +13,7 @@ from torch import nn
 from kit.data.cache import build_cache
 from kit.models import CheckpointError
 from kit.predict_cli import add_predict_parser
-from kit.predict import _channel_order, predict_dataset, predict_files, preprocess_inputs, segment_files
+from kit.predict import _channel_order, load_segmenter, predict_dataset, predict_files, preprocess_inputs, segment_files
 from kit.train.finetune import FinetuneConfig, finetune
 
 BRATS21 = {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}
@@ -88,7 +88,8 @@ def test_preprocessing_is_the_cache_preprocessing(data):
     cached = np.asarray(cache.images()[1])
     assert prepared.image.shape == cached.shape and np.allclose(prepared.image.numpy(), cached, atol=1e-6)
     assert list(prepared.crop_start) == cache.entries[1]["crop_start"]
-    assert list(prepared.original_shape) == cache.entries[1]["original_shape"] == list(SHAPE)
+    # both in RAS+ voxel order: AFFINE's voxel axis 0 runs to anterior, axis 1 to the left
+    assert list(prepared.original_shape) == cache.entries[1]["original_shape"] == [SHAPE[1], SHAPE[0], SHAPE[2]]
     assert int(prepared.brain.sum()) == 24 * 22 * 17
 
 
@@ -178,3 +179,43 @@ def test_cli_predict(data, checkpoint, tmp_path, capsys):
                 "state_dict": {}, "extra": {}}, not_seg)
     with pytest.raises(CheckpointError, match="not a fine-tuned checkpoint"):
         predict_files(not_seg, [files["flair"], files["t1ce"]], tmp_path / "y.nii.gz")
+
+
+def test_predict_gives_the_same_labels_in_world_space_for_ras_and_lps_files(data, tmp_path):
+    """One subject saved in its own voxel order and flipped to another (same world): same labels in world space.
+
+    The network is a real 2-step fine-tune (not symmetric under flips), thresholded near its median so
+    that about half the brain is labelled: without reorientation the two label maps differ.
+    """
+    from kit.data.orientation import axcodes
+
+    root, subjects, cache = data
+    config = FinetuneConfig(backbone="segresnet_small", model={"init_filters": 8}, steps=2, crop=16,
+                            warmup_steps=0, device="cpu", seed=3)
+    ckpt = finetune(config, cache, [0, 1, 2], regions=BRATS21, label_values=[0, 1, 2, 4]).save(tmp_path / "seg.pt")
+    files, _ = subjects["sub-3"]
+    flipped = {}
+    for name, path in files.items():
+        img = nib.load(path)
+        flip = np.eye(4)
+        flip[0, 0], flip[1, 1] = -1, -1
+        flip[:2, 3] = [img.shape[0] - 1, img.shape[1] - 1]
+        flipped[name] = tmp_path / f"flipped_{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[::-1, ::-1].copy(), img.affine @ flip), flipped[name])
+    assert axcodes(nib.load(files["flair"]).affine) != axcodes(nib.load(flipped["flair"]).affine)
+    prepared = preprocess_inputs([files["flair"], files["t1ce"]])
+    model, _ = load_segmenter(ckpt, device="cpu")
+    from kit.train.evaluate import predict_volume
+
+    probs = predict_volume(model, prepared.image, 16, 0.5, 1, amp="off")[:, prepared.brain]
+    threshold = float(probs[0].median())
+    out = {}
+    for name, group in (("own", files), ("flipped", flipped)):
+        out[name] = predict_files(ckpt, [group["flair"], group["t1ce"]], tmp_path / f"{name}_seg.nii.gz",
+                                  device="cpu", threshold=threshold)
+    own, other = nib.load(out["own"]), nib.load(out["flipped"])
+    np.testing.assert_allclose(other.affine, nib.load(flipped["flair"]).affine)  # written in the input's grid
+    own_labels = np.asarray(own.dataobj)
+    assert 0 < np.count_nonzero(own_labels) < int(prepared.brain.sum())  # a non-trivial map
+    # the same voxel in world space: flip the second map back onto the first one's grid
+    np.testing.assert_array_equal(np.asarray(other.dataobj)[::-1, ::-1], own_labels)

@@ -5,7 +5,7 @@ sample. The cache pays it once: each subject becomes ``SUBJECT.image.npy`` (floa
 channels in the manifest's order) and ``SUBJECT.label.npy`` (uint8), opened with
 ``np.load(mmap_mode="r")`` so a crop reads only its bytes.
 
-Preprocessing uses MONAI transforms: ``LoadImaged`` (channels stacked in datalist order),
+Preprocessing uses MONAI transforms: ``LoadImaged`` (channels stacked in datalist order), ``Orientationd`` (RAS+),
 ``CropForegroundd`` on the union of nonzero voxels (skull-stripped data: the brain) with a margin,
 and ``NormalizeIntensityd(nonzero=True, channel_wise=True)``: a z-score per channel over brain
 voxels only, background kept at 0. That is the usual MRI normalisation (MRI intensities have no
@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.data import orientation
 from kit.data.nifti_checks import check_volume_files, first_undecodable
 
 __all__ = ["build_cache", "open_cache", "CacheIndex"]
 
-_FORMAT = "brainfm-kit-cache/1"
+_FORMAT = "brainfm-kit-cache/2"  # 2: arrays in RAS+ voxel order
 
 
 def _settings_key(modalities: Sequence[str], margin: int, has_label: bool) -> str:
@@ -46,7 +47,7 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def _transforms(has_label: bool, margin: int):
-    from monai.transforms import Compose, CropForegroundd, EnsureTyped, LoadImaged, NormalizeIntensityd
+    from monai.transforms import Compose, CropForegroundd, EnsureTyped, LoadImaged, NormalizeIntensityd, Orientationd
 
     from kit.data.nifti_checks import nifti_reader
 
@@ -55,6 +56,8 @@ def _transforms(has_label: bool, margin: int):
         [
             # the reader squeezes trailing singleton axes, as kit validate does (kit.data.nifti_checks)
             LoadImaged(keys=keys, reader=nifti_reader(), ensure_channel_first=True, image_only=True),
+            # RAS+ voxel order whatever the file's (an LPS BraTS file and a RAS one train alike)
+            Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             CropForegroundd(keys=keys, source_key="image", margin=margin, allow_smaller=True),
             NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
             EnsureTyped(keys=keys, track_meta=True),
@@ -69,8 +72,8 @@ class CacheIndex:
         root: cache folder.
         modalities: channel names.
         entries: list of dicts (``subject``, ``image``, ``label`` file names, ``shape``,
-            ``crop_start`` (voxel offset of the crop in the original grid), ``original_shape``,
-            ``affine``, and the datalist entry's phenotype fields).
+            ``crop_start`` (voxel offset of the crop in the RAS+ grid), ``original_shape`` and
+            ``affine`` (of that un-cropped RAS+ grid), ``source_affine`` (the file's own), and the datalist entry's phenotype fields).
 
     Example:
         >>> cache = open_cache("runs/smoke/02_stage1/cache")  # doctest: +SKIP
@@ -157,15 +160,18 @@ def build_cache(
         # CropForeground records the crop in the meta tensor's applied operations; the start
         # offset maps cached voxels back to the original grid (for predictions in input space).
         box_start = _crop_start(image)
-        original_affine = np.asarray(image.meta.get("original_affine", image.meta.get("affine")), dtype=float)
+        source_affine = np.asarray(image.meta.get("original_affine", image.meta.get("affine")), dtype=float)
+        source_shape = [int(s) for s in image.meta["spatial_shape"]][:3]
         _save_npy_atomic(out / image_name, image.numpy().astype(np.float32))
         record = {
             "subject": subject,
             "image": image_name,
             "shape": list(image.shape),
             "crop_start": box_start,
-            "original_shape": [int(s) for s in image.meta["spatial_shape"]],
-            "affine": original_affine.tolist(),
+            # the cached arrays are RAS+: shape and affine of the un-cropped RAS+ grid, and the file's own
+            "original_shape": list(orientation.ras_shape(source_shape, source_affine)),
+            "affine": orientation.ras_affine(source_affine, source_shape).tolist(),
+            "source_affine": source_affine.tolist(),
             **{k: v for k, v in entry.items() if k not in ("image", "label", "subject")},
         }
         if has_label:

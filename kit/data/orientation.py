@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
-__all__ = ["axcodes", "to_ras", "from_ras", "ras_transform"]
+__all__ = ["axcodes", "to_ras", "from_ras", "ras_affine", "ras_shape", "ras_transform"]
 
 
 def axcodes(affine: np.ndarray) -> tuple[str, ...]:
@@ -47,6 +47,31 @@ def ras_transform(affine: np.ndarray) -> np.ndarray:
         [[0.0, -1.0], [1.0, 1.0], [2.0, 1.0]]
     """
     return nio.ornt_transform(nio.io_orientation(np.asarray(affine, dtype=float)), nio.axcodes2ornt("RAS"))
+
+
+def ras_shape(shape, affine: np.ndarray) -> tuple[int, int, int]:
+    """The spatial shape a volume of ``shape`` (file voxel order) has once reoriented to RAS+.
+
+    Example:
+        >>> ras_shape((10, 20, 30), np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+        (20, 10, 30)
+    """
+    ornt = ras_transform(affine)
+    out = [0, 0, 0]
+    for axis, (target, _) in enumerate(ornt):
+        out[int(target)] = int(shape[axis])
+    return tuple(out)
+
+
+def ras_affine(affine: np.ndarray, shape) -> np.ndarray:
+    """The affine of a volume of ``shape`` (file voxel order) once reoriented to RAS+ (same world).
+
+    Example:
+        >>> ras_affine(np.diag([-2.0, 2, 2, 1]), (10, 10, 10))[0].tolist()
+        [2.0, 0.0, 0.0, -18.0]
+    """
+    affine = np.asarray(affine, dtype=float)
+    return affine @ nio.inv_ornt_aff(ras_transform(affine), tuple(int(s) for s in shape[:3]))
 
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
