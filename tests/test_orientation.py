@@ -127,3 +127,19 @@ def test_result_figures_stay_in_range_and_show_references():
     fig = plot_qc_volumes(qc)
     assert all(float(t).is_integer() for t in fig.axes[0].get_yticks())
     plt.close("all")
+
+
+@pytest.mark.parametrize("radiological", [True, False])
+def test_explorer_panels_follow_the_same_convention(radiological):
+    from kit.viz.explorer import orientation_caption, render_planes
+
+    image = np.zeros((20, 20, 20), np.float32)
+    image[2:18, 2:18, 2:18] = 0.2
+    image[14:18, 12:16, 9:11] = 1.0  # bright block on the patient's right (+x) and anterior (+y)
+    rgb = render_planes(image, (15, 13, 10), vmax=1.0, crosshair=False, radiological=radiological)
+    axial = rgb[:, -20:, 0].astype(float)  # last panel (20 px wide at 1 px/mm)
+    bright_cols = np.nonzero((axial > 200).any(axis=0))[0]
+    assert (bright_cols.mean() < 10) == radiological  # right on the screen's left in radiological view
+    sagittal = rgb[:, :20, 0].astype(float)
+    assert np.nonzero((sagittal > 200).any(axis=0))[0].mean() < 10  # anterior on the left
+    assert ("coronal: R | L" in orientation_caption(radiological)) == radiological

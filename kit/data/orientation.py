@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
-__all__ = ["axcodes", "to_ras", "from_ras", "ras_affine", "ras_shape", "ras_transform"]
+__all__ = ["load_ras", "axcodes", "to_ras", "from_ras", "ras_affine", "ras_shape", "ras_transform"]
 
 
 def axcodes(affine: np.ndarray) -> tuple[str, ...]:
@@ -116,3 +116,20 @@ def from_ras(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """
     back = nio.ornt_transform(nio.axcodes2ornt("RAS"), nio.io_orientation(np.asarray(affine, dtype=float)))
     return nio.apply_orientation(data, back)
+
+
+def load_ras(path, dtype=np.float32) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """Read a NIfTI file as a RAS+ array: ``(data, voxel size in mm (x, y, z), RAS+ affine)``.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "lps.nii.gz")
+        >>> nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([-2.0, -2.0, 3.0, 1.0])), p)
+        >>> data, spacing, affine = load_ras(p)
+        >>> data.shape, spacing, axcodes(affine)
+        ((4, 5, 6), (2.0, 2.0, 3.0), ('R', 'A', 'S'))
+    """
+    img = nib.load(str(path))
+    data, affine = to_ras(np.asanyarray(img.dataobj, dtype=dtype), img.affine)
+    spacing = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+    return data, spacing, affine

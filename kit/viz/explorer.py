@@ -75,11 +75,14 @@ def render_planes(
     overlay_vmax: float | None = None,
     crosshair: bool = True,
     px_per_mm: float = 1.0,
+    radiological: bool = True,
 ) -> np.ndarray:
     """Sagittal, coronal and axial slices through ``point`` as one RGB picture, drawn in numpy.
 
-    The layout and orientation match :func:`kit.viz.static.plot_orthogonal` (superior and anterior
-    up); each panel keeps the physical aspect ratio of the voxels.
+    The layout and orientation match :func:`kit.viz.static.plot_orthogonal` for a RAS+ array
+    (superior and anterior up; sagittal with anterior on the left; radiological convention, the
+    patient's right on the screen's left, unless ``radiological=False``); each panel keeps the
+    physical aspect ratio of the voxels. :func:`orientation_caption` names the sides.
 
     Args:
         image: array (X, Y, Z); shown in grey from 0 to ``vmax``.
@@ -140,10 +143,12 @@ def render_planes(
         rows = _upsample_index(image.shape[vert], px_per_vox[vert])
         cols = _upsample_index(image.shape[horiz], px_per_vox[horiz])
         panel = rgb[cols][:, rows].transpose(1, 0, 2)[::-1]  # (vert px, horiz px, 3), superior up
-        panel = np.ascontiguousarray(panel)
+        mirrored = fixed == 0 or radiological  # sagittal: anterior left; coronal/axial: patient's right left
+        panel = np.ascontiguousarray(panel[:, ::-1] if mirrored else panel)
         if crosshair:
             h, w = panel.shape[:2]
             col = min(w - 1, int((point[horiz] + 0.5) * px_per_vox[horiz]))
+            col = w - 1 - col if mirrored else col
             row = h - 1 - min(h - 1, int((point[vert] + 0.5) * px_per_vox[vert]))
             panel[:, col] = panel[:, col] * 0.4 + _CROSSHAIR_RGB * 0.6
             panel[row, :] = panel[row, :] * 0.4 + _CROSSHAIR_RGB * 0.6
@@ -245,7 +250,9 @@ class SliceExplorer(widgets.VBox):
             widgets.VBox(list(self.sliders.values())),
             widgets.VBox([self.opacity, widgets.HBox([self.lesion, self.crosshair])]),
         ])
-        super().__init__([header, self.modality, controls, self.image, self.info, legend])
+        sides = widgets.HTML(f"<small>{html.escape(orientation_caption())}</small>")
+        sides.add_class("kit-explorer-orientation")
+        super().__init__([header, self.modality, controls, self.image, sides, self.info, legend])
         self.add_class("kit-explorer")
         for control in (*self.sliders.values(), self.modality, self.opacity, self.lesion, self.crosshair):
             control.observe(self._redraw, names="value")
@@ -359,18 +366,29 @@ def explorer(
                              point=point, panel_px=panel_px)
 
 
-def _load_nifti(path) -> tuple[np.ndarray, tuple[float, ...]]:
-    import nibabel as nib
+def orientation_caption(radiological: bool = True) -> str:
+    """The sides of each panel of :func:`render_planes`, as text for a caption.
 
+    Example:
+        >>> orientation_caption()
+        'sagittal: A | P, coronal: R | L, axial: R | L (left | right of each panel; radiological convention)'
+    """
+    side = "R | L" if radiological else "L | R"
+    convention = "radiological" if radiological else "neurological"
+    return f"sagittal: A | P, coronal: {side}, axial: {side} (left | right of each panel; {convention} convention)"
+
+
+def _load_nifti(path) -> tuple[np.ndarray, tuple[float, ...]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
+    from kit.data.orientation import load_ras
+
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj, dtype=np.float32)
+        data, spacing, _ = load_ras(path)  # RAS+, so the markers and the radiological view are right
     except Exception as err:
         raise ValueError(f"{path}: cannot read as NIfTI ({err})") from err
-    return data, tuple(float(z) for z in img.header.get_zooms()[:3])
+    return data, spacing
 
 
 def subject_explorer(entry: Mapping, modalities: Sequence[str], label_colors: Mapping | None = None,
