@@ -168,7 +168,7 @@ def test_invalid_data_root_is_refused_before_any_notebook(tmp_path, notebooks, c
     run = tmp_path / "run"
     empty = tmp_path / "data"
     empty.mkdir()
-    for root, expected in [(tmp_path / "nope", "does not exist"), (empty, "no ukb/ folder for the healthy cohort")]:
+    for root, expected in [(tmp_path / "nope", "does not exist"), (empty, "holds none of the datasets' folders")]:
         code = kit_main(["reproduce", "--out", str(run), "--data-root", str(root), "--notebooks", str(notebooks),
                          "--quiet"])
         err = capsys.readouterr().err

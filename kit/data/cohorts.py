@@ -15,17 +15,29 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-__all__ = ["cohort_root", "check_data_root", "prepare_cohorts", "combined_datalist", "load_cohort"]
+__all__ = ["is_real", "cohort_root", "check_data_root", "prepare_cohorts", "combined_datalist", "load_cohort"]
 
 # Each cohort gets its own seed stream so adding subjects to one does not change another.
 _COHORT_SEED_OFFSET = {"healthy": 0, "tumor": 1000, "stroke": 2000}
 
 
+def is_real(spec: dict, data_root: str | Path | None) -> bool:
+    """True when ``data_root`` holds this cohort's dataset (``data_root/<manifest>``); the other
+    cohorts of a run are synthetic, so a data root may hold any subset of the datasets."""
+    return bool(data_root) and (Path(data_root) / spec["manifest"]).is_dir()
+
+
 def cohort_root(name: str, spec: dict, run_dir: str | Path, data_root: str | Path | None) -> Path:
     """Where a cohort's data lives: ``data_root/<manifest>`` for real data, else ``run_dir/data/<name>``."""
-    if data_root:
+    if is_real(spec, data_root):
         return Path(data_root) / spec["manifest"]
     return Path(run_dir) / "data" / name
+
+
+def _first_spacing(entry: dict) -> tuple[float, ...]:
+    import nibabel as nib
+
+    return tuple(float(z) for z in nib.load(entry["image"][0]).header.get_zooms()[:3])
 
 
 def _synthetic_complete(root: Path, n: int) -> bool:
@@ -62,19 +74,34 @@ def prepare_cohorts(
         >>> results = prepare_cohorts(profile_config("smoke")["cohorts"], "runs/smoke")  # doctest: +SKIP
         >>> {k: len(r.subjects) for k, r in results.items()}  # doctest: +SKIP
     """
+    from kit.data.real_cohorts import needs_resampling, pick_subjects, resample_subjects
     from kit.data.synth import synth_cohort
     from kit.data.validate import validate_dataset
 
     results = {}
     for name, spec in cohorts.items():
-        root = cohort_root(name, spec, run_dir, data_root)
-        if data_root is None and not _synthetic_complete(root, int(spec["n"])):
+        cohort_seed = seed + _COHORT_SEED_OFFSET.get(name, 0)
+        if is_real(spec, data_root):
+            # a real dataset at the profile's scale: a seeded subset, resampled copies if needed
+            real = validate_dataset(spec["manifest"], cohort_root(name, spec, run_dir, data_root), progress=progress)
+            chosen = pick_subjects(real.subjects, int(spec["n"]), cohort_seed)
+            if any(needs_resampling(_first_spacing(e), resolution_mm) for e in chosen):
+                copy = resample_subjects(chosen, real.root, Path(run_dir) / "data" / name, resolution_mm)
+                results[name] = validate_dataset(spec["manifest"], copy, progress=progress)
+                results[name].warnings.extend(real.warnings)
+                results[name].problems.extend(real.problems)
+            else:
+                real.subjects = chosen
+                results[name] = real
+            continue
+        root = cohort_root(name, spec, run_dir, None)
+        if not _synthetic_complete(root, int(spec["n"])):
             synth_cohort(
                 name,
                 spec["layout"],
                 n=int(spec["n"]),
                 out=root,
-                seed=seed + _COHORT_SEED_OFFSET.get(name, 0),
+                seed=cohort_seed,
                 resolution_mm=resolution_mm,
                 progress=progress,
             )
@@ -85,8 +112,10 @@ def prepare_cohorts(
 def check_data_root(cohorts: dict, data_root: str | Path) -> None:
     """Refuse a ``data_root`` that cannot hold the cohorts, before any notebook starts.
 
-    Each cohort's data must be a folder ``data_root/<manifest name>`` in which the manifest's
-    subject glob finds at least one subject (a full check is :func:`kit.data.validate.validate_dataset`).
+    A data root holds any subset of the cohorts' datasets, one folder per manifest name
+    (``data_root/brats2021``); the cohorts without one are synthetic. At least one must be there,
+    and in each, the manifest's subject glob must find a subject (a full check is
+    :func:`kit.data.validate.validate_dataset`).
 
     Raises:
         ValueError: one line naming the folder and what is missing.
@@ -105,11 +134,12 @@ def check_data_root(cohorts: dict, data_root: str | Path) -> None:
     if not root.is_dir():
         raise ValueError(f"--data-root {root}: {'is not a directory' if root.exists() else 'does not exist'}")
     expected = ", ".join(f"{spec['manifest']}/" for spec in cohorts.values())
-    for name, spec in cohorts.items():
+    present = {name: spec for name, spec in cohorts.items() if is_real(spec, root)}
+    if not present:
+        raise ValueError(f"--data-root {root}: holds none of the datasets' folders "
+                         f"(one folder per manifest name, any of: {expected})")
+    for name, spec in present.items():
         folder = cohort_root(name, spec, "", root)
-        if not folder.is_dir():
-            raise ValueError(f"--data-root {root}: no {spec['manifest']}/ folder for the {name} cohort "
-                             f"(a data root holds one folder per manifest: {expected})")
         manifest = load_manifest(spec["manifest"])
         if not glob.glob(str(Path(glob.escape(str(folder))) / manifest.subjects_glob)):
             raise ValueError(f"{folder}: no subjects match the {manifest.name} manifest's glob "
