@@ -138,3 +138,18 @@ def test_sliding_window_batch_defaults_to_one_window_on_a_cpu():
     seen.clear()
     torch.testing.assert_close(predict_volume(net, volume, roi=16, sw_batch_size=4), auto)
     assert max(seen) == 4
+
+
+def test_saliency_map_takes_a_cpu_image_for_a_classifier_on_the_accelerator():
+    from kit.explain import saliency_map
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.rand(1, 1, 12, 12, 12)
+    expected = saliency_map(net, x, "vanilla", target=1)
+    to_accelerator(net)
+    with AcceleratorShim():
+        sal = saliency_map(net, x, "vanilla", target=1)
+    assert type(sal) is np.ndarray and sal.dtype == np.float32
+    np.testing.assert_allclose(sal, expected, rtol=1e-5, atol=1e-7)

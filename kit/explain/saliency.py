@@ -34,8 +34,6 @@ Segmentation models ``(B, C, X, Y, Z) -> (B, R, X, Y, Z)`` are explained through
 Example:
     >>> import torch
     >>> from torch import nn
-
-from kit.tensors import to_numpy
     >>> net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(),
     ...                     nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2))
     >>> x = torch.rand(1, 1, 16, 16, 16)
@@ -55,6 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from kit.tensors import to_numpy
 
 __all__ = [
     "SALIENCY_METHODS",
