@@ -1,0 +1,101 @@
+"""What every objective owes the loop and the notebooks: gradients, a falling loss, a preview, checkpoints.
+
+Objectives with their tiny test settings; the semantics of each live in its own test file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kit.models import create_model
+from kit.ssl import create_objective
+from kit.viz import plot_ssl_preview
+
+# name -> (backbone, backbone kwargs, objective kwargs, crop side)
+CASES = {
+    "cross_contrast": ("segresnet_small", {}, {}, 16),
+    "cross_contrast_small_blocks": ("segresnet_small", {}, {"scheme": "small", "weights": {"recon_dropped": 1.0}}, 16),
+}
+
+
+def build(case: str, channels: int = 2):
+    backbone, model_cfg, cfg, crop = CASES[case]
+    torch.manual_seed(0)
+    name = case if case in ("cross_contrast", "mim", "anatomy_hierarchy") else case.rsplit("_", 2)[0]
+    objective = create_objective(name, create_model(backbone, channels, **model_cfg), **cfg)
+    return objective, crop
+
+
+def smooth_batch(batch: int, channels: int, crop: int) -> torch.Tensor:
+    """Smooth, asymmetric blobs (learnable in a few steps), one per sample and contrast."""
+    grid = torch.linspace(-1, 1, crop)
+    zz, yy, xx = torch.meshgrid(grid, grid, grid, indexing="ij")
+    g = torch.Generator().manual_seed(0)
+    out = torch.empty(batch, channels, crop, crop, crop)
+    for b in range(batch):
+        for c in range(channels):
+            centre = torch.rand(3, generator=g) * 0.8 - 0.4
+            out[b, c] = torch.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (zz - centre[2]) ** 2) / 0.3)
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_trainable_parameter_gets_a_gradient(case):
+    objective, crop = build(case)
+    objective(torch.rand(2, 2, crop, crop, crop), torch.tensor([1, 2]))["loss"].backward()
+    trainable = [n for n, p in objective.named_parameters() if p.requires_grad]
+    assert trainable
+    assert [n for n, p in objective.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert not any(p.requires_grad for p in objective.model.up_layers.parameters())  # segmentation decoder frozen
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_loss_falls_on_a_fixed_batch(case):
+    """Overfit: the same crops and seeds (so the same masks / views) for a few dozen AdamW steps."""
+    objective, crop = build(case)
+    x, seeds = smooth_batch(2, 2, crop), torch.tensor([5, 6])
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    losses, terms = [], []
+    for step in range(30):
+        optimizer.zero_grad()
+        out = objective(x, seeds)
+        out["loss"].backward()
+        optimizer.step()
+        objective.on_step_end(step + 1)
+        losses.append(out["loss"].item())
+        terms.append({k: v.item() for k, v in out.items()})
+    first, last = losses[0], float(np.mean(losses[-3:]))
+    print(f"\n{case}: loss {first:.4f} -> {last:.4f} in {len(losses)} steps")
+    assert last < 0.6 * first, losses
+    for term in terms[0]:  # every term falls, not only the easiest
+        assert np.mean([t[term] for t in terms[-3:]]) < terms[0][term], (term, terms[0], terms[-1])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_preview_is_a_dict_of_volumes_the_viewer_plots(case):
+    objective, crop = build(case)
+    x, seeds = torch.rand(2, 2, crop, crop, crop), torch.tensor([3, 4])
+    preview = objective.preview(x, seeds)
+    assert objective.training  # mode restored
+    assert all(isinstance(a, np.ndarray) for a in preview.values())
+    volumes = {k: a for k, a in preview.items() if a.ndim == 5}
+    assert "input" in volumes and np.array_equal(volumes["input"], x.numpy())
+    assert all(a.shape[0] == 2 for a in volumes.values())
+    fig = plot_ssl_preview(preview, channel=1, title=case)
+    assert len(fig.axes) == len(volumes)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_checkpoint_extra_round_trip(case):
+    objective, crop = build(case)
+    extra = objective.checkpoint_extra()
+    assert extra["ssl_objective"]["name"] == objective.name
+    clone, _ = build(case)
+    for p in clone.parameters():
+        p.data.add_(1.0)
+    clone.load_checkpoint_extra(extra)
+    own = {k: v for k, v in objective.state_dict().items() if not k.startswith("model.")}
+    assert all(torch.equal(clone.state_dict()[k], v) for k, v in own.items())
