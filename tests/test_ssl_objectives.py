@@ -17,6 +17,7 @@ from kit.viz import plot_ssl_preview
 CASES = {
     "cross_contrast": ("segresnet_small", {}, {}, 16),
     "cross_contrast_small_blocks": ("segresnet_small", {}, {"scheme": "small", "weights": {"recon_dropped": 1.0}}, 16),
+    "mim": ("segresnet_small", {}, {"patch_size": 8, "mask_ratio": 0.6}, 16),
 }
 
 
