@@ -63,7 +63,11 @@ def test_coarse_to_fine_schedule_follows_the_loop_steps():
         cells = obj.views(x, torch.tensor([1, 2]))["cells"]
         assert all(c[1] - c[0] == 32 // obj.grid_size for c in cells)
     assert seen == {0: 1, 29: 1, 30: 2, 59: 2, 60: 4, 89: 4}  # whole crop, then 2^3, then 4^3 cells
-    assert int(obj.checkpoint_extra()["ssl_state"]["step"]) == 89  # resumes at the right level
+    extra = obj.checkpoint_extra()
+    assert extra["ssl_progress"] == {"step": 89, "teacher_synced": False} and "step" not in extra["ssl_state"]
+    resumed = _obj(total_steps=90)
+    resumed.load_checkpoint_extra(extra)
+    assert resumed.grid_size == 4  # a resumed run continues at the right level
     assert _obj(level_steps=(5, 7)).grid_for_step(6) == 2
     with pytest.raises(ValueError, match="level_steps"):
         _obj(level_steps=(7, 5))
@@ -116,3 +120,22 @@ def test_teacher_is_synced_then_a_momentum_average_and_the_queue_holds_its_keys(
     assert torch.allclose(obj.teacher.state_dict()[name], expected)
     assert int(obj.step) == 1
     assert not any(p.requires_grad for p in obj.teacher.parameters())
+
+
+def test_a_later_stage_starts_its_own_schedule_and_resyncs_its_teacher(tmp_path):
+    from kit.models import save_checkpoint
+    from kit.train.loop import _initialise_from
+
+    stage1 = _obj(total_steps=10)
+    stage1(torch.rand(2, 1, 16, 16, 16), torch.tensor([1, 2]))
+    stage1.on_step_end(9)
+    path = tmp_path / "stage1.pt"
+    save_checkpoint(path, model_config=dict(stage1.model.config), state_dict=stage1.model.state_dict(),
+                    extra={**stage1.checkpoint_extra(), "modalities": ["t1"]})
+    torch.manual_seed(1)
+    stage2 = create_objective("anatomy_hierarchy", create_model("segresnet_small", 2), queue_size=16, total_steps=10)
+    _initialise_from(stage2, path, ["t1", "flair"])
+    assert int(stage2.step) == 0 and stage2.grid_size == 1 and not bool(stage2.teacher_synced)
+    stage2(torch.rand(2, 2, 16, 16, 16), torch.tensor([1, 2]))
+    name = "convInit.conv.weight"  # 2 input channels now: the teacher follows the transferred student
+    assert torch.equal(stage2.teacher.state_dict()[name], stage2.model.state_dict()[name])

@@ -33,6 +33,8 @@ def test_parameters_are_checked():
         create_objective("mim", cnn, patch_size=12)
     with pytest.raises(ValueError, match="mask_ratio"):
         create_objective("mim", cnn, mask_ratio=1.0)
+    with pytest.raises(ValueError, match="single 16"):
+        create_objective("mim", cnn)(torch.rand(1, 1, 16, 16, 16), torch.tensor([0]))
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         create_objective("mim", cnn, patch_size=16)(torch.rand(1, 1, 24, 24, 24), torch.tensor([0]))
 

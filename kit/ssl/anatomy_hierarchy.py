@@ -147,7 +147,7 @@ def pruned_info_nce(
         >>> q = torch.tensor([[1.0, 0.0]]); k = q.clone(); queue = torch.tensor([[0.9, 0.436], [0.0, 1.0]])
         >>> loss, pruned = pruned_info_nce(q, k, queue, 1.0)
         >>> pruned.tolist(), round(float(loss), 4)
-        [[True, False]], 0.3133
+        ([[True, False]], 0.3133)
     """
     positive = (q * k).sum(dim=1, keepdim=True)
     negative = q @ queue.t()
@@ -236,8 +236,11 @@ class AnatomyHierarchy(SSLObjective):
         queue = torch.randn(self.queue_size, self.dim, generator=torch.Generator().manual_seed(self.queue_seed))
         self.register_buffer("queue", F.normalize(queue, dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.register_buffer("teacher_synced", torch.zeros((), dtype=torch.bool))
+        # Training progress, not weights: kept out of the state dict so that a later stage initialised
+        # from this checkpoint starts its own schedule and re-syncs its teacher; a resumed run gets
+        # them back through checkpoint_extra.
+        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("teacher_synced", torch.zeros((), dtype=torch.bool), persistent=False)
         self.freeze_unused([self.projector])
 
     @property
@@ -247,6 +250,18 @@ class AnatomyHierarchy(SSLObjective):
                 "flip": self.flip, "dim": self.dim, "hidden_dim": self.hidden_dim, "queue_size": self.queue_size,
                 "momentum": self.momentum, "temperature": self.temperature,
                 "prune_threshold": self.prune_threshold, "queue_seed": self.queue_seed}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The base's extra plus ``ssl_progress``: the schedule's step and whether the teacher was synced."""
+        return {**super().checkpoint_extra(),
+                "ssl_progress": {"step": int(self.step), "teacher_synced": bool(self.teacher_synced)}}
+
+    def load_checkpoint_extra(self, extra) -> None:
+        """Resume: heads, teacher and queue, then the schedule's step and the teacher's sync flag."""
+        super().load_checkpoint_extra(extra)
+        progress = extra.get("ssl_progress") or {}
+        self.step.fill_(int(progress.get("step", 0)))
+        self.teacher_synced.fill_(bool(progress.get("teacher_synced", False)))
 
     def grid_for_step(self, step: int) -> int:
         """Cells per axis at optimizer step ``step`` (steps done so far)."""

@@ -64,6 +64,9 @@ def patch_masks(x: torch.Tensor, seeds: torch.Tensor | Sequence[int], patch_size
     if any(s % patch_size for s in spatial):
         raise ValueError(f"mim: crop {tuple(spatial)} is not a multiple of patch_size {patch_size}")
     grid = [s // patch_size for s in spatial]
+    if int(np.prod(grid)) < 2:
+        raise ValueError(f"mim: a crop of {tuple(spatial)} holds a single {patch_size}^3 patch; use a smaller "
+                         "patch_size or a larger crop")
     masks = np.stack([patch_mask(grid, mask_ratio, sample_rng(s, _TAG)) for s in seeds])
     return torch.from_numpy(masks).unsqueeze(1).to(x.device)
 

@@ -15,7 +15,7 @@ from kit.data.cache import CacheIndex, build_cache
 from kit.train.loop import TrainConfig, train
 from kit.train.sampling import ArrayCropDataset
 
-__all__ = ["PretrainSetup", "prepare_pretraining", "run_pretraining", "train_config_from"]
+__all__ = ["PretrainSetup", "prepare_pretraining", "run_pretraining", "train_config_from", "stage_for_objective"]
 
 
 class PretrainSetup:
@@ -50,6 +50,29 @@ def train_config_from(stage: dict, seed: int, device: str, progress: bool) -> Tr
     return TrainConfig(**values)
 
 
+def stage_for_objective(stage: dict, objective: str | None) -> dict:
+    """A copy of a profile's stage settings with ``objective`` selected (None keeps the profile's).
+
+    The stage's ``objective_cfg`` belongs to the profile's own objective; another objective takes its
+    options from ``stage["objective_cfgs"][name]`` when the profile has them, else its defaults.
+
+    Example:
+        >>> stage = {"objective": "swin_trio", "objective_cfg": {"mix_prob": 0.0}, "objective_cfgs": {"mim": {"patch_size": 8}}}
+        >>> stage_for_objective(stage, "mim")["objective_cfg"], stage_for_objective(stage, None)["objective_cfg"]
+        ({'patch_size': 8}, {'mix_prob': 0.0})
+    """
+    from kit.ssl import list_objectives
+
+    out = dict(stage)
+    name = objective or stage.get("objective", "swin_trio")
+    if name not in list_objectives():
+        raise ValueError(f"unknown SSL objective {name!r}; registered: {list_objectives()}")
+    if name != stage.get("objective", "swin_trio"):
+        out["objective_cfg"] = dict((stage.get("objective_cfgs") or {}).get(name, {}))
+    out["objective"] = name
+    return out
+
+
 def prepare_pretraining(
     stage: dict,
     entries: list[dict],
@@ -73,12 +96,17 @@ def prepare_pretraining(
     """
     from kit.models import create_model
     from kit.ssl import create_objective
+    from kit.ssl.base import objective_class
 
     out = Path(out_dir)
     cache = build_cache(entries, modalities, out / "cache", with_labels=False, progress=progress)
     dataset = ArrayCropDataset(cache.images(), stage["crop"])
     model = create_model(stage["backbone"], in_channels=len(modalities), out_channels=3, **stage.get("model", {}))
-    objective = create_objective(stage.get("objective", "swin_trio"), model, **stage.get("objective_cfg", {}))
+    name = stage.get("objective", "swin_trio")
+    objective_cfg = dict(stage.get("objective_cfg", {}))
+    if getattr(objective_class(name), "uses_total_steps", False):
+        objective_cfg.setdefault("total_steps", int(stage["steps"]))  # e.g. a coarse-to-fine schedule
+    objective = create_objective(name, model, **objective_cfg)
     config = train_config_from(stage, seed, device, progress)
     return PretrainSetup(cache, dataset, objective, modalities, config, out)
 
