@@ -117,3 +117,37 @@ def test_checkpoint_extra_round_trip(case):
     clone.load_checkpoint_extra(extra)
     own = {k: v for k, v in objective.state_dict().items() if not k.startswith("model.")}
     assert all(torch.equal(clone.state_dict()[k], v) for k, v in own.items())
+
+
+@pytest.mark.parametrize("objective", ["cross_contrast", "mim", "anatomy_hierarchy"])
+def test_an_interrupted_run_resumes_to_the_same_weights_and_state(tmp_path, objective):
+    """Crash after step 3 (checkpoint at 2), rerun: the same final weights, heads, teacher, queue and schedule."""
+    import importlib.util
+    from pathlib import Path
+
+    from kit.models import load_checkpoint
+    from kit.train import TrainConfig, train
+
+    spec = importlib.util.spec_from_file_location("ddp_worker", Path(__file__).with_name("ddp_worker.py"))
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    config = TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, ckpt_every=2, device="cpu", progress=False)
+
+    def crash(step, record):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    straight = tmp_path / "straight"
+    train(worker.build_run(objective=objective)[0], worker.build_run(objective=objective)[1], config, straight)
+    interrupted = tmp_path / "interrupted"
+    objective_a, dataset = worker.build_run(objective=objective)
+    with pytest.raises(KeyboardInterrupt):
+        train(objective_a, dataset, config, interrupted, callback=crash)
+    assert load_checkpoint(interrupted / "checkpoint.pt")["extra"]["step"] == 2
+    summary = train(worker.build_run(objective=objective)[0], dataset, config, interrupted)
+    assert summary["resumed_from"] == 2
+    a, b = load_checkpoint(straight / "checkpoint.pt"), load_checkpoint(interrupted / "checkpoint.pt")
+    for key, value in {**a["state_dict"], **a["extra"]["ssl_state"]}.items():
+        other = {**b["state_dict"], **b["extra"]["ssl_state"]}[key]
+        assert torch.allclose(value.double(), other.double(), atol=1e-6), key
+    assert a["extra"].get("ssl_progress") == b["extra"].get("ssl_progress")
