@@ -76,6 +76,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             force=args.force or (),
             extra_inits=_named_paths(args.init),
+            objective=args.objective,
         )
     except (NotebookFailed, ValueError) as err:
         if getattr(args, "debug", False):
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")
     p.add_argument("--force", action="append", default=None, metavar="STAGE",
                    help="redo this stage even if done (repeatable); later stages of the call are redone too")
+    p.add_argument("--objective", default=None,
+                   help="SSL objective of stages 02-03: swin_trio (the profile's default), cross_contrast, mim, "
+                        "anatomy_hierarchy")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--init", action="append", metavar="NAME=CKPT",
                    help="another fine-tuning initialisation for notebook 04 (e.g. from kit import-weights); repeatable")

@@ -8,7 +8,8 @@ A run directory holds one folder per stage (DESIGN.md's notebook contract)::
     RUN_DIR/report.md             every stage's key figures and plots, rebuilt after each stage
 
 Each notebook gets the parameters ``profile``, ``run_dir``, ``data_root``, ``device``, ``seed``
-(and ``interactive=False``) and reads its settings with :func:`profile_config`.
+(and ``interactive=False``) and reads its settings with :func:`profile_config`; notebooks 02-05 also
+get ``objective`` (the SSL objective by name; None: the profile's).
 """
 
 from __future__ import annotations
@@ -408,6 +409,7 @@ def reproduce(
     progress: bool = True,
     force: list[str] | tuple[str, ...] = (),
     extra_inits: dict[str, str] | None = None,
+    objective: str | None = None,
 ) -> Path:
     """Run the notebooks in order with papermill and write ``report.md``.
 
@@ -426,6 +428,8 @@ def reproduce(
         force: stages to redo even when done (they and the later stages of the call start over).
         extra_inits: more fine-tuning initialisations for notebook 04, ``{name: kit checkpoint}``
             (e.g. published weights converted by ``kit import-weights``).
+        objective: SSL objective of stages 02-03 by name (``kit.ssl.list_objectives()``), passed to
+            notebooks 02-05; None keeps the profile's (``swin_trio``).
 
     A stage already done in ``out`` with the same settings is skipped, its outputs untouched; see
     :mod:`kit.runstate` for the rules of a rerun.
@@ -444,6 +448,11 @@ def reproduce(
     from kit.runstate import clear_stage, decide, stage_settings
 
     config = profile_config(profile)
+    if objective is not None:
+        from kit.ssl import list_objectives
+
+        if objective not in list_objectives():
+            raise ValueError(f"unknown --objective {objective!r}; choose one of {list_objectives()}")
     run_dir = Path(out).resolve()
     nb_dir = Path(notebooks_dir) if notebooks_dir else repo_root() / "notebooks"
     first = STAGES.index(resolve_stage(from_stage)) if from_stage else 0
@@ -462,6 +471,12 @@ def reproduce(
     run_dir.mkdir(parents=True, exist_ok=True)
     run_json = run_dir / "run.json"
     run = json.loads(run_json.read_text()) if run_json.exists() else {}
+    if first > 0 and run.get("objective"):  # resuming: later stages use the objective the run pretrained with
+        if objective is not None and objective != run["objective"]:
+            raise ValueError(f"{run_dir} was pretrained with objective {run['objective']!r}, not {objective!r}; "
+                             "start from stage 02 (or use another --out) to change it")
+        objective = run["objective"]
+    objective = objective or config["stage1"].get("objective", "swin_trio")
     run.setdefault("stages", {})
     data_root = str(Path(data_root).resolve()) if data_root else None
     # run-wide fields describe the run as first made; a partial rerun records its own in its stages
@@ -472,6 +487,7 @@ def reproduce(
         if fresh or key not in run:
             run[key] = value
     run["kit_version"] = kit.__version__
+    run.setdefault("objective", objective)
     timeout = int(cell_timeout_s or config["cell_timeout_s"])
     parameters = {
         "profile": profile,
@@ -488,7 +504,10 @@ def reproduce(
             if not notebook.exists():
                 run["stages"][stage] = {"status": "skipped", "error": f"{notebook.name} does not exist yet"}
                 continue
-            params = {**parameters, "extra_inits": dict(extra_inits)} if extra_inits and stage == "04_finetune" else parameters
+            # notebook 01 has no SSL objective (papermill would warn about an unknown parameter)
+            params = parameters if stage == "01_curation" else {**parameters, "objective": objective}
+            if extra_inits and stage == "04_finetune":
+                params["extra_inits"] = dict(extra_inits)
             settings = stage_settings(stage, params, config)
             action = decide(stage, run["stages"].get(stage), settings, forced=stage in forced,
                             upstream_redone=upstream_redone)
@@ -498,6 +517,8 @@ def reproduce(
                 continue
             if action == "redo":
                 clear_stage(run_dir, stage)
+            if stage == "02_stage1":
+                run["objective"] = objective  # the objective this run pretrains with
             upstream_redone = True
             run["stages"][stage] = {"status": "running", "settings": settings}
             write_json_atomic(run_json, run)

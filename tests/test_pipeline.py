@@ -130,3 +130,22 @@ def test_terminal_shows_each_stage_by_name_without_kernel_warnings(tmp_path, not
     assert "[1/5] 01_curation ..." in proc.stderr and "[2/5] 02_stage1_pretrain done in" in proc.stderr
     assert "[2/5] 02_stage1_pretrain:" in proc.stderr  # papermill's bar carries the stage's name
     assert "TCP" not in proc.stderr and "WARNING" not in proc.stderr
+
+
+def test_objective_reaches_notebooks_02_on_and_is_recorded(tmp_path, notebooks):
+    _notebook(notebooks / "02_stage1_pretrain.ipynb", [
+        "STAGE = '02_stage1'",
+        "from kit.pipeline import write_summary\nwrite_summary(run_dir, STAGE, 'ran', {'objective': objective})",
+    ])
+    _notebook(notebooks / "01_curation.ipynb", ["STAGE = '01_curation'", "assert 'objective' not in dir()", WRITE_SUMMARY])
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="unknown --objective 'nope'.*mim"):
+        reproduce("smoke", run, objective="nope", notebooks_dir=notebooks, progress=False)
+    reproduce("smoke", run, objective="mim", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["objective"] == "mim"
+    assert json.loads((run / "run.json").read_text())["objective"] == "mim"
+    # resuming keeps the run's objective, and refuses another one
+    reproduce("smoke", run, from_stage="02", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["objective"] == "mim"
+    with pytest.raises(ValueError, match="pretrained with objective 'mim'"):
+        reproduce("smoke", run, from_stage="02", objective="cross_contrast", notebooks_dir=notebooks, progress=False)

@@ -32,6 +32,7 @@ __all__ = [
     "stage_settings",
     "prepare_stage",
     "pretrain_stage",
+    "stage_for_objective",
 ]
 
 # stage number -> (run-directory folder, cohort of the run's datalist, profile key)
@@ -70,6 +71,29 @@ def train_config_from(stage: dict, seed: int, device: str, progress: bool) -> Tr
     return TrainConfig(**values)
 
 
+def stage_for_objective(stage: dict, objective: str | None) -> dict:
+    """A copy of a profile's stage settings with ``objective`` selected (None keeps the profile's).
+
+    The stage's ``objective_cfg`` belongs to the profile's own objective; another objective takes its
+    options from ``stage["objective_cfgs"][name]`` when the profile has them, else its defaults.
+
+    Example:
+        >>> stage = {"objective": "swin_trio", "objective_cfg": {"mix_prob": 0.0}, "objective_cfgs": {"mim": {"patch_size": 8}}}
+        >>> stage_for_objective(stage, "mim")["objective_cfg"], stage_for_objective(stage, None)["objective_cfg"]
+        ({'patch_size': 8}, {'mix_prob': 0.0})
+    """
+    from kit.ssl import list_objectives
+
+    out = dict(stage)
+    name = objective or stage.get("objective", "swin_trio")
+    if name not in list_objectives():
+        raise ValueError(f"unknown SSL objective {name!r}; registered: {list_objectives()}")
+    if name != stage.get("objective", "swin_trio"):
+        out["objective_cfg"] = dict((stage.get("objective_cfgs") or {}).get(name, {}))
+    out["objective"] = name
+    return out
+
+
 def prepare_pretraining(
     stage: dict,
     entries: list[dict],
@@ -93,6 +117,7 @@ def prepare_pretraining(
     """
     from kit.models import create_model
     from kit.ssl import create_objective
+    from kit.ssl.base import objective_class
 
     from kit.train.distributed import rank_and_world
 
@@ -105,10 +130,14 @@ def prepare_pretraining(
         torch.distributed.barrier()
     dataset = ArrayCropDataset(cache.images(), stage["crop"])
     # Seeded initialisation: every process, and every rerun, starts from the same weights.
+    name = stage.get("objective", "swin_trio")
+    objective_cfg = dict(stage.get("objective_cfg", {}))
+    if getattr(objective_class(name), "uses_total_steps", False):
+        objective_cfg.setdefault("total_steps", int(stage["steps"]))  # e.g. a coarse-to-fine schedule
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = create_model(stage["backbone"], in_channels=len(modalities), out_channels=3, **stage.get("model", {}))
-        objective = create_objective(stage.get("objective", "swin_trio"), model, **stage.get("objective_cfg", {}))
+        objective = create_objective(name, model, **objective_cfg)
     config = train_config_from(stage, seed, device, progress)
     return PretrainSetup(cache, dataset, objective, modalities, config, out)
 
@@ -161,9 +190,10 @@ def stage_settings(profile: str, stage: int, objective: str | None = None, overr
         raise ValueError(f"unknown setting(s) {unknown} for stage {stage}; the profile's are {sorted(config)}")
     config.update(overrides or {})
     if objective is not None:
-        if objective != config.get("objective"):
-            config["objective_cfg"] = dict((overrides or {}).get("objective_cfg", {}))  # options belong to an objective
-        config["objective"] = objective
+        own = config.get("objective", "swin_trio")
+        config = stage_for_objective(config, objective)  # another objective brings its own options
+        if objective != own and "objective_cfg" in (overrides or {}):
+            config["objective_cfg"] = dict(overrides["objective_cfg"])
     return config
 
 
