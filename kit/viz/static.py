@@ -190,6 +190,72 @@ def plot_entropy(table, threshold: float, position_window: Sequence[float], titl
 
 
 
+def plot_retained_fraction(retained: dict, title: str = ""):
+    """Bars of the fraction of slices each criterion keeps, per cohort (from :func:`kit.data.curate.retained_fraction`).
+
+    Args:
+        retained: ``{cohort: {'n_slices', 'entropy', 'position', 'both'}}``.
+
+    Example:
+        >>> r = {"tumor": {"n_slices": 10, "entropy": 0.8, "position": 0.8, "both": 0.7}}
+        >>> len(plot_retained_fraction(r).axes)
+        1
+    """
+    names = list(retained)
+    criteria = (("entropy", "entropy >= threshold"), ("position", "inside position window"), ("both", "kept (both)"))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.2), constrained_layout=True)
+    width = 0.8 / len(criteria)
+    for k, (key, label) in enumerate(criteria):
+        values = [retained[n][key] for n in names]
+        bars = ax.bar(np.arange(len(names)) + (k - 1) * width, values, width, label=label)
+        if key == "both":
+            ax.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=7)
+    ax.set_xticks(np.arange(len(names)), [f"{n}\n({retained[n]['n_slices']} slices)" for n in names], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("fraction of slices")
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_kept_dropped(volume: np.ndarray, table, axis: int = 2, n: int = 4, title: str = ""):
+    """Example slices the filter keeps (top row) and drops (bottom row), with entropy and position.
+
+    Args:
+        volume: the filtered channel ``(X, Y, Z)`` of one subject.
+        table: that subject's rows of the slice table (``slice``, ``entropy``, ``position``,
+            ``keep_entropy``, ``keep_position``, ``kept``).
+        axis: slicing axis.
+        n: slices per row, evenly spread over the kept (resp. dropped) ones.
+
+    Example:
+        >>> import pandas as pd
+        >>> v = np.random.rand(8, 8, 6)
+        >>> t = pd.DataFrame({"slice": range(6), "entropy": [0, 3, 3, 3, 3, 0], "position": np.linspace(0, 1, 6),
+        ...                   "keep_entropy": [0, 1, 1, 1, 1, 0], "keep_position": [1] * 6, "kept": [0, 1, 1, 1, 1, 0]})
+        >>> len(plot_kept_dropped(v, t, n=2).axes)
+        4
+    """
+    kept = table[table.kept.astype(bool)]
+    dropped = table[~table.kept.astype(bool)]
+    fig, axes = plt.subplots(2, n, figsize=(2.1 * n, 4.6), constrained_layout=True, squeeze=False)
+    for ax_row, rows, name in ((axes[0], kept, "kept"), (axes[1], dropped, "dropped")):
+        picks = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, n).round().astype(int))] if len(rows) else rows
+        for ax in ax_row:
+            ax.set_xticks([]); ax.set_yticks([])
+            ax.set_facecolor("black")
+        for ax, row in zip(ax_row, picks.itertuples()):
+            plane = np.take(np.asarray(volume, dtype=np.float32), int(row.slice), axis=axis)
+            ax.imshow(plane.T, cmap="gray", origin="lower", interpolation="nearest")
+            why = "" if name == "kept" else ("\nlow entropy" if not row.keep_entropy else "") + (
+                " outside window" if not row.keep_position else "")
+            ax.set_title(f"{name} z={int(row.slice)}\n{row.entropy:.1f} bits, pos {row.position:.2f}{why}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
     """Central axial slices of an SSL preview: input, masked view, target and reconstruction.
 
