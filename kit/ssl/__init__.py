@@ -3,7 +3,7 @@
 Example:
     >>> from kit.ssl import list_objectives
     >>> list_objectives()
-    ['swin_trio']
+    ['moco_v3', 'swin_trio']
 """
 
 from kit.ssl.base import (
@@ -16,6 +16,8 @@ from kit.ssl.base import (
     sample_rng,
 )
 from kit.ssl import swin_trio  # noqa: F401  (registers 'swin_trio')
+from kit.ssl import moco_v3  # noqa: F401  (registers 'moco_v3')
+from kit.ssl.moco_v3 import MoCoV3
 from kit.ssl.swin_trio import SwinTrio, make_views
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "list_objectives",
     "register_objective",
     "sample_rng",
+    "MoCoV3",
     "SwinTrio",
     "make_views",
 ]
