@@ -182,8 +182,8 @@ class SliceDataset(Dataset):
         absent = [s for s in wanted if s not in positions]
         if absent:
             raise ValueError(f"{cache.root}: subjects {absent[:5]} are not in the cache")
-        index = select_slices(table, wanted, curated, cohort)
-        listed = set(select_slices(table, wanted, False, cohort).subject.astype(str))
+        index = select_slices(table.drop(columns=["cache_index"], errors="ignore"), wanted, curated, cohort)
+        listed = set(select_slices(table, wanted, False, cohort).subject.astype(str))  # any row, kept or not
         if set(wanted) - listed:
             raise ValueError(f"{where}: no slices listed for subjects {sorted(set(wanted) - listed)[:5]}")
         index.insert(2, "cache_index", index.subject.astype(str).map(positions).astype(int))
