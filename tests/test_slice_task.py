@@ -46,7 +46,7 @@ def tumour_cohort(tmp_path_factory):
                         "tumor_type": ("glioma" if i % 4 == 0 else "meningioma") if tumour else "NA"})
     table = curate_slices(entries, SliceFilter(axis=2, entropy_threshold=2.0, position_window=(0.05, 0.95)))
     cache = build_cache(entries, ["t1", "flair"], tmp / "cache", margin=1)
-    return tmp, table, cache
+    return tmp, table, cache, entries
 
 
 def _config(**kw):
@@ -56,7 +56,7 @@ def _config(**kw):
 
 @pytest.fixture(scope="module")
 def moco_checkpoint(tumour_cohort):
-    tmp, table, cache = tumour_cohort
+    tmp, table, cache, _ = tumour_cohort
     slices = SliceDataset(cache, table, axis=2, size=32)
     torch.manual_seed(0)
     objective = create_objective("moco_v3", create_model("resnet18_2d", in_channels=2, **MODEL), dim=16, mlp_dim=32,
@@ -67,7 +67,7 @@ def moco_checkpoint(tumour_cohort):
 
 
 def test_targets_per_slice_from_the_label_map(tumour_cohort):
-    _, table, cache = tumour_cohort
+    _, table, cache, _ = tumour_cohort
     slices = SliceDataset(cache, table, axis=2, size=32)
     rows, y, classes = slice_targets(slices)
     expected = [int(int(r.subject[1:]) % 2 == 0 and 8 <= r.slice <= 13) for r in slices.index.itertuples()]
@@ -77,7 +77,7 @@ def test_targets_per_slice_from_the_label_map(tumour_cohort):
 
 
 def test_probe_keeps_the_pretrained_encoder_and_finetune_trains_it(tumour_cohort, moco_checkpoint):
-    _, table, cache = tumour_cohort
+    _, table, cache, _ = tumour_cohort
     slices = SliceDataset(cache, table, axis=2, size=32)
     rows, y, _ = slice_targets(slices)
     pretrained = load_checkpoint(moco_checkpoint)["state_dict"]
@@ -91,7 +91,7 @@ def test_probe_keeps_the_pretrained_encoder_and_finetune_trains_it(tumour_cohort
 
 
 def test_scratch_vs_pretrained_probe_and_finetune_on_disjoint_subjects(tumour_cohort, moco_checkpoint):
-    _, table, cache = tumour_cohort
+    _, table, cache, _ = tumour_cohort
     train_subjects, test_subjects = ["s0", "s1", "s2", "s3", "s5", "s6"], ["s4", "s7"]
     train_slices = SliceDataset(cache, table, axis=2, size=32, subjects=train_subjects)
     test_slices = SliceDataset(cache, table, axis=2, size=32, subjects=test_subjects)
@@ -106,7 +106,7 @@ def test_scratch_vs_pretrained_probe_and_finetune_on_disjoint_subjects(tumour_co
 
 
 def test_finetune_learns_tumour_slices(tumour_cohort):
-    _, table, cache = tumour_cohort
+    _, table, cache, _ = tumour_cohort
     train_slices = SliceDataset(cache, table, axis=2, size=32, subjects=["s0", "s1", "s2", "s3", "s5", "s6"])
     test_slices = SliceDataset(cache, table, axis=2, size=32, subjects=["s4", "s7"])
     results = evaluate_slice_init("scratch", _config(steps=30), train_slices, test_slices, modes=("finetune",))
@@ -114,8 +114,28 @@ def test_finetune_learns_tumour_slices(tumour_cohort):
 
 
 def test_slice_study_rows(tumour_cohort):
-    _, table, cache = tumour_cohort
+    _, table, cache, _ = tumour_cohort
     study = slice_study(cache, table, {"scratch": "scratch"}, _config(steps=2), fractions=(0.5, 1.0), seeds=(0,),
                         test_fraction=0.25, size=32, modes=("probe",))
     assert len(study) == 2 and set(study.fraction) == {0.5, 1.0}
     assert study.n_train_subjects.tolist() == [3, 6] and study.auc.between(0, 1).all()
+
+
+def test_pretraining_stage_on_curated_slices(tumour_cohort, tmp_path):
+    from kit.train.pretrain import prepare_pretraining, run_pretraining
+
+    tmp, table, _, entries = tumour_cohort
+    table.to_csv(tmp_path / "slices.csv", index=False)
+    stage = {"backbone": "resnet18_2d", "model": MODEL, "objective": "moco_v3",
+             "objective_cfg": {"dim": 16, "mlp_dim": 32}, "slices": {"axis": 2, "size": 32, "channels": "flair"},
+             "steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "ckpt_every": 2}
+    setup = prepare_pretraining(stage, entries, ["t1", "flair"], tmp_path / "stage", device="cpu",
+                                slices=tmp_path / "slices.csv")
+    assert isinstance(setup.dataset, SliceDataset) and len(setup.dataset) == int(table.kept.sum())
+    assert setup.objective.total_steps == 2 and setup.objective.augment["lr_dim"] == 0
+    assert setup.modalities == ["flair"] and setup.objective.model.in_channels == 1
+    summary = run_pretraining(setup)
+    checkpoint = load_checkpoint(tmp_path / "stage" / "checkpoint.pt")
+    assert summary["steps"] == 2 and checkpoint["extra"]["modalities"] == ["flair"]
+    with pytest.raises(ValueError, match="slices.csv"):
+        prepare_pretraining(stage, entries, ["t1", "flair"], tmp_path / "other", device="cpu")

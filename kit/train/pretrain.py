@@ -58,15 +58,22 @@ def prepare_pretraining(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    slices: str | Path | None = None,
+    cohort: str | None = None,
 ) -> PretrainSetup:
-    """Build the cache, crop dataset, model and objective of one stage.
+    """Build the cache, crop (or slice) dataset, model and objective of one stage.
 
     Args:
         stage: the profile's stage settings: ``backbone``, ``model`` (kwargs), ``objective``,
             ``objective_cfg``, ``crop`` (voxels), and TrainConfig fields (steps, batch_size, lr, ...).
+            A stage with a ``slices`` dict (``axis``, ``size``, ``channels``, ``curated``) trains a 2D
+            objective (moco_v3) on the slices of ``slices`` (:class:`kit.data.slices.SliceDataset`)
+            instead of 3D crops.
         entries: datalist entries of the stage's cohort.
         modalities: channel names of the entries' images.
         out_dir: the stage folder; the cache goes to ``out_dir/cache``.
+        slices: notebook 01's ``slices.csv`` (needed by a 2D stage only).
+        cohort: the entries' cohort in that table.
 
     Example:
         >>> setup = prepare_pretraining(profile_config("smoke")["stage1"], entries, ["t1", "flair"], "runs/x/02_stage1")  # doctest: +SKIP
@@ -75,11 +82,25 @@ def prepare_pretraining(
     from kit.ssl import create_objective
 
     out = Path(out_dir)
+    if stage.get("slices") is not None and slices is None:
+        raise ValueError(f"stage {stage.get('objective')!r} trains on 2D slices: pass slices= (notebook 01's slices.csv)")
     cache = build_cache(entries, modalities, out / "cache", with_labels=False, progress=progress)
-    dataset = ArrayCropDataset(cache.images(), stage["crop"])
+    objective_cfg = dict(stage.get("objective_cfg", {}))
+    if stage.get("slices") is not None:
+        from kit.data.slices import SliceDataset
+
+        spec = dict(stage["slices"])
+        dataset = SliceDataset(cache, slices, axis=int(spec.get("axis", 2)), cohort=cohort, size=int(spec.get("size", 64)),
+                               channels=spec.get("channels", "all"), curated=bool(spec.get("curated", True)))
+        modalities = dataset.modalities
+        objective_cfg.setdefault("lr_dim", dataset.lr_dim)  # left-right flips only where the slice has that axis
+    else:
+        dataset = ArrayCropDataset(cache.images(), stage["crop"])
     model = create_model(stage["backbone"], in_channels=len(modalities), out_channels=3, **stage.get("model", {}))
-    objective = create_objective(stage.get("objective", "swin_trio"), model, **stage.get("objective_cfg", {}))
+    objective = create_objective(stage.get("objective", "swin_trio"), model, **objective_cfg)
     config = train_config_from(stage, seed, device, progress)
+    if getattr(objective, "total_steps", False) is None:  # schedules over the run (MoCo v3 momentum)
+        objective.total_steps = config.steps
     return PretrainSetup(cache, dataset, objective, modalities, config, out)
 
 

@@ -261,20 +261,26 @@ def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
 
     Args:
         preview: ``{name: array}`` with arrays (C, X, Y, Z) or (B, C, X, Y, Z) (first sample
-            shown), as returned by an SSL objective's ``preview(x, seeds)``.
+            shown), as returned by an SSL objective's ``preview(x, seeds)``; with
+            ``preview['spatial_dims'] == 2`` the arrays are slices (C, H, W) or (B, C, H, W).
         channel: which channel to show.
 
     Example:
         >>> p = {"input": np.random.rand(1, 8, 8, 8), "reconstruction": np.random.rand(1, 8, 8, 8)}
         >>> len(plot_ssl_preview(p).axes)
         2
+        >>> len(plot_ssl_preview({"input": np.random.rand(2, 1, 8, 8), "view_1": np.random.rand(2, 1, 8, 8),
+        ...                       "spatial_dims": 2}).axes)
+        2
     """
-    names = [k for k, v in preview.items() if hasattr(v, "ndim") and v.ndim in (4, 5)]
+    two_d = preview.get("spatial_dims") == 2  # slices (B, C, H, W), e.g. moco_v3's views
+    names = [k for k, v in preview.items() if hasattr(v, "ndim") and v.ndim in ((3, 4) if two_d else (4, 5))]
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.9), constrained_layout=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         arr = np.asarray(preview[name], dtype=np.float32)
-        arr = arr[0] if arr.ndim == 5 else arr
-        plane = arr[min(channel, arr.shape[0] - 1), :, :, arr.shape[-1] // 2]
+        arr = arr[0] if arr.ndim == (4 if two_d else 5) else arr
+        channel_image = arr[min(channel, arr.shape[0] - 1)]
+        plane = channel_image if two_d else channel_image[:, :, arr.shape[-1] // 2]
         ax.imshow(plane.T, cmap="gray", origin="lower", interpolation="nearest")
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_xticks([])
