@@ -112,10 +112,12 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> to
         >>> q = torch.eye(3); round(float(contrastive_loss(q, q, 1.0)), 4)   # 2 * CE of logits eye(3)
         1.1029
     """
-    q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.detach().float(), dim=1)
-    keys = gather_across_ranks(k)
-    logits = q @ keys.t() / temperature
+    # float32 logits even under autocast: bf16 keeps ~3 digits, too few for similarities / T
+    with torch.autocast(q.device.type, enabled=False):
+        q = F.normalize(q.float(), dim=1)
+        k = F.normalize(k.detach().float(), dim=1)
+        keys = gather_across_ranks(k)
+        logits = q @ keys.t() / temperature
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * rank
     return F.cross_entropy(logits, labels) * (2 * temperature)
