@@ -211,9 +211,10 @@ def plot_retained_fraction(retained: dict, title: str = ""):
         if key == "both":
             ax.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=7)
     ax.set_xticks(np.arange(len(names)), [f"{n}\n({retained[n]['n_slices']} slices)" for n in names], fontsize=8)
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("fraction of slices")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
