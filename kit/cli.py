@@ -63,6 +63,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             cell_timeout_s=args.cell_timeout,
             notebooks_dir=args.notebooks,
             progress=not args.quiet,
+            objective=args.objective,
         )
     except (NotebookFailed, ValueError) as err:
         print(f"kit reproduce: {err}", file=sys.stderr)
@@ -109,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: the profile's)")
     p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")
+    p.add_argument("--objective", default=None,
+                   help="SSL objective of stages 02-03: swin_trio (the profile's default), cross_contrast, mim, "
+                        "anatomy_hierarchy")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_reproduce)
     return parser

@@ -8,7 +8,8 @@ A run directory holds one folder per stage (DESIGN.md's notebook contract)::
     RUN_DIR/report.md             every stage's key figures and plots, rebuilt after each stage
 
 Each notebook gets the parameters ``profile``, ``run_dir``, ``data_root``, ``device``, ``seed``
-(and ``interactive=False``) and reads its settings with :func:`profile_config`.
+(and ``interactive=False``) and reads its settings with :func:`profile_config`; notebooks 02-05 also
+get ``objective`` (the SSL objective by name; None: the profile's).
 """
 
 from __future__ import annotations
@@ -347,6 +348,7 @@ def reproduce(
     cell_timeout_s: int | None = None,
     notebooks_dir: str | Path | None = None,
     progress: bool = True,
+    objective: str | None = None,
 ) -> Path:
     """Run the notebooks in order with papermill and write ``report.md``.
 
@@ -362,6 +364,8 @@ def reproduce(
         cell_timeout_s: per-cell timeout; default the profile's.
         notebooks_dir: where the notebooks are (default: the checkout's ``notebooks/``).
         progress: show papermill's progress bar.
+        objective: SSL objective of stages 02-03 by name (``kit.ssl.list_objectives()``), passed to
+            notebooks 02-05; None keeps the profile's (``swin_trio``).
 
     Returns:
         Path of ``report.md``. Notebooks that do not exist yet are skipped with a note.
@@ -373,6 +377,11 @@ def reproduce(
         >>> reproduce("smoke", "runs/smoke", from_stage="02_stage1")  # doctest: +SKIP
     """
     config = profile_config(profile)
+    if objective is not None:
+        from kit.ssl import list_objectives
+
+        if objective not in list_objectives():
+            raise ValueError(f"unknown --objective {objective!r}; choose one of {list_objectives()}")
     run_dir = Path(out).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     nb_dir = Path(notebooks_dir) if notebooks_dir else repo_root() / "notebooks"
@@ -384,12 +393,18 @@ def reproduce(
         )
     run_json = run_dir / "run.json"
     run = json.loads(run_json.read_text()) if run_json.exists() else {}
+    if first > 0 and run.get("objective"):  # resuming: later stages use the objective the run pretrained with
+        if objective is not None and objective != run["objective"]:
+            raise ValueError(f"{run_dir} was pretrained with objective {run['objective']!r}, not {objective!r}; "
+                             "start from stage 02 (or use another --out) to change it")
+        objective = run["objective"]
     run.update(
         profile=profile,
         seed=seed,
         device=device,
         data_root=str(Path(data_root).resolve()) if data_root else None,
         kit_version=kit.__version__,
+        objective=objective or config["stage1"].get("objective", "swin_trio"),
         started=run.get("started") if first > 0 and run.get("started") else time.strftime("%Y-%m-%d %H:%M:%S"),
     )
     run.setdefault("stages", {})
@@ -412,7 +427,9 @@ def reproduce(
             write_json_atomic(run_json, run)
             start = time.perf_counter()
             try:
-                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, parameters, timeout, progress)
+                # notebook 01 has no SSL objective; papermill would warn about an unknown parameter
+                stage_parameters = parameters if stage == "01_curation" else {**parameters, "objective": objective}
+                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, stage_parameters, timeout, progress)
             except NotebookFailed as err:
                 run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start}
                 raise

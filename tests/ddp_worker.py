@@ -13,6 +13,7 @@ and initial weights.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -48,14 +49,23 @@ def smooth_volumes(n: int, channels: int, shape=VOLUME_SHAPE, seed: int = 0) -> 
     return volumes
 
 
+#: objective -> its options in the loop tests (small crops: MIM patches of 8, a small queue)
+OBJECTIVE_CFG = {
+    "swin_trio": {},
+    "cross_contrast": {"weights": {"recon_dropped": 1.0}},
+    "mim": {"patch_size": 8, "mask_ratio": 0.6},
+    "anatomy_hierarchy": {"queue_size": 8, "total_steps": 3, "momentum": 0.9},
+}
+
+
 def build_run(in_channels: int = 1, n_volumes: int = 6, model_seed: int = 0, mix_prob: float = 0.0, data_seed: int = 0,
-              crop: int = CROP):
-    """(objective, dataset) for the tests: segresnet_small with swin_trio on ``crop``^3 crops (default 24)."""
+              crop: int = CROP, objective: str = "swin_trio"):
+    """(objective, dataset) for the tests: segresnet_small with ``objective`` (default swin_trio) on ``crop``^3 crops."""
     dataset = ArrayCropDataset(smooth_volumes(n_volumes, in_channels, seed=data_seed), crop)
     torch.manual_seed(model_seed)
     model = create_model("segresnet_small", in_channels=in_channels)
-    objective = create_objective("swin_trio", model, mix_prob=mix_prob)
-    return objective, dataset
+    cfg = {"mix_prob": mix_prob} if objective == "swin_trio" else json.loads(json.dumps(OBJECTIVE_CFG[objective]))
+    return create_objective(objective, model, **cfg), dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,13 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mix-prob", type=float, default=0.0)
+    parser.add_argument("--objective", default="swin_trio", choices=sorted(OBJECTIVE_CFG))
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     parser.add_argument("--kill-at-step", type=int, default=None, help="SIGKILL this process after that step")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    objective, dataset = build_run(mix_prob=args.mix_prob)
+    objective, dataset = build_run(mix_prob=args.mix_prob, objective=args.objective)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         warmup_steps=args.warmup_steps, ckpt_every=args.ckpt_every, seed=args.seed,

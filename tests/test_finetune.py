@@ -281,3 +281,34 @@ def test_mismatches_are_reported_never_silent(ssl_run, tmp_path):
         build_finetune_model(small(init=str(path), model={"init_filters": 16}), 2, ["t1", "flair"], 3)
     with pytest.raises(ValueError, match="swinunetr"):
         build_finetune_model(small(init=str(path), backbone="swinunetr"), 2, ["t1", "flair"], 3)
+
+
+@pytest.mark.parametrize("objective", ["cross_contrast", "mim", "anatomy_hierarchy"])
+def test_study_inits_carry_the_objective_and_load_its_checkpoint(cache, tmp_path, objective):
+    """A stage pretrained with another objective fine-tunes like swin_trio's; its init is named and recorded."""
+    import pandas as pd
+
+    from kit.train.study import init_name, kept_model_path, run_study
+
+    rng = np.random.default_rng(4)
+    volumes = [rng.random((2, 36, 36, 36)).astype(np.float32) for _ in range(2)]
+    torch.manual_seed(0)
+    ssl = create_objective(objective, create_model("segresnet_small", in_channels=2, init_filters=8))
+    train(ssl, ArrayCropDataset(volumes, 32), TrainConfig(steps=1, batch_size=2, device="cpu", progress=False),
+          tmp_path / "ssl", modalities=["flair", "t1ce"])
+    label = init_name("stage1+2", objective)
+    assert label == f"{objective}:stage1+2"
+    spec = {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
+            "inits": ["scratch", "stage1+2"]}  # plain stage names in a profile match the objective's inits
+    results = run_study({"tumor": cache}, [spec], {"scratch": "scratch", label: str(tmp_path / "ssl" / "checkpoint.pt"),
+                                                  "other:stage1": "scratch"},
+                        [1.0], [0], dict(backbone="segresnet_small", model={"init_filters": 8}, steps=1, batch_size=2,
+                                         crop=16, input_size=16, warmup_steps=0, augment=False),
+                        tmp_path / "results.csv", test_fraction=0.34, device="cpu", progress=False,
+                        regions={"tumor": BRATS21}, label_values={"tumor": [0, 1, 2, 4]},
+                        save_models=lambda init, task, f, s: kept_model_path(tmp_path / "models", task, init))
+    assert list(results.init) == ["scratch", label]  # 'other:stage1' is not in the task's inits
+    assert list(results.objective) == ["none", objective]
+    model, extra = load_finetuned(tmp_path / "models" / f"tumor_seg__{objective}-stage1+2.pt")
+    assert extra["study_key"][0] == label
+    assert pd.read_csv(tmp_path / "results.csv").objective.tolist() == ["none", objective]

@@ -103,3 +103,24 @@ def test_report_lists_every_stage(smoke_run):
     assert "![" in report
     status = json.loads((smoke_run / "run.json").read_text())["stages"]
     assert all(status[stage]["status"] == "done" for stage in STAGES)
+
+
+@pytest.mark.parametrize("objective", ["cross_contrast", "mim", "anatomy_hierarchy"])
+def test_stage02_runs_with_every_objective(tmp_path, objective):
+    """`kit reproduce --profile smoke --to 02 --objective NAME` trains and draws each objective's preview."""
+    from kit.models.checkpoints import load_checkpoint
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kit.cli", "reproduce", "--profile", "smoke", "--out", str(run), "--to", "02",
+         "--objective", objective, "--quiet"],
+        capture_output=True, text=True, env=dict(os.environ, MPLBACKEND="Agg"), timeout=900,
+    )
+    assert proc.returncode == 0, f"kit reproduce failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    summary = json.loads((run / "02_stage1" / "summary.json").read_text())
+    assert summary["figures"]["objective"] == objective and summary["figures"]["steps"] == 8
+    assert json.loads((run / "run.json").read_text())["objective"] == objective
+    checkpoint = load_checkpoint(run / "02_stage1" / "checkpoint.pt")
+    assert checkpoint["extra"]["ssl_objective"]["name"] == objective
+    for plot in summary["plots"]:
+        assert (run / "02_stage1" / plot).stat().st_size > 5000, plot

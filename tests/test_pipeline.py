@@ -107,3 +107,22 @@ def test_cli_reproduce_exit_code_on_failure(tmp_path, notebooks):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "01_curation.ipynb failed at code cell 3" in proc.stderr and "ZeroDivisionError" in proc.stderr
+
+
+def test_objective_reaches_notebooks_02_on_and_is_recorded(tmp_path, notebooks):
+    _notebook(notebooks / "02_stage1_pretrain.ipynb", [
+        "STAGE = '02_stage1'",
+        "from kit.pipeline import write_summary\nwrite_summary(run_dir, STAGE, 'ran', {'objective': objective})",
+    ])
+    _notebook(notebooks / "01_curation.ipynb", ["STAGE = '01_curation'", "assert 'objective' not in dir()", WRITE_SUMMARY])
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="unknown --objective 'nope'.*mim"):
+        reproduce("smoke", run, objective="nope", notebooks_dir=notebooks, progress=False)
+    reproduce("smoke", run, objective="mim", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["objective"] == "mim"
+    assert json.loads((run / "run.json").read_text())["objective"] == "mim"
+    # resuming keeps the run's objective, and refuses another one
+    reproduce("smoke", run, from_stage="02", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+    assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["objective"] == "mim"
+    with pytest.raises(ValueError, match="pretrained with objective 'mim'"):
+        reproduce("smoke", run, from_stage="02", objective="cross_contrast", notebooks_dir=notebooks, progress=False)

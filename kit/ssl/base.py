@@ -26,11 +26,16 @@ anatomy-hierarchical contrastive, ...): write one module ``kit/ssl/NAME.py`` tha
 5. keeps state that is not trained by the optimizer (a MoCo momentum encoder, a queue) as frozen
    submodules / buffers, updated in :meth:`SSLObjective.on_step_end`, which the loop calls after
    each optimizer step;
-6. offers ``preview(x, seeds)`` returning numpy arrays for the notebook figures.
+6. offers ``preview(x, seeds)`` returning ``{name: numpy array}`` for the notebook figures: volumes
+   as (B, C, D, H, W) arrays (``'input'`` first, the crops as given; then the network's inputs,
+   targets, outputs, masks as (B, 1 or C, ...) booleans, at any spatial size), plus optional
+   per-sample values as (B,) arrays; ``kit.viz.plot_ssl_preview`` draws every volume of it;
+7. sets the class attribute ``uses_total_steps = True`` if it takes a ``total_steps`` option (a
+   schedule over training): kit's pretraining then passes the stage's number of steps.
 
-Per-contrast coarse dropout (cross-contrast restoration) is a different ``make_views``; MoCo v3 on
-2D slices uses a 2D backbone registered in ``kit.models`` and the same loop; the anatomy-hierarchical
-objective draws grid cells per sample from its seed. The loop needs nothing else.
+Registered here: ``swin_trio`` (rotation + inpainting + contrastive), ``cross_contrast`` (per-contrast
+coarse dropout and restoration), ``mim`` (masked image modelling) and ``anatomy_hierarchy`` (grid-cell
+views, momentum teacher and queue); shared masks live in ``kit.ssl.masking``. The loop needs nothing else.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = [
     "register_objective",
     "create_objective",
     "list_objectives",
+    "objective_class",
     "sample_rng",
     "check_batch",
     "gather_across_ranks",
@@ -87,6 +93,18 @@ def create_objective(name: str, model: nn.Module, **cfg: Any) -> SSLObjective:
     if name not in _REGISTRY:
         raise KeyError(f"unknown SSL objective {name!r}; registered: {list_objectives()}")
     return _REGISTRY[name](model, **cfg)
+
+
+def objective_class(name: str) -> type[SSLObjective]:
+    """The class registered as ``name`` (e.g. to read class attributes such as ``uses_total_steps``).
+
+    Example:
+        >>> objective_class("swin_trio").term_names
+        ('rot', 'contrast', 'recon')
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown SSL objective {name!r}; registered: {list_objectives()}")
+    return _REGISTRY[name]
 
 
 def list_objectives() -> list[str]:
@@ -239,5 +257,6 @@ class SSLObjective(nn.Module):
         raise NotImplementedError
 
     def preview(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, np.ndarray]:  # pragma: no cover
-        """Numpy arrays for the notebook's figures (inputs, views, outputs)."""
+        """Numpy arrays for the notebook's figures: ``{'input': x as (B, C, D, H, W), <view, target,
+        output or mask>: (B, C', D', H', W'), <per-sample value>: (B,)}`` (see the module doc, item 6)."""
         raise NotImplementedError

@@ -15,7 +15,7 @@ from kit.data.cache import CacheIndex, build_cache
 from kit.train.loop import TrainConfig, train
 from kit.train.sampling import ArrayCropDataset
 
-__all__ = ["PretrainSetup", "prepare_pretraining", "run_pretraining", "train_config_from"]
+__all__ = ["PretrainSetup", "prepare_pretraining", "run_pretraining", "train_config_from", "stage_for_objective"]
 
 
 class PretrainSetup:
@@ -50,6 +50,29 @@ def train_config_from(stage: dict, seed: int, device: str, progress: bool) -> Tr
     return TrainConfig(**values)
 
 
+def stage_for_objective(stage: dict, objective: str | None) -> dict:
+    """A copy of a profile's stage settings with ``objective`` selected (None keeps the profile's).
+
+    The stage's ``objective_cfg`` belongs to the profile's own objective; another objective takes its
+    options from ``stage["objective_cfgs"][name]`` when the profile has them, else its defaults.
+
+    Example:
+        >>> stage = {"objective": "swin_trio", "objective_cfg": {"mix_prob": 0.0}, "objective_cfgs": {"mim": {"patch_size": 8}}}
+        >>> stage_for_objective(stage, "mim")["objective_cfg"], stage_for_objective(stage, None)["objective_cfg"]
+        ({'patch_size': 8}, {'mix_prob': 0.0})
+    """
+    from kit.ssl import list_objectives
+
+    out = dict(stage)
+    name = objective or stage.get("objective", "swin_trio")
+    if name not in list_objectives():
+        raise ValueError(f"unknown SSL objective {name!r}; registered: {list_objectives()}")
+    if name != stage.get("objective", "swin_trio"):
+        out["objective_cfg"] = dict((stage.get("objective_cfgs") or {}).get(name, {}))
+    out["objective"] = name
+    return out
+
+
 def prepare_pretraining(
     stage: dict,
     entries: list[dict],
@@ -80,6 +103,7 @@ def prepare_pretraining(
     """
     from kit.models import create_model
     from kit.ssl import create_objective
+    from kit.ssl.base import objective_class
 
     out = Path(out_dir)
     if stage.get("slices") is not None and slices is None:
@@ -97,10 +121,11 @@ def prepare_pretraining(
     else:
         dataset = ArrayCropDataset(cache.images(), stage["crop"])
     model = create_model(stage["backbone"], in_channels=len(modalities), out_channels=3, **stage.get("model", {}))
-    objective = create_objective(stage.get("objective", "swin_trio"), model, **objective_cfg)
+    name = stage.get("objective", "swin_trio")
+    if getattr(objective_class(name), "uses_total_steps", False):
+        objective_cfg.setdefault("total_steps", int(stage["steps"]))  # e.g. a coarse-to-fine schedule
+    objective = create_objective(name, model, **objective_cfg)
     config = train_config_from(stage, seed, device, progress)
-    if getattr(objective, "total_steps", False) is None:  # schedules over the run (MoCo v3 momentum)
-        objective.total_steps = config.steps
     return PretrainSetup(cache, dataset, objective, modalities, config, out)
 
 

@@ -36,9 +36,64 @@ from kit.data.splits import label_fraction_subsets, train_test_split
 from kit.train.evaluate import evaluate_classification, evaluate_segmentation
 from kit.train.finetune import FinetuneConfig, class_table, finetune, is_missing
 
-__all__ = ["task_pool", "study_splits", "run_study", "RESULT_KEYS"]
+__all__ = ["task_pool", "study_splits", "run_study", "RESULT_KEYS", "init_name", "objective_of_init",
+           "pretrained_inits", "kept_model_path"]
 
 RESULT_KEYS = ("init", "task", "label_fraction", "seed")
+
+#: The kit's first objective: its inits keep their plain names (``stage1``, ``stage1+2``).
+DEFAULT_OBJECTIVE = "swin_trio"
+
+
+def init_name(stage: str, objective: str | None = None) -> str:
+    """The study's name of an initialisation: ``'scratch'``, or a stage carrying its objective
+    (``'cross_contrast:stage1+2'``); swin_trio's stages keep their plain names (``'stage1+2'``).
+
+    Example:
+        >>> init_name("stage1+2", "mim"), init_name("stage1+2", "swin_trio"), init_name("scratch", "mim")
+        ('mim:stage1+2', 'stage1+2', 'scratch')
+    """
+    stage = stage.split(":")[-1]
+    if stage == "scratch" or objective in (None, DEFAULT_OBJECTIVE):
+        return stage
+    return f"{objective}:{stage}"
+
+
+def objective_of_init(name: str) -> str:
+    """The objective an initialisation was pretrained with (``'none'`` for scratch).
+
+    Example:
+        >>> objective_of_init("mim:stage1"), objective_of_init("stage1+2"), objective_of_init("scratch")
+        ('mim', 'swin_trio', 'none')
+    """
+    if name == "scratch":
+        return "none"
+    return name.split(":")[0] if ":" in name else DEFAULT_OBJECTIVE
+
+
+def pretrained_inits(run_dir: str | Path, objective: str | None = None) -> dict[str, str]:
+    """Initialisations of a run: scratch and the checkpoints of notebooks 02 and 03, named by :func:`init_name`.
+
+    Example:
+        >>> list(pretrained_inits("runs/x", "cross_contrast"))
+        ['scratch', 'cross_contrast:stage1', 'cross_contrast:stage1+2']
+    """
+    run = Path(run_dir)
+    return {
+        "scratch": "scratch",
+        init_name("stage1", objective): str(run / "02_stage1" / "checkpoint.pt"),
+        init_name("stage1+2", objective): str(run / "03_stage2" / "checkpoint.pt"),
+    }
+
+
+def kept_model_path(models_dir: str | Path, task: str, init: str) -> Path:
+    """Where the study keeps a task's model for an initialisation (``':'`` is not portable in file names).
+
+    Example:
+        >>> kept_model_path("m", "tumor_seg", "mim:stage1+2").name
+        'tumor_seg__mim-stage1+2.pt'
+    """
+    return Path(models_dir) / f"{task}__{init.replace(':', '-')}.pt"
 
 
 def task_pool(cache, spec: Mapping) -> tuple[list[int], list | None]:
@@ -136,7 +191,9 @@ def run_study(
         tasks: task specs (see the module docstring); ``spec["config"]`` overrides ``base_config``,
             ``spec["inits"]`` and ``spec["fractions"]`` restrict the initialisations and fractions.
         inits: initialisation name -> 'scratch' or a checkpoint path, e.g.
-            ``{"scratch": "scratch", "stage1": ".../02_stage1/checkpoint.pt", "stage1+2": ...}``.
+            ``{"scratch": "scratch", "stage1": ".../02_stage1/checkpoint.pt", "stage1+2": ...}``; names
+            may carry the objective (``"mim:stage1+2"``, see :func:`label`), and a task's ``inits``
+            list of plain stage names matches them. Every row records ``objective_of_init(init)``.
         fractions: label fractions, e.g. (0.05, 0.25, 1.0).
         seeds: study seeds.
         base_config: :class:`kit.train.finetune.FinetuneConfig` fields shared by every run.
@@ -169,10 +226,11 @@ def run_study(
             classes = class_table([cache.entries[i][spec["target"]] for i in task_pool(cache, spec)[0]])
         for seed in seeds:
             for fraction in sorted(task_fractions):
-                for init_name, init in inits.items():
-                    if spec.get("inits") is not None and init_name not in spec["inits"]:
+                for label, init in inits.items():
+                    allowed = spec.get("inits")
+                    if allowed is not None and label not in allowed and label.split(":")[-1] not in allowed:
                         continue  # e.g. stroke (T1 only) is not studied from the tumour stage
-                    key = (init_name, spec["name"], float(fraction), int(seed))
+                    key = (label, spec["name"], float(fraction), int(seed))
                     if key in done:
                         continue
                     config = _finetune_config(base_config, spec, init, seed, device)
@@ -192,7 +250,8 @@ def run_study(
                         ev = evaluate_classification(result.model, cache, test_idx, spec["target"], result.classes,
                                                      config.input_shape, amp=config.amp)
                     metrics = {k: v for k, v in ev.summary.items() if isinstance(v, (int, float)) and k != "n"}
-                    row = {"init": init_name, "task": spec["name"], "label_fraction": float(fraction), "seed": int(seed),
+                    row = {"init": label, "objective": objective_of_init(label), "task": spec["name"],
+                           "label_fraction": float(fraction), "seed": int(seed),
                            "n_train": len(train_idx), "n_test": int(ev.summary.get("n", len(test_idx))),
                            **metrics, "train_s": round(result.summary.get("wall_s", 0.0), 1),
                            "wall_s": round(time.perf_counter() - start, 1)}
@@ -204,6 +263,6 @@ def run_study(
                             result.save(path, extra={"study_key": list(key), "test_subjects": [cache.entries[i]["subject"] for i in test_idx]})
                     if progress:
                         shown = {k: round(v, 3) for k, v in metrics.items() if k in ("dice_mean", "auc", "accuracy")}
-                        print(f"{spec['name']:>14} {init_name:>9} fraction {fraction:<5g} seed {seed} "
+                        print(f"{spec['name']:>14} {label:>9} fraction {fraction:<5g} seed {seed} "
                               f"n_train {len(train_idx):>3}: {shown} ({row['wall_s']:.0f} s)", flush=True)
     return pd.read_csv(out_csv)

@@ -258,24 +258,29 @@ def plot_kept_dropped(volume: np.ndarray, table, axis: int = 2, n: int = 4, titl
 
 
 def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
-    """Central axial slices of an SSL preview: input, masked view, target and reconstruction.
+    """Central axial slices of an SSL preview: every volume the objective returns, side by side.
 
     Args:
-        preview: ``{name: array}`` with arrays (C, X, Y, Z) or (B, C, X, Y, Z) (first sample
-            shown), as returned by an SSL objective's ``preview(x, seeds)``; with
-            ``preview['spatial_dims'] == 2`` the arrays are slices (C, H, W) or (B, C, H, W).
-        channel: which channel to show.
+        preview: ``{name: array}`` as returned by any SSL objective's ``preview(x, seeds)``: volumes
+            (B, C, X, Y, Z) or (C, X, Y, Z) (first sample shown; each at its own size, masks as
+            booleans), and per-sample values (B,) which go into the title (first sample). With
+            ``preview['spatial_dims'] == 2`` the images are slices (B, C, H, W) or (C, H, W) (moco_v3).
+        channel: which channel to show (clipped to a volume's channels, e.g. a one-channel mask).
 
     Example:
-        >>> p = {"input": np.random.rand(1, 8, 8, 8), "reconstruction": np.random.rand(1, 8, 8, 8)}
-        >>> len(plot_ssl_preview(p).axes)
-        2
+        >>> p = {"input": np.random.rand(1, 8, 8, 8), "reconstruction": np.random.rand(1, 8, 8, 8),
+        ...      "similarity": np.array([0.5])}
+        >>> fig = plot_ssl_preview(p, title="mim")
+        >>> len(fig.axes), fig._suptitle.get_text()
+        (2, 'mim (similarity 0.5)')
         >>> len(plot_ssl_preview({"input": np.random.rand(2, 1, 8, 8), "view_1": np.random.rand(2, 1, 8, 8),
         ...                       "spatial_dims": 2}).axes)
         2
     """
     two_d = preview.get("spatial_dims") == 2  # slices (B, C, H, W), e.g. moco_v3's views
     names = [k for k, v in preview.items() if hasattr(v, "ndim") and v.ndim in ((3, 4) if two_d else (4, 5))]
+    values = [f"{k.replace('_', ' ')} {np.asarray(v).reshape(-1)[0]:.3g}" for k, v in preview.items()
+              if hasattr(v, "ndim") and v.ndim == 1 and len(v) and np.issubdtype(np.asarray(v).dtype, np.number)]
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.9), constrained_layout=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         arr = np.asarray(preview[name], dtype=np.float32)
@@ -286,8 +291,8 @@ def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
+    if title or values:
+        fig.suptitle((title + (f" ({', '.join(values)})" if values else "")).strip(), fontsize=10)
     return fig
 
 

@@ -12,6 +12,14 @@
 # - **contrastive coding**: two differently masked/rotated views of a crop should embed close
 #   together and far from other crops (NT-Xent, temperature 0.5).
 #
+# That is the default objective, `swin_trio`. The `objective` parameter (`kit reproduce --objective
+# NAME`) selects another one, trained by the same loop on the same crops: `cross_contrast` (each
+# contrast gets its own coarse dropout and the network restores all of them, plus a contrastive
+# term; Chen et al., Eur Radiol 2024), `mim` (masked image modelling: SparK-style for the CNN, mask
+# tokens for SwinUNETR) or `anatomy_hierarchy` (two crops of the same grid cell, coarse to fine,
+# with a momentum teacher; Hosseinzadeh Taher et al., MICCAI DART 2023). The figures below show
+# whatever the chosen objective's `preview` returns.
+#
 # The loop (`kit.train.train`) checkpoints atomically and resumes where it stopped if this
 # notebook is run again after an interruption.
 
@@ -22,6 +30,7 @@ data_root = None
 device = "auto"
 seed = 0
 interactive = False
+objective = None  # an SSL objective by name (kit.ssl.list_objectives()); None: the profile's (swin_trio)
 
 # %%
 import json
@@ -32,15 +41,16 @@ import torch
 
 from kit.data.cohorts import load_cohort
 from kit.pipeline import profile_config, stage_dir, write_summary
-from kit.train.pretrain import prepare_pretraining, run_pretraining
+from kit.train.pretrain import prepare_pretraining, run_pretraining, stage_for_objective
 from kit.viz import plot_loss_curves, plot_ssl_preview
 
 STAGE, COHORT, SETTINGS = "02_stage1", "healthy", "stage1"
-config = profile_config(profile)[SETTINGS]
+config = stage_for_objective(profile_config(profile)[SETTINGS], objective)
 out = stage_dir(run_dir, STAGE)
 entries, meta = load_cohort(Path(run_dir) / "01_curation" / "datalist.json", COHORT)
 modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
-print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {config['backbone']}, crop {config['crop']}^3")
+print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {config['backbone']}, crop {config['crop']}^3; "
+      f"objective {config['objective']}")
 
 # %% [markdown]
 # ## The data the network sees
@@ -53,15 +63,17 @@ n_params = sum(p.numel() for p in setup.objective.model.parameters())
 print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}; backbone parameters: {n_params / 1e6:.2f} M")
 
 # %% [markdown]
-# ## The three tasks on one crop
-# Left to right: the crop, the masked and rotated view the encoder receives, the target (the
-# rotated, unmasked crop) and the reconstruction, here from the untrained network.
+# ## The pretext task on one crop
+# Left to right: the crop and what the objective makes of it, here from the untrained network. For
+# `swin_trio`: the masked and rotated view the encoder receives, the target (the rotated, unmasked
+# crop), the reconstruction and the mask; `cross_contrast` and `mim` show the masked input, the
+# restoration and the mask; `anatomy_hierarchy` the grid cell drawn and its two crops.
 
 # %%
 crop = torch.stack([setup.dataset[(0, seed)], setup.dataset[(1 % len(setup.dataset), seed + 1)]])
 sample_seeds = torch.tensor([seed, seed + 1])
 before = setup.objective.preview(crop, sample_seeds)
-fig = plot_ssl_preview(before, title="before training")
+fig = plot_ssl_preview(before, title=f"{config['objective']} before training")
 fig.savefig(out / "figures" / "ssl_views_before.png", dpi=100)
 plt.show()
 
@@ -89,7 +101,7 @@ plt.show()
 
 # %%
 after = setup.objective.preview(crop, sample_seeds)
-fig = plot_ssl_preview(after, title="after training")
+fig = plot_ssl_preview(after, title=f"{config['objective']} after training")
 fig.savefig(out / "figures" / "ssl_views_after.png", dpi=100)
 plt.show()
 
@@ -97,12 +109,13 @@ plt.show()
 first, last = records[0], records[-1]
 write_summary(
     run_dir, STAGE,
-    f"stage 1 SSL on {len(entries)} healthy subjects ({', '.join(modalities)}): "
+    f"stage 1 SSL ({config['objective']}) on {len(entries)} healthy subjects ({', '.join(modalities)}): "
     f"loss {first['loss']:.3f} -> {last['loss']:.3f} in {last['step']} steps",
     {
         "backbone": config["backbone"], "steps": last["step"], "loss_first": round(first["loss"], 4),
         "loss_last": round(last["loss"], 4),
-        **{f"{k}_last": round(last[k], 4) for k in ("rot", "contrast", "recon") if k in last},
+        "objective": config["objective"],
+        **{f"{k}_last": round(last[k], 4) for k in setup.objective.term_names if k in last},
         "samples_per_s": round(float(summary.get("samples_per_s", 0.0)), 2),
         "checkpoint": str(out / "checkpoint.pt"),
     },

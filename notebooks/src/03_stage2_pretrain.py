@@ -2,7 +2,8 @@
 # # 03 · Stage 2 pretraining on diseased brains, from the stage-1 checkpoint
 #
 # BrainSegFounder's second stage continues the same self-supervised tasks (rotation, inpainting,
-# contrastive) on the **target population**: here the tumour cohort in the BraTS layout, with
+# contrastive, or the objective chosen with the `objective` parameter, as in notebook 02) on the
+# **target population**: here the tumour cohort in the BraTS layout, with
 # 4 channels (FLAIR, T1ce, T1, T2) where stage 1 had 2 (T1, FLAIR). The paper's learning rate is
 # far lower in stage 2 (6e-6 vs 4e-4): the aim is to adapt, not to relearn.
 #
@@ -19,6 +20,7 @@ data_root = None
 device = "auto"
 seed = 0
 interactive = False
+objective = None  # an SSL objective by name (kit.ssl.list_objectives()); None: the profile's (swin_trio)
 
 # %%
 import json
@@ -30,18 +32,18 @@ import torch
 from kit.data.cohorts import load_cohort
 from kit.models.checkpoints import load_checkpoint
 from kit.pipeline import profile_config, stage_dir, write_summary
-from kit.train.pretrain import prepare_pretraining, run_pretraining
+from kit.train.pretrain import prepare_pretraining, run_pretraining, stage_for_objective
 from kit.viz import plot_loss_curves, plot_ssl_preview
 
 STAGE, COHORT, SETTINGS = "03_stage2", "tumor", "stage2"
-config = profile_config(profile)[SETTINGS]
+config = stage_for_objective(profile_config(profile)[SETTINGS], objective)
 out = stage_dir(run_dir, STAGE)
 stage1_checkpoint = Path(run_dir) / "02_stage1" / "checkpoint.pt"
 entries, meta = load_cohort(Path(run_dir) / "01_curation" / "datalist.json", COHORT)
 modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
 stage1 = load_checkpoint(stage1_checkpoint)
 print(f"stage 1: {stage1_checkpoint} ({stage1['extra'].get('modalities')}, step {stage1['extra'].get('step')})")
-print(f"stage 2: {len(entries)} {COHORT} subjects, channels {modalities}")
+print(f"stage 2: {len(entries)} {COHORT} subjects, channels {modalities}; objective {config['objective']}")
 
 # %%
 setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=True)
@@ -83,7 +85,7 @@ plt.show()
 # %%
 crop = torch.stack([setup.dataset[(0, seed)], setup.dataset[(1 % len(setup.dataset), seed + 1)]])
 fig = plot_ssl_preview(setup.objective.preview(crop, torch.tensor([seed, seed + 1])), channel=1,
-                       title="after stage 2 (T1ce channel)")
+                       title=f"{config['objective']} after stage 2 (T1ce channel)")
 fig.savefig(out / "figures" / "ssl_views_after.png", dpi=100)
 plt.show()
 
@@ -91,12 +93,13 @@ plt.show()
 first, last = records[0], records[-1]
 write_summary(
     run_dir, STAGE,
-    f"stage 2 SSL on {len(entries)} tumour subjects ({', '.join(modalities)}), from stage 1: "
+    f"stage 2 SSL ({config['objective']}) on {len(entries)} tumour subjects ({', '.join(modalities)}), from stage 1: "
     f"loss {first['loss']:.3f} -> {last['loss']:.3f} in {last['step']} steps",
     {
         "init": str(stage1_checkpoint), "steps": last["step"], "loss_first": round(first["loss"], 4),
         "loss_last": round(last["loss"], 4),
-        **{f"{k}_last": round(last[k], 4) for k in ("rot", "contrast", "recon") if k in last},
+        "objective": config["objective"],
+        **{f"{k}_last": round(last[k], 4) for k in setup.objective.term_names if k in last},
         "samples_per_s": round(float(summary.get("samples_per_s", 0.0)), 2),
         "checkpoint": str(out / "checkpoint.pt"),
     },

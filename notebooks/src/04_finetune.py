@@ -9,7 +9,9 @@
 #   (classification on the encoder with a pooled head; accuracy, AUC, sensitivity, specificity),
 #   optionally a linear probe (frozen encoder), and stroke lesion segmentation on the ATLAS-layout
 #   cohort.
-# - **Initialisations**: `scratch`, `stage1` (notebook 02) and `stage1+2` (notebook 03).
+# - **Initialisations**: `scratch`, `stage1` (notebook 02) and `stage1+2` (notebook 03). Their names
+#   carry the pretraining objective when it is not the default `swin_trio` (`mim:stage1+2`), and
+#   every row of `results.csv` records it, so runs of several objectives can be put side by side.
 # - **Splits**: a fixed, stratified, subject-level test set; per seed, nested label-fraction
 #   subsets of the remaining subjects, identical for every initialisation, so differences are
 #   paired.
@@ -24,6 +26,7 @@ data_root = None
 device = "auto"
 seed = 0
 interactive = False
+objective = None  # the objective notebooks 02-03 pretrained with; None: the profile's (swin_trio)
 
 # %%
 from pathlib import Path
@@ -39,19 +42,17 @@ from kit.train.evaluate import predict_volume
 from kit.train.finetune import load_finetuned
 from kit.train.regions import regions_to_labels
 from kit.train.stats import paired_difference, plot_label_efficiency, summarise
-from kit.train.study import run_study, study_splits
+from kit.train.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
 from kit.viz import label_colors_for, plot_subjects
 
 config = profile_config(profile)["finetune"]
 out = stage_dir(run_dir, "04_finetune")
 run = Path(run_dir)
-inits = {
-    "scratch": "scratch",
-    "stage1": str(run / "02_stage1" / "checkpoint.pt"),
-    "stage1+2": str(run / "03_stage2" / "checkpoint.pt"),
-}
+objective = objective or profile_config(profile)["stage1"]["objective"]
+inits = pretrained_inits(run, objective)  # scratch, stage1, stage1+2 (named with the objective)
+final_init = init_name("stage1+2", objective)
 seeds = [seed + s for s in config["seeds"]]
-print(f"tasks: {[t['name'] for t in config['tasks']]}; fractions {config['fractions']}; seeds {seeds}")
+print(f"tasks: {[t['name'] for t in config['tasks']]}; fractions {config['fractions']}; seeds {seeds}; inits {list(inits)}")
 
 # %% [markdown]
 # ## Data: cached with labels
@@ -79,7 +80,7 @@ models_dir.mkdir(exist_ok=True)
 top = max(config["fractions"])
 
 def keep_model(init, task, fraction, seed_):
-    return models_dir / f"{task}__{init}.pt" if fraction == top and seed_ == seeds[0] else None
+    return kept_model_path(models_dir, task, init) if fraction == top and seed_ == seeds[0] else None
 
 results = run_study(
     caches, config["tasks"], inits, config["fractions"], seeds, config["config"], out / "results.csv",
@@ -119,17 +120,17 @@ display(summary_table.round(3))
 seg_task = next(t["name"] for t in config["tasks"] if t["task"] == "segmentation")
 seg_rows = results[results.task == seg_task]
 smallest = float(seg_rows.label_fraction.min())
-diffs = pd.concat([paired_difference(seg_rows, "dice_mean", init) for init in ("stage1", "stage1+2")
-                   if init in set(seg_rows.init)], ignore_index=True)
+diffs = pd.concat([paired_difference(seg_rows, "dice_mean", init) for init in inits
+                   if init != "scratch" and init in set(seg_rows.init)], ignore_index=True)
 display(diffs.round(4))
-headline = diffs[(diffs.treatment == "stage1+2") & (diffs.label_fraction == smallest)]
+headline = diffs[(diffs.treatment == final_init) & (diffs.label_fraction == smallest)]
 if len(headline):
     h = headline.iloc[0]
     interval = (f"95% CI {h.ci_low:+.3f} to {h.ci_high:+.3f}" if np.isfinite(h.ci_low) else "no interval")
-    verdict = (f"stage1+2 minus scratch, {seg_task} Dice at {smallest:.0%} labels: {h.mean_diff:+.3f} "
+    verdict = (f"{final_init} minus scratch, {seg_task} Dice at {smallest:.0%} labels: {h.mean_diff:+.3f} "
                f"({interval}, {int(h.n_pairs)} seed{'s' if h.n_pairs != 1 else ''})")
 else:
-    verdict = "no paired stage1+2 vs scratch result"
+    verdict = f"no paired {final_init} vs scratch result"
 print(verdict)
 
 # %% [markdown]
@@ -143,8 +144,8 @@ seg_spec = next(t for t in config["tasks"] if t["name"] == seg_task)
 test_idx, _ = study_splits(cache, seg_spec, config["fractions"], seeds[:1], config["test_fraction"])
 images, labels = cache.images(), cache.labels()
 rows = []
-models = {init: load_finetuned(models_dir / f"{seg_task}__{init}.pt")[0]
-          for init in ("scratch", "stage1+2") if (models_dir / f"{seg_task}__{init}.pt").exists()}
+models = {init: load_finetuned(kept_model_path(models_dir, seg_task, init))[0]
+          for init in ("scratch", final_init) if kept_model_path(models_dir, seg_task, init).exists()}
 spacing = tuple(abs(float(v)) for v in np.diag(np.asarray(cache.entries[0]["affine"]))[:3])
 for i in test_idx[: config["n_overlays"]]:
     truth = np.asarray(labels[i][0])
@@ -164,7 +165,7 @@ if rows:
     plt.show()
 
 # %%
-figures = {"runs": len(results), "seeds": len(seeds), "verdict": verdict}
+figures = {"runs": len(results), "seeds": len(seeds), "objective": objective, "verdict": verdict}
 for spec, table in zip(config["tasks"], tables):
     for row in table.itertuples():
         if row.label_fraction in (smallest, top):

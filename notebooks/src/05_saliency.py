@@ -23,6 +23,7 @@ data_root = None
 device = "auto"
 seed = 0
 interactive = False
+objective = None  # the objective notebooks 02-04 used; None: the profile's (swin_trio)
 
 # %%
 from pathlib import Path
@@ -36,6 +37,7 @@ from kit.data.cache import open_cache
 from kit.explain import random_baseline, saliency_map, score_saliency, summarise_localisation
 from kit.pipeline import profile_config, stage_dir, write_summary
 from kit.train.finetune import classification_input, load_finetuned
+from kit.train.study import init_name, kept_model_path
 from kit.viz import plot_orthogonal
 
 config = profile_config(profile)["saliency"]
@@ -44,8 +46,9 @@ models_dir = Path(run_dir) / "04_finetune" / "models"
 cache = open_cache(Path(run_dir) / "04_finetune" / "cache_tumor")
 task = config["task"]
 classifiers = {}
-for init in config["inits"]:
-    model, extra = load_finetuned(models_dir / f"{task}__{init}.pt")
+objective = objective or profile_config(profile)["stage1"]["objective"]
+for init in [init_name(i, objective) for i in config["inits"]]:  # e.g. stage1+2 -> mim:stage1+2
+    model, extra = load_finetuned(kept_model_path(models_dir, task, init))
     classifiers[init] = (model.eval(), extra)
 _, extra = next(iter(classifiers.values()))
 input_size = extra["input_size"]

@@ -1,0 +1,207 @@
+"""Masked image modelling for both backbones: SparK-style for the CNN, masked tokens for SwinUNETR.
+
+The objective that measured best for 3D brain-MRI segmentation at scale (Wald et al., "An OpenMind
+for 3D medical vision self-supervised learning", ICCV 2025, and the nnssl repository,
+github.com/MIC-DKFZ/nnssl; "Revisiting MAE pre-training for 3D medical image segmentation", 2024).
+Each crop is cut into ``patch_size^3`` patches and a fixed share ``mask_ratio`` of them is hidden
+(exactly ``round(mask_ratio * n_patches)`` per sample, drawn from ``sample_rng(seed, TAG)``):
+
+- ``segresnet_small`` (CNN, SparK: Tian et al., ICLR 2023): masked patches are zeroed at the input
+  and the mask is re-applied after the stem and after every encoder stage, so masked positions stay
+  empty as with sparse convolutions (no information leaks into them through overlapping kernels);
+  before decoding, masked positions of the deepest map are filled with a learned mask embedding
+  (SparK's densifying). ``patch_size`` must be a multiple of the encoder stride.
+- ``swinunetr`` (transformer, masked tokens as SimMIM / MAE-style): after ``swinViT.patch_embed``
+  the embeddings of masked patches are replaced by a learned mask token; the input itself is left as
+  is (the non-overlapping 2^3 patch embedding cannot see across patches). ``patch_size`` must be a
+  multiple of the patch embedding's size (2).
+
+Both decode the deepest feature map with the reconstruction decoder of
+:class:`kit.models.heads.SSLHead` (the nnssl MAE for CNNs uses the U-Net decoder; a light decoder
+keeps the encoder doing the work). The loss (``recon``) is the squared error on the **masked voxels
+only**, against targets normalised per patch and channel (MAE's ``norm_pix_loss``;
+``norm_targets=False`` uses the raw crop), as a per-sample mean then a batch mean. SparK and nnssl
+use 16^3 patches and ratios of 0.6-0.75 at 160^3 / 96^3 crops; the defaults here are 16 and 0.6.
+
+Example:
+    >>> import torch
+    >>> from kit.models import create_model
+    >>> from kit.ssl import create_objective
+    >>> obj = create_objective("mim", create_model("segresnet_small", in_channels=2), patch_size=8)
+    >>> sorted(obj(torch.rand(2, 2, 32, 32, 32), torch.tensor([1, 2])))
+    ['loss', 'recon']
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kit.models.heads import SSLHead
+from kit.ssl.base import SSLObjective, check_batch, register_objective, sample_rng
+from kit.ssl.masking import expand_mask, masked_mean, patch_mask, patch_normalise
+
+__all__ = ["patch_masks", "MaskedImageModelling"]
+
+_TAG = 0x6D696D30  # "mim0"
+
+
+def patch_masks(x: torch.Tensor, seeds: torch.Tensor | Sequence[int], patch_size: int, mask_ratio: float) -> torch.Tensor:
+    """Per-sample patch masks (B, 1, X/p, Y/p, Z/p) bool, True = masked, from each sample's seed.
+
+    Example:
+        >>> m = patch_masks(torch.zeros(2, 1, 32, 32, 32), [1, 2], 16, 0.75)
+        >>> m.shape, m.flatten(1).sum(1).tolist()
+        (torch.Size([2, 1, 2, 2, 2]), [6, 6])
+    """
+    seeds = check_batch(x, torch.as_tensor(seeds))
+    spatial = [int(s) for s in x.shape[2:]]
+    if any(s % patch_size for s in spatial):
+        raise ValueError(f"mim: crop {tuple(spatial)} is not a multiple of patch_size {patch_size}")
+    grid = [s // patch_size for s in spatial]
+    if int(np.prod(grid)) < 2:
+        raise ValueError(f"mim: a crop of {tuple(spatial)} holds a single {patch_size}^3 patch; use a smaller "
+                         "patch_size or a larger crop")
+    masks = np.stack([patch_mask(grid, mask_ratio, sample_rng(s, _TAG)) for s in seeds])
+    return torch.from_numpy(masks).unsqueeze(1).to(x.device)
+
+
+class _MaskToken(nn.Module):
+    """A learned embedding written into masked positions (SparK's mask embedding / SimMIM's mask token)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, channels, 1, 1, 1))
+        nn.init.trunc_normal_(self.token, std=0.02)
+
+    def fill(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``features`` (B, F, ...) with positions where ``mask`` (B, 1, ...) is true replaced by the token."""
+        keep = (~expand_mask(mask, features.shape[2:])).to(features.dtype)
+        return features * keep + self.token.to(features.dtype) * (1 - keep)
+
+
+@contextlib.contextmanager
+def _output_hooks(modules: Sequence[nn.Module], rewrite) -> Iterator[None]:
+    """Rewrite the outputs of ``modules`` with ``rewrite(output)`` while the context is open."""
+    # prepend: other hooks (e.g. feature probes) see the rewritten output
+    handles = [m.register_forward_hook(lambda _m, _i, out: rewrite(out), prepend=True) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@register_objective("mim")
+class MaskedImageModelling(SSLObjective):
+    """Masked image modelling: SparK-style for ``segresnet_small``, masked tokens for ``swinunetr``.
+
+    Args:
+        model: a ``kit.models`` network.
+        weights: ``{'recon': 1}``.
+        mask_ratio: share of patches hidden, in (0, 1).
+        patch_size: side of a masked patch, in voxels.
+        norm_targets: normalise the targets per patch and channel.
+        upsample: decoder style, 'vae' or 'deconv' (:class:`~kit.models.heads.SSLHead`).
+
+    Example:
+        >>> from kit.models import create_model
+        >>> MaskedImageModelling(create_model("swinunetr", 1, feature_size=12)).mode
+        'token'
+    """
+
+    term_names = ("recon",)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weights: dict[str, float] | None = None,
+        mask_ratio: float = 0.6,
+        patch_size: int = 16,
+        norm_targets: bool = True,
+        upsample: str = "vae",
+    ) -> None:
+        super().__init__(model, weights)
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mim: mask_ratio must be in (0, 1), got {mask_ratio}")
+        backbone = model.config["name"]
+        self.mode = "token" if backbone == "swinunetr" else "sparse"
+        stride = int(model.config.get("patch_size", 2)) if self.mode == "token" else int(model.downsample)
+        if patch_size < 1 or patch_size % stride:
+            what = "the patch embedding" if self.mode == "token" else "the encoder stride"
+            raise ValueError(f"mim: patch_size {patch_size} must be a multiple of {what} ({stride}) for {backbone}")
+        self.mask_ratio = float(mask_ratio)
+        self.patch_size = int(patch_size)
+        self.norm_targets = bool(norm_targets)
+        self.upsample = upsample
+        self.heads = SSLHead(model.feature_dim, model.in_channels, model.downsample, upsample=upsample)
+        token_dim = int(model.config["feature_size"]) if self.mode == "token" else int(model.feature_dim)
+        self.mask_token = _MaskToken(token_dim)
+        self.freeze_unused([self.heads.decoder, self.mask_token])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**super().config, "mask_ratio": self.mask_ratio, "patch_size": self.patch_size,
+                "norm_targets": self.norm_targets, "upsample": self.upsample, "mode": self.mode}
+
+    def masks(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Patch masks (B, 1, X/p, Y/p, Z/p) of this batch (:func:`patch_masks`)."""
+        return patch_masks(x, seeds, self.patch_size, self.mask_ratio)
+
+    def encode_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Deepest features of ``x`` with the patches of ``mask`` hidden (see the module doc)."""
+        if self.mode == "token":
+            embed = self.model.swinViT.patch_embed
+            with _output_hooks([embed], lambda out: self.mask_token.fill(out, mask)):
+                return self.model.encode(x)
+        # SparK: zero masked patches at the input and after every encoder stage, then densify.
+        keep_input = ~expand_mask(mask, x.shape[2:])
+        stages = [self.model.convInit, *self.model.down_layers]
+        with _output_hooks(stages, lambda out: out * (~expand_mask(mask, out.shape[2:])).to(out.dtype)):
+            features = self.model.encode(x * keep_input.to(x.dtype))
+        return self.mask_token.fill(features, mask)
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """What the decoder must output: ``x`` normalised per patch and channel (or ``x``)."""
+        return patch_normalise(x.float(), self.patch_size)[0] if self.norm_targets else x.float()
+
+    def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{'loss', 'recon'}``: squared error on masked voxels. x: (B, C, X, Y, Z), sides multiples of
+        ``patch_size`` and ``model.downsample``; seeds: (B,) int64."""
+        self.model.check_input(x)
+        mask = self.masks(x, seeds)
+        recon = self.heads.reconstruct(self.encode_masked(x, mask)).float()
+        error = (recon - self.targets(x)) ** 2
+        return self.combine({"recon": masked_mean(error, expand_mask(mask, x.shape[2:]))})
+
+    @torch.no_grad()
+    def preview(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, np.ndarray]:
+        """``input``, ``masked`` (input with hidden patches zeroed), ``target`` (normalised),
+        ``reconstruction`` (mapped back to intensities with the true patch statistics, visible
+        patches copied from the input) as (B, C, X, Y, Z), and ``mask`` (B, 1, X, Y, Z) bool."""
+        was_training = self.training
+        self.eval()
+        try:
+            mask = self.masks(x, seeds)
+            recon = self.heads.reconstruct(self.encode_masked(x, mask)).float()
+        finally:
+            self.train(was_training)
+        full = expand_mask(mask, x.shape[2:])
+        xf = x.detach().float()
+        if self.norm_targets:
+            target, mean, std = patch_normalise(xf, self.patch_size)
+            shown = recon * std + mean
+        else:
+            target, shown = xf, recon
+        return {
+            "input": xf.cpu().numpy(),
+            "masked": (xf * (~full)).cpu().numpy(),
+            "target": target.cpu().numpy(),
+            "reconstruction": torch.where(full, shown, xf).cpu().numpy(),
+            "mask": full.cpu().numpy(),
+        }
