@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", type=Path, default=None, help="notebooks folder (default: the checkout's)")
     p.add_argument("--objective", default=None,
                    help="SSL objective of stages 02-03: swin_trio (the profile's default), cross_contrast, mim, "
-                        "anatomy_hierarchy")
+                        "anatomy_hierarchy, moco_v3 (2D, on the curated slices)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_reproduce)
     return parser

@@ -198,3 +198,34 @@ def test_keys_gathered_across_two_ranks_give_the_global_batch_loss(tmp_path):
     # DDP averages the ranks' gradients: the mean of the rank losses is the global-batch loss
     assert float(sum(r["loss"] for r in ranks)) / 2 == pytest.approx(float(loss.detach()), rel=1e-5)
     torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]) / 2, full.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_momentum_branch_restarts_from_loaded_weights_but_resumes_as_saved():
+    obj = _objective()
+    with torch.no_grad():  # as a later stage initialised from another checkpoint: new base weights
+        for param in obj.model.parameters():
+            param.add_(0.1)
+    obj(_slices(), torch.arange(6))
+    assert all(torch.equal(m, b) for m, b in zip(obj.momentum_model.parameters(), obj.model.parameters()))
+    assert "momentum_synced" not in obj.state_dict()
+    saved = obj.checkpoint_extra()
+    with torch.no_grad():
+        obj.momentum_model.conv1.weight.mul_(0.5)
+    resumed = _objective()
+    resumed.model.load_state_dict(obj.model.state_dict())
+    resumed.load_checkpoint_extra(saved)
+    resumed(_slices(), torch.arange(6))  # no re-sync: the saved momentum branch is kept
+    torch.testing.assert_close(resumed.momentum_model.conv1.weight, saved["ssl_state"]["momentum_model.conv1.weight"])
+    assert not torch.equal(resumed.momentum_model.conv1.weight, resumed.model.conv1.weight)
+
+
+def test_profiles_select_the_2d_stage_for_moco_v3():
+    from kit.pipeline import PROFILES, profile_config
+    from kit.train.pretrain import stage_for_objective
+
+    for profile in PROFILES:
+        stage = stage_for_objective(profile_config(profile)["stage1"], "moco_v3")
+        assert stage["objective"] == "moco_v3" and stage["backbone"] in ("resnet18_2d", "resnet50_2d")
+        assert stage["slices"]["axis"] == profile_config(profile)["slice_filter"]["axis"] and stage["slices"]["curated"]
+        default = stage_for_objective(profile_config(profile)["stage1"], None)
+        assert "slices" not in default and default["backbone"] == profile_config(profile)["stage1"]["backbone"]

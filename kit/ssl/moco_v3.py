@@ -239,6 +239,7 @@ class MoCoV3(SSLObjective):
     """
 
     term_names = ("contrast",)
+    uses_total_steps = True  # the momentum schedule spans the run: kit's pretraining passes its steps
 
     def __init__(
         self,
@@ -285,6 +286,9 @@ class MoCoV3(SSLObjective):
             param.requires_grad_(False)
         self.freeze_unused([self.projector, self.predictor])
         self.momentum = self.base_momentum
+        # Not in the state dict: a stage initialised from another checkpoint re-copies its (loaded) base
+        # into the momentum branch at its first forward, as MoCo starts; a resumed run restores it.
+        self.register_buffer("momentum_synced", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def _base_params(self) -> list[nn.Parameter]:
         return [*self.model.parameters(), *self.projector.parameters()]
@@ -316,8 +320,25 @@ class MoCoV3(SSLObjective):
         """Momentum projector output ``(B, dim)`` (no gradient)."""
         return self.momentum_projector(global_pool(self.momentum_model.encode(view)))
 
+    @torch.no_grad()
+    def sync_momentum(self) -> None:
+        """Copy the base encoder and projector into the momentum branch (MoCo's initialisation)."""
+        for base, moving in zip(self._base_params(), self._momentum_params()):
+            moving.copy_(base.detach())
+        for base, moving in zip([*self.model.buffers(), *self.projector.buffers()],
+                                [*self.momentum_model.buffers(), *self.momentum_projector.buffers()]):
+            moving.copy_(base)
+        self.momentum_synced.fill_(True)
+
+    def load_checkpoint_extra(self, extra) -> None:
+        """Resume: heads and the momentum branch as saved (no re-sync)."""
+        super().load_checkpoint_extra(extra)
+        self.momentum_synced.fill_(True)
+
     def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{'loss', 'contrast'}`` for a batch of slices ``x`` (B, C, H, W) and per-sample ``seeds`` (B,)."""
+        if not bool(self.momentum_synced):
+            self.sync_momentum()
         v1, v2 = self.make_views(x, seeds)
         q1, q2 = self.queries(v1), self.queries(v2)
         k1, k2 = self.keys(v1), self.keys(v2)

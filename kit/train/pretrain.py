@@ -7,6 +7,7 @@ stages differ only in data, channels, learning rate and initialisation, as in Br
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable
@@ -55,6 +56,8 @@ def stage_for_objective(stage: dict, objective: str | None) -> dict:
 
     The stage's ``objective_cfg`` belongs to the profile's own objective; another objective takes its
     options from ``stage["objective_cfgs"][name]`` when the profile has them, else its defaults.
+    ``stage["objective_stages"][name]`` replaces any other stage settings for that objective (moco_v3:
+    ``backbone``, ``model``, ``slices``, ``batch_size``...).
 
     Example:
         >>> stage = {"objective": "swin_trio", "objective_cfg": {"mix_prob": 0.0}, "objective_cfgs": {"mim": {"patch_size": 8}}}
@@ -69,6 +72,8 @@ def stage_for_objective(stage: dict, objective: str | None) -> dict:
         raise ValueError(f"unknown SSL objective {name!r}; registered: {list_objectives()}")
     if name != stage.get("objective", "swin_trio"):
         out["objective_cfg"] = dict((stage.get("objective_cfgs") or {}).get(name, {}))
+    # an objective may need other stage settings too, e.g. moco_v3: a 2D backbone on curated slices
+    out.update(json.loads(json.dumps((stage.get("objective_stages") or {}).get(name, {}))))
     out["objective"] = name
     return out
 

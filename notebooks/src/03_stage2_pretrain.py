@@ -46,7 +46,8 @@ print(f"stage 1: {stage1_checkpoint} ({stage1['extra'].get('modalities')}, step 
 print(f"stage 2: {len(entries)} {COHORT} subjects, channels {modalities}; objective {config['objective']}")
 
 # %%
-setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=True)
+setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=True,
+                            slices=Path(run_dir) / "01_curation" / "slices.csv", cohort=COHORT)  # 2D objectives
 print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}")
 
 # %% [markdown]
