@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redo this stage even if done (repeatable); later stages of the call are redone too")
     p.add_argument("--objective", default=None,
                    help="SSL objective of stages 02-03: swin_trio (the profile's default), cross_contrast, mim, "
-                        "anatomy_hierarchy")
+                        "anatomy_hierarchy, moco_v3 (2D, on the curated slices)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--init", action="append", metavar="NAME=CKPT",
                    help="another fine-tuning initialisation for notebook 04 (e.g. from kit import-weights); repeatable")

@@ -167,6 +167,25 @@ PROFILES: dict[str, dict] = {
 }
 
 
+# MoCo v3 on curated 2D slices (tailored curation, Computerized Medical Imaging and Graphics 123, 2025):
+# what a pretraining stage changes when `--objective moco_v3` selects it (applied by
+# kit.train.pretrain.stage_for_objective): a 2D ResNet on the slices notebook 01 keeps, instead of 3D crops.
+# Full: the paper's ResNet-50 and MoCo v3's sizes (AdamW as MoCo v3's ViT recipe: the kit loop has no LARS).
+_MOCO_V3_STAGES = {
+    "smoke": {"backbone": "resnet18_2d", "model": {"widen_factor": 0.25}, "size": 48,
+              "objective_cfg": {"dim": 32, "mlp_dim": 64}, "batch_size": 8, "lr": 1e-3},
+    "workshop": {"backbone": "resnet18_2d", "model": {"widen_factor": 0.5}, "size": 64,
+                 "objective_cfg": {"dim": 128, "mlp_dim": 512}, "batch_size": 32, "lr": 1e-3},
+    "full": {"backbone": "resnet50_2d", "model": {}, "size": 224,
+             "objective_cfg": {"dim": 256, "mlp_dim": 4096, "temperature": 1.0}, "batch_size": 256, "lr": 1.5e-4},
+}
+for _name, _moco in _MOCO_V3_STAGES.items():
+    _slices = {"axis": PROFILES[_name]["slice_filter"]["axis"], "size": _moco["size"], "channels": "all", "curated": True}
+    for _stage in ("stage1", "stage2"):
+        PROFILES[_name][_stage]["objective_stages"] = {"moco_v3": {
+            **{k: v for k, v in _moco.items() if k != "size"}, "objective": "moco_v3", "slices": _slices}}
+
+
 def profile_config(profile: str) -> dict:
     """The settings of a profile (a deep copy, safe to modify in a notebook).
 

@@ -105,7 +105,7 @@ def test_report_lists_every_stage(smoke_run):
     assert all(status[stage]["status"] == "done" for stage in STAGES)
 
 
-@pytest.mark.parametrize("objective", ["cross_contrast", "mim", "anatomy_hierarchy"])
+@pytest.mark.parametrize("objective", ["cross_contrast", "mim", "anatomy_hierarchy", "moco_v3"])
 def test_stage02_runs_with_every_objective(tmp_path, objective):
     """`kit reproduce --profile smoke --to 02 --objective NAME` trains and draws each objective's preview."""
     from kit.models.checkpoints import load_checkpoint

@@ -183,7 +183,8 @@ def curate_slices(
         channel: which image of each entry to slice (0 = the manifest's first modality).
 
     Returns:
-        DataFrame with the columns of :func:`filter_slices` plus ``subject``.
+        DataFrame with the columns of :func:`filter_slices` plus ``subject`` and ``axis`` (the
+        slicing axis, so that readers such as :class:`kit.data.slices.SliceDataset` can check it).
 
     Example:
         >>> table = curate_slices(datalist["training"], SliceFilter(entropy_threshold=3.0))  # doctest: +SKIP
@@ -193,9 +194,10 @@ def curate_slices(
     for entry in entries:
         table = filter_slices(_load(entry["image"][channel]), params)
         table.insert(0, "subject", entry["subject"])
+        table.insert(1, "axis", params.axis)
         tables.append(table)
     if not tables:
-        return pd.DataFrame(columns=["subject", "slice", "position", "entropy", "keep_entropy", "keep_position", "kept"])
+        return pd.DataFrame(columns=["subject", "axis", "slice", "position", "entropy", "keep_entropy", "keep_position", "kept"])
     return pd.concat(tables, ignore_index=True)
 
 

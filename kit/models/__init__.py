@@ -3,13 +3,14 @@
 Example:
     >>> from kit.models import create_model, list_models
     >>> list_models()
-    ['segresnet_small', 'swinunetr']
+    ['resnet18_2d', 'resnet50_2d', 'segresnet_small', 'swinunetr']
     >>> net = create_model("segresnet_small", in_channels=2, out_channels=3)
     >>> rebuilt = create_model(**net.config)
 """
 
 from kit.models.backbones import (
     BackboneMixin,
+    ResNet2DBackbone,
     SegResNetBackbone,
     SwinUNETRBackbone,
     create_model,
@@ -34,6 +35,7 @@ from kit.models.heads import ClassificationHead, SSLHead, global_pool
 
 __all__ = [
     "BackboneMixin",
+    "ResNet2DBackbone",
     "SegResNetBackbone",
     "SwinUNETRBackbone",
     "create_model",

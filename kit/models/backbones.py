@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.networks.nets import SegResNet, SwinUNETR
+from monai.networks.nets import ResNet, SegResNet, SwinUNETR
+from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck, get_inplanes
 from torch import nn
 
 from kit.models.sdpa_attention import use_sdpa_attention
@@ -43,6 +44,7 @@ __all__ = [
     "BackboneMixin",
     "SwinUNETRBackbone",
     "SegResNetBackbone",
+    "ResNet2DBackbone",
 ]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -318,3 +320,106 @@ def segresnet_small(
         **{k: _plain(v) for k, v in extra.items()},
     )
     return SegResNetBackbone(in_channels, out_channels, **cfg)
+
+
+# ---- 2D: MoCo v3 on curated slices ---------------------------------------------------------------
+
+_RESNET_LAYOUTS = {"resnet18_2d": (ResNetBlock, (2, 2, 2, 2)), "resnet50_2d": (ResNetBottleneck, (3, 4, 6, 3))}
+
+
+class ResNet2DBackbone(BackboneMixin, ResNet):
+    """MONAI ResNet on 2D slices (``spatial_dims=2``) with the kit encoder interface.
+
+    The stem is torchvision's ImageNet ResNet (7x7 conv stride 2, then 3x3 max-pool stride 2), so
+    ``encode(x)`` is the ``layer4`` map at 1/32 of the slice: ``(B, feature_dim, H/32, W/32)`` with
+    ``feature_dim`` 512 (ResNet-18) or 2048 (ResNet-50) times ``widen_factor``. ``forward(x)`` is
+    MONAI's: pooled features through ``fc`` to ``out_channels`` logits. The encoder is every layer
+    but ``fc``; ``input_conv_keys`` is the stem conv, so a checkpoint's contrasts map by name onto
+    another channel set (kit.models.transfer_input_channels works on 2D kernels too).
+    """
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, **cfg: Any) -> None:
+        block, layers = _RESNET_LAYOUTS[name]
+        super().__init__(
+            block=block, layers=list(layers), block_inplanes=get_inplanes(), spatial_dims=2,
+            n_input_channels=in_channels, num_classes=out_channels, feed_forward=True, **cfg,
+        )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.feature_dim = int(self.fc.in_features)
+        self.downsample = int(cfg.get("conv1_t_stride", 1)) * (1 if cfg.get("no_max_pool") else 2) * 8
+        self.min_input_size = self.downsample
+        self.encoder_prefixes = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+        self.first_conv_key = "conv1.weight"
+        self.input_conv_keys = ("conv1.weight",)
+        self.output_keys = ("fc.*",)
+        self.config = {"name": name, "in_channels": in_channels, "out_channels": out_channels, **cfg}
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``(B, in_channels, H, W)`` with sides >= ``min_input_size``.
+
+        Example:
+            >>> net = create_model("resnet18_2d", in_channels=2, widen_factor=0.25)
+            >>> net.check_input(torch.zeros(1, 2, 32, 32, 32))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            ValueError: resnet18_2d: expected a 4D batch (B, C, H, W) of slices, got shape (1, 2, 32, 32, 32)
+        """
+        name = self.config["name"]
+        if x.ndim != 4:
+            raise ValueError(f"{name}: expected a 4D batch (B, C, H, W) of slices, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{name}: expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if min(x.shape[2:]) < self.min_input_size:
+            raise ValueError(f"{name}: slices must be at least {self.min_input_size} pixels per side, got {tuple(x.shape[2:])}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``layer4`` feature map ``(B, feature_dim, H/downsample, W/downsample)`` (rounded up)."""
+        self.check_input(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        if not self.no_max_pool:
+            x = self.maxpool(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, out_channels)`` from the pooled ``layer4`` features."""
+        return self.fc(torch.flatten(self.avgpool(self.encode(x)), 1))
+
+
+def _resnet_2d(name: str, in_channels: int, out_channels: int, widen_factor: float, conv1_t_size: int,
+               conv1_t_stride: int, no_max_pool: bool, extra: dict) -> ResNet2DBackbone:
+    if int(extra.pop("spatial_dims", 2)) != 2:
+        raise ValueError(f"{name}: a 2D backbone (spatial_dims=2)")
+    cfg = dict(widen_factor=float(widen_factor), conv1_t_size=int(conv1_t_size), conv1_t_stride=int(conv1_t_stride),
+               no_max_pool=bool(no_max_pool), **{k: _plain(v) for k, v in extra.items()})
+    return ResNet2DBackbone(name, in_channels, out_channels, **cfg)
+
+
+@register_model("resnet18_2d")
+def resnet18_2d(in_channels: int, out_channels: int = 2, widen_factor: float = 1.0, conv1_t_size: int = 7,
+                conv1_t_stride: int = 2, no_max_pool: bool = False, **extra: Any) -> ResNet2DBackbone:
+    """ResNet-18 on 2D slices (MONAI ``ResNet``, ``spatial_dims=2``), the kit's default MoCo v3 backbone.
+
+    ``widen_factor`` scales every width (0.25 gives 128 features: a CPU-sized network);
+    ``in_channels`` is the number of contrasts stacked per slice.
+
+    Example:
+        >>> net = resnet18_2d(in_channels=4, widen_factor=0.25)
+        >>> net.feature_dim, net.downsample, tuple(net.encode(torch.zeros(2, 4, 64, 64)).shape)
+        (128, 32, (2, 128, 2, 2))
+    """
+    return _resnet_2d("resnet18_2d", in_channels, out_channels, widen_factor, conv1_t_size, conv1_t_stride,
+                      no_max_pool, extra)
+
+
+@register_model("resnet50_2d")
+def resnet50_2d(in_channels: int, out_channels: int = 2, widen_factor: float = 1.0, conv1_t_size: int = 7,
+                conv1_t_stride: int = 2, no_max_pool: bool = False, **extra: Any) -> ResNet2DBackbone:
+    """ResNet-50 on 2D slices: the size of the tailored-curation paper's MoCo v3 backbone (2048 features).
+
+    Example:
+        >>> resnet50_2d(in_channels=1).feature_dim
+        2048
+    """
+    return _resnet_2d("resnet50_2d", in_channels, out_channels, widen_factor, conv1_t_size, conv1_t_stride,
+                      no_max_pool, extra)

@@ -232,6 +232,15 @@ class ClassificationModel(nn.Module):
         """The backbone's input check (rank, channels, spatial size)."""
         self.backbone.check_input(x)
 
+    def train(self, mode: bool = True) -> ClassificationModel:
+        """As ``nn.Module.train``, except that a frozen encoder (a linear probe) stays in eval mode, so
+        its BatchNorm statistics and dropout do not change while only the head trains."""
+        super().train(mode)
+        encoder = [p for n, p in self.backbone.named_parameters() if n.startswith(tuple(self.backbone.encoder_prefixes))]
+        if mode and encoder and not any(p.requires_grad for p in encoder):
+            self.backbone.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, n_outputs)``."""
         return self.head(self.backbone.encode(x))

@@ -297,8 +297,8 @@ def train(
             term_sums = None
             for micro_step in range(config.grad_accum):
                 x, seeds = next(batches)
-                if x.ndim != 5:
-                    raise ValueError(f"the dataset returned samples shaped {tuple(x.shape[1:])}; expected (C, D, H, W)")
+                if x.ndim not in (4, 5):  # 2D slices (moco_v3) or 3D crops
+                    raise ValueError(f"the dataset returned samples shaped {tuple(x.shape[1:])}; expected (C, D, H, W) or (C, H, W)")
                 x = x.to(device, non_blocking=True).float()
                 last_micro = micro_step == config.grad_accum - 1
                 # Gradients are all-reduced by DDP only on the last micro-step of an optimizer step.

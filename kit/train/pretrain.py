@@ -12,6 +12,7 @@ without a notebook, also under ``torchrun`` on several nodes::
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -76,6 +77,8 @@ def stage_for_objective(stage: dict, objective: str | None) -> dict:
 
     The stage's ``objective_cfg`` belongs to the profile's own objective; another objective takes its
     options from ``stage["objective_cfgs"][name]`` when the profile has them, else its defaults.
+    ``stage["objective_stages"][name]`` replaces any other stage settings for that objective (moco_v3:
+    ``backbone``, ``model``, ``slices``, ``batch_size``...).
 
     Example:
         >>> stage = {"objective": "swin_trio", "objective_cfg": {"mix_prob": 0.0}, "objective_cfgs": {"mim": {"patch_size": 8}}}
@@ -90,6 +93,8 @@ def stage_for_objective(stage: dict, objective: str | None) -> dict:
         raise ValueError(f"unknown SSL objective {name!r}; registered: {list_objectives()}")
     if name != stage.get("objective", "swin_trio"):
         out["objective_cfg"] = dict((stage.get("objective_cfgs") or {}).get(name, {}))
+    # an objective may need other stage settings too, e.g. moco_v3: a 2D backbone on curated slices
+    out.update(json.loads(json.dumps((stage.get("objective_stages") or {}).get(name, {}))))
     out["objective"] = name
     return out
 
@@ -102,15 +107,22 @@ def prepare_pretraining(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    slices: str | Path | None = None,
+    cohort: str | None = None,
 ) -> PretrainSetup:
-    """Build the cache, crop dataset, model and objective of one stage.
+    """Build the cache, crop (or slice) dataset, model and objective of one stage.
 
     Args:
         stage: the profile's stage settings: ``backbone``, ``model`` (kwargs), ``objective``,
             ``objective_cfg``, ``crop`` (voxels), and TrainConfig fields (steps, batch_size, lr, ...).
+            A stage with a ``slices`` dict (``axis``, ``size``, ``channels``, ``curated``) trains a 2D
+            objective (moco_v3) on the slices of ``slices`` (:class:`kit.data.slices.SliceDataset`)
+            instead of 3D crops.
         entries: datalist entries of the stage's cohort.
         modalities: channel names of the entries' images.
         out_dir: the stage folder; the cache goes to ``out_dir/cache``.
+        slices: notebook 01's ``slices.csv`` (needed by a 2D stage only).
+        cohort: the entries' cohort in that table.
 
     Example:
         >>> setup = prepare_pretraining(profile_config("smoke")["stage1"], entries, ["t1", "flair"], "runs/x/02_stage1")  # doctest: +SKIP
@@ -122,16 +134,27 @@ def prepare_pretraining(
     from kit.train.distributed import rank_and_world
 
     out = Path(out_dir)
+    if stage.get("slices") is not None and slices is None:
+        raise ValueError(f"stage {stage.get('objective')!r} trains on 2D slices: pass slices= (notebook 01's slices.csv)")
     rank, world_size = rank_and_world()
     if world_size > 1 and rank != 0:
         torch.distributed.barrier()  # rank 0 writes the cache first; the others then find it complete
     cache = build_cache(entries, modalities, out / "cache", with_labels=False, progress=progress and rank == 0)
     if world_size > 1 and rank == 0:
         torch.distributed.barrier()
-    dataset = ArrayCropDataset(cache.images(), stage["crop"])
+    objective_cfg = dict(stage.get("objective_cfg", {}))
+    if stage.get("slices") is not None:
+        from kit.data.slices import SliceDataset
+
+        spec = dict(stage["slices"])
+        dataset = SliceDataset(cache, slices, axis=int(spec.get("axis", 2)), cohort=cohort, size=int(spec.get("size", 64)),
+                               channels=spec.get("channels", "all"), curated=bool(spec.get("curated", True)))
+        modalities = dataset.modalities
+        objective_cfg.setdefault("lr_dim", dataset.lr_dim)  # left-right flips only where the slice has that axis
+    else:
+        dataset = ArrayCropDataset(cache.images(), stage["crop"])
     # Seeded initialisation: every process, and every rerun, starts from the same weights.
     name = stage.get("objective", "swin_trio")
-    objective_cfg = dict(stage.get("objective_cfg", {}))
     if getattr(objective_class(name), "uses_total_steps", False):
         objective_cfg.setdefault("total_steps", int(stage["steps"]))  # e.g. a coarse-to-fine schedule
     with torch.random.fork_rng(devices=[]):
@@ -260,8 +283,10 @@ def prepare_stage(
     modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
     setup_distributed(device)
     out = stage_dir(run, folder)
-    setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=progress)
-    return PretrainStage(config, entries, modalities, out, setup, Path(init_checkpoint) if init_checkpoint else None)
+    slices = run / "01_curation" / "slices.csv" if config.get("slices") is not None else None  # a 2D stage
+    setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=progress,
+                                slices=slices, cohort=cohort)
+    return PretrainStage(config, entries, setup.modalities, out, setup, Path(init_checkpoint) if init_checkpoint else None)
 
 
 def pretrain_stage(

@@ -308,13 +308,81 @@ def plot_entropy(table, threshold: float, position_window: Sequence[float], titl
 
 
 
+def plot_retained_fraction(retained: dict, title: str = ""):
+    """Bars of the fraction of slices each criterion keeps, per cohort (from :func:`kit.data.curate.retained_fraction`).
+
+    Args:
+        retained: ``{cohort: {'n_slices', 'entropy', 'position', 'both'}}``.
+
+    Example:
+        >>> r = {"tumor": {"n_slices": 10, "entropy": 0.8, "position": 0.8, "both": 0.7}}
+        >>> len(plot_retained_fraction(r).axes)
+        1
+    """
+    names = list(retained)
+    criteria = (("entropy", "entropy >= threshold"), ("position", "inside position window"), ("both", "kept (both)"))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.2), constrained_layout=True)
+    width = 0.8 / len(criteria)
+    for k, (key, label) in enumerate(criteria):
+        values = [retained[n][key] for n in names]
+        bars = ax.bar(np.arange(len(names)) + (k - 1) * width, values, width, label=label)
+        if key == "both":
+            ax.bar_label(bars, labels=[f"{v:.0%}" for v in values], fontsize=7)
+    ax.set_xticks(np.arange(len(names)), [f"{n}\n({retained[n]['n_slices']} slices)" for n in names], fontsize=8)
+    ax.set_ylim(0, 1.3)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("fraction of slices")
+    ax.legend(fontsize=7, loc="upper center", ncol=3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def plot_kept_dropped(volume: np.ndarray, table, axis: int = 2, n: int = 4, title: str = ""):
+    """Example slices the filter keeps (top row) and drops (bottom row), with entropy and position.
+
+    Args:
+        volume: the filtered channel ``(X, Y, Z)`` of one subject.
+        table: that subject's rows of the slice table (``slice``, ``entropy``, ``position``,
+            ``keep_entropy``, ``keep_position``, ``kept``).
+        axis: slicing axis.
+        n: slices per row, evenly spread over the kept (resp. dropped) ones.
+
+    Example:
+        >>> import pandas as pd
+        >>> v = np.random.rand(8, 8, 6)
+        >>> t = pd.DataFrame({"slice": range(6), "entropy": [0, 3, 3, 3, 3, 0], "position": np.linspace(0, 1, 6),
+        ...                   "keep_entropy": [0, 1, 1, 1, 1, 0], "keep_position": [1] * 6, "kept": [0, 1, 1, 1, 1, 0]})
+        >>> len(plot_kept_dropped(v, t, n=2).axes)
+        4
+    """
+    kept = table[table.kept.astype(bool)]
+    dropped = table[~table.kept.astype(bool)]
+    fig, axes = plt.subplots(2, n, figsize=(2.1 * n, 4.6), constrained_layout=True, squeeze=False)
+    for ax_row, rows, name in ((axes[0], kept, "kept"), (axes[1], dropped, "dropped")):
+        picks = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, n).round().astype(int))] if len(rows) else rows
+        for ax in ax_row:
+            ax.set_xticks([]); ax.set_yticks([])
+            ax.set_facecolor("black")
+        for ax, row in zip(ax_row, picks.itertuples()):
+            plane = np.take(np.asarray(volume, dtype=np.float32), int(row.slice), axis=axis)
+            ax.imshow(plane.T, cmap="gray", origin="lower", interpolation="nearest")
+            why = "" if name == "kept" else ("\nlow entropy" if not row.keep_entropy else "") + (
+                " outside window" if not row.keep_position else "")
+            ax.set_title(f"{name} z={int(row.slice)}\n{row.entropy:.1f} bits, pos {row.position:.2f}{why}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
     """Central axial slices of an SSL preview: every volume the objective returns, side by side.
 
     Args:
         preview: ``{name: array}`` as returned by any SSL objective's ``preview(x, seeds)``: volumes
             (B, C, X, Y, Z) or (C, X, Y, Z) (first sample shown; each at its own size, masks as
-            booleans), and per-sample values (B,) which go into the title (first sample).
+            booleans), and per-sample values (B,) which go into the title (first sample). With
+            ``preview['spatial_dims'] == 2`` the images are slices (B, C, H, W) or (C, H, W) (moco_v3).
         channel: which channel to show (clipped to a volume's channels, e.g. a one-channel mask).
 
     Example:
@@ -323,15 +391,20 @@ def plot_ssl_preview(preview: dict, channel: int = 0, title: str = ""):
         >>> fig = plot_ssl_preview(p, title="mim")
         >>> len(fig.axes), fig._suptitle.get_text()
         (2, 'mim (similarity 0.5)')
+        >>> len(plot_ssl_preview({"input": np.random.rand(2, 1, 8, 8), "view_1": np.random.rand(2, 1, 8, 8),
+        ...                       "spatial_dims": 2}).axes)
+        2
     """
-    names = [k for k, v in preview.items() if hasattr(v, "ndim") and v.ndim in (4, 5)]
+    two_d = preview.get("spatial_dims") == 2  # slices (B, C, H, W), e.g. moco_v3's views
+    names = [k for k, v in preview.items() if hasattr(v, "ndim") and v.ndim in ((3, 4) if two_d else (4, 5))]
     values = [f"{k.replace('_', ' ')} {np.asarray(v).reshape(-1)[0]:.3g}" for k, v in preview.items()
               if hasattr(v, "ndim") and v.ndim == 1 and len(v) and np.issubdtype(np.asarray(v).dtype, np.number)]
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.9), constrained_layout=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         arr = np.asarray(preview[name], dtype=np.float32)
-        arr = arr[0] if arr.ndim == 5 else arr
-        plane = arr[min(channel, arr.shape[0] - 1), :, :, arr.shape[-1] // 2]
+        arr = arr[0] if arr.ndim == (4 if two_d else 5) else arr
+        channel_image = arr[min(channel, arr.shape[0] - 1)]
+        plane = channel_image if two_d else channel_image[:, :, arr.shape[-1] // 2]
         ax.imshow(plane.T, cmap="gray", origin="lower", interpolation="nearest")
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_xticks([])

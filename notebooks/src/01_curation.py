@@ -36,7 +36,7 @@ import pandas as pd
 from kit.data.cohorts import combined_datalist, prepare_cohorts
 from kit.data.curate import SliceFilter, curate_slices, retained_fraction, volume_qc
 from kit.pipeline import profile_config, stage_dir, write_json_atomic, write_summary
-from kit.viz import label_colors_for, plot_entropy, plot_subjects
+from kit.viz import label_colors_for, plot_entropy, plot_kept_dropped, plot_retained_fraction, plot_subjects
 
 config = profile_config(profile)
 out = stage_dir(run_dir, "01_curation")
@@ -171,6 +171,22 @@ fig.savefig(figures / "slice_entropy.png", dpi=100)
 plt.show()
 
 # %% [markdown]
+# The retained fraction per cohort and criterion, and example slices of one tumour subject that the
+# filter keeps (top) and drops (bottom, with the reason). `kit.data.slices.SliceDataset` serves
+# exactly the kept slices (or, with `curated=False`, all of them) from the preprocessing cache to
+# MoCo v3 and to the slice classifiers.
+
+# %%
+fig = plot_retained_fraction(retained, title="slices kept by the filter")
+fig.savefig(figures / "slice_retained.png", dpi=100)
+plt.show()
+example = results["tumor"].subjects[0]
+fig = plot_kept_dropped(load(example["image"][0])[0], slices[(slices.cohort == "tumor") & (slices.subject == example["subject"])],
+                        axis=slice_filter.axis, n=4, title=f"{example['subject']} {results['tumor'].manifest.modalities[0]}")
+fig.savefig(figures / "slice_examples.png", dpi=90)
+plt.show()
+
+# %% [markdown]
 # ## 5 · Explore (interactive only)
 # With `interactive = True` in JupyterLab: sliders per axis, modality selector, lesion toggle and
 # overlay opacity. For 3D, `kit.viz.viewer3d.niivue_view` works offline (ipyniivue ships its
@@ -199,6 +215,6 @@ write_summary(
         "position_window": list(slice_filter.position_window),
     },
     ["figures/qc_volumes.png", "figures/tumor_subjects.png", "figures/healthy_stroke_subjects.png",
-     "figures/slice_entropy.png"],
+     "figures/slice_entropy.png", "figures/slice_retained.png", "figures/slice_examples.png"],
 )
 print("stage 01 done")

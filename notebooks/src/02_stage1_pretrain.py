@@ -17,8 +17,10 @@
 # contrast gets its own coarse dropout and the network restores all of them, plus a contrastive
 # term; Chen et al., Eur Radiol 2024), `mim` (masked image modelling: SparK-style for the CNN, mask
 # tokens for SwinUNETR) or `anatomy_hierarchy` (two crops of the same grid cell, coarse to fine,
-# with a momentum teacher; Hosseinzadeh Taher et al., MICCAI DART 2023). The figures below show
-# whatever the chosen objective's `preview` returns.
+# with a momentum teacher; Hosseinzadeh Taher et al., MICCAI DART 2023), or `moco_v3` (MoCo v3 on the
+# 2D slices that notebook 01's filter keeps, with a 2D ResNet: the tailored-curation recipe, Computerized
+# Medical Imaging and Graphics 2025). The figures below show whatever the chosen objective's `preview`
+# returns.
 #
 # The loop (`kit.train.train`) checkpoints atomically and resumes where it stopped if this
 # notebook is run again after an interruption.
@@ -46,7 +48,8 @@ from kit.viz import plot_loss_curves, plot_ssl_preview
 STAGE, COHORT = "02_stage1", "healthy"
 stage = prepare_stage(profile, 1, run_dir, objective=objective, seed=seed, device=device, progress=True)
 config, entries, modalities, out, setup = stage.config, stage.entries, stage.modalities, stage.out, stage.setup
-print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {config['backbone']}, crop {config['crop']}^3; "
+sample = f"slices {config['slices']['size']}^2" if config.get("slices") else f"crop {config['crop']}^3"
+print(f"{len(entries)} {COHORT} subjects, channels {modalities}; backbone {config['backbone']}, {sample}; "
       f"objective {config['objective']}")
 
 # %% [markdown]
@@ -63,7 +66,8 @@ print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}; backbone param
 # Left to right: the crop and what the objective makes of it, here from the untrained network. For
 # `swin_trio`: the masked and rotated view the encoder receives, the target (the rotated, unmasked
 # crop), the reconstruction and the mask; `cross_contrast` and `mim` show the masked input, the
-# restoration and the mask; `anatomy_hierarchy` the grid cell drawn and its two crops.
+# restoration and the mask; `anatomy_hierarchy` the grid cell drawn and its two crops; `moco_v3` a
+# curated slice and its two augmented views.
 
 # %%
 crop = torch.stack([setup.dataset[(0, seed)], setup.dataset[(1 % len(setup.dataset), seed + 1)]])
