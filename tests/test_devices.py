@@ -57,20 +57,27 @@ def test_to_numpy_detaches_moves_and_widens_half_precision():
     assert module_device(torch.nn.ReLU()).type == "cpu"
 
 
-def test_preview_takes_cpu_crops_for_a_model_on_the_accelerator():
-    """Notebook 02, cell 7: the crops are on the CPU, the trained model is not."""
+@pytest.mark.parametrize("name", ["swin_trio", "cross_contrast", "mim", "anatomy_hierarchy", "moco_v3"])
+def test_preview_takes_cpu_crops_for_a_model_on_the_accelerator(name):
+    """Notebook 02, cell 7: the crops are on the CPU, the trained model is not (every objective)."""
     torch.manual_seed(0)
-    objective = create_objective("swin_trio", create_model("segresnet_small", in_channels=2))
-    crop = torch.rand(2, 2, 32, 32, 32, generator=torch.Generator().manual_seed(3))
+    if name == "moco_v3":  # 2D slices
+        backbone = create_model("resnet18_2d", in_channels=2)
+        crop = torch.rand(2, 2, 32, 32, generator=torch.Generator().manual_seed(3))
+    else:
+        backbone = create_model("segresnet_small", in_channels=2)
+        crop = torch.rand(2, 2, 32, 32, 32, generator=torch.Generator().manual_seed(3))
+    objective = create_objective(name, backbone)
     seeds = torch.tensor([0, 1])
     on_cpu = objective.preview(crop, seeds)
     to_accelerator(objective)
     with AcceleratorShim():
         on_device = objective.preview(crop, seeds)
         fig = plot_ssl_preview(on_device, title="after training")
-    assert len(fig.axes) == 5  # input, masked, target, reconstruction, mask
-    assert set(on_device) == set(on_cpu)
+    assert len(fig.axes) >= 2 and set(on_device) == set(on_cpu)
     for key, value in on_cpu.items():
+        if not isinstance(value, np.ndarray):  # e.g. moco_v3's spatial_dims
+            continue
         assert type(on_device[key]) is np.ndarray and on_device[key].dtype == value.dtype, key
         np.testing.assert_allclose(on_device[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 

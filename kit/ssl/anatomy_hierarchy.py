@@ -47,6 +47,7 @@ from torch import nn
 from kit.models.heads import global_pool
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
 from kit.ssl.masking import grid_edges
+from kit.tensors import to_module_device, to_numpy
 
 __all__ = ["level_boundaries", "hierarchy_views", "pruned_info_nce", "AnatomyHierarchy"]
 
@@ -334,6 +335,7 @@ class AnatomyHierarchy(SSLObjective):
         """``input`` (B, C, X, Y, Z), ``cell`` (B, 1, X, Y, Z) the drawn grid cell, ``view_1`` / ``view_2``
         (B, C, *view_size) the two crops of it, ``similarity`` (B,) student-teacher cosine of the pair,
         ``pruned_share`` (B,) share of queue negatives pruned for the first view's query."""
+        x = to_module_device(x, self.model)  # crops from the host, a model on any device
         was_training = self.training
         self.eval()
         try:
@@ -347,12 +349,12 @@ class AnatomyHierarchy(SSLObjective):
         cell = torch.zeros((batch, 1, *x.shape[2:]), dtype=torch.bool)
         for i, (x0, x1, y0, y1, z0, z1) in enumerate(v["cells"]):
             cell[i, 0, x0:x1, y0:y1, z0:z1] = True
-        views = v["views"].float().cpu().numpy()
+        views = to_numpy(v["views"])
         return {
-            "input": x.detach().float().cpu().numpy(),
+            "input": to_numpy(x.detach()),
             "cell": cell.numpy(),
             "view_1": views[:batch],
             "view_2": views[batch:],
-            "similarity": (q[:batch] * k[batch:]).sum(1).cpu().numpy(),
-            "pruned_share": pruned.float().mean(1).cpu().numpy(),
+            "similarity": to_numpy((q[:batch] * k[batch:]).sum(1)),
+            "pruned_share": to_numpy(pruned.float().mean(1)),
         }

@@ -51,6 +51,7 @@ from torch import nn
 from kit.models.heads import SSLHead
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
 from kit.ssl.masking import cell_dropout_mask, masked_mean
+from kit.tensors import to_module_device, to_numpy
 
 __all__ = ["SCHEMES", "contrast_dropout_views", "CrossContrast"]
 
@@ -181,6 +182,7 @@ class CrossContrast(SSLObjective):
     def preview(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, np.ndarray]:
         """First view of each sample: ``input``, ``masked`` (network input), ``reconstruction``
         (B, C, X, Y, Z) and ``mask`` (B, C, X, Y, Z) bool, one mask per contrast."""
+        x = to_module_device(x, self.model)  # crops from the host, a model on any device
         was_training = self.training
         self.eval()
         try:
@@ -190,8 +192,8 @@ class CrossContrast(SSLObjective):
         finally:
             self.train(was_training)
         return {
-            "input": x.detach().float().cpu().numpy(),
-            "masked": v["views"][:batch].float().cpu().numpy(),
-            "reconstruction": recon.float().cpu().numpy(),
-            "mask": v["masks"][:batch].cpu().numpy(),
+            "input": to_numpy(x.detach()),
+            "masked": to_numpy(v["views"][:batch]),
+            "reconstruction": to_numpy(recon),
+            "mask": to_numpy(v["masks"][:batch]),
         }

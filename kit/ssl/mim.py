@@ -45,6 +45,7 @@ from torch import nn
 from kit.models.heads import SSLHead
 from kit.ssl.base import SSLObjective, check_batch, register_objective, sample_rng
 from kit.ssl.masking import expand_mask, masked_mean, patch_mask, patch_normalise
+from kit.tensors import to_module_device, to_numpy
 
 __all__ = ["patch_masks", "MaskedImageModelling"]
 
@@ -184,6 +185,7 @@ class MaskedImageModelling(SSLObjective):
         """``input``, ``masked`` (input with hidden patches zeroed), ``target`` (normalised),
         ``reconstruction`` (mapped back to intensities with the true patch statistics, visible
         patches copied from the input) as (B, C, X, Y, Z), and ``mask`` (B, 1, X, Y, Z) bool."""
+        x = to_module_device(x, self.model)  # crops from the host, a model on any device
         was_training = self.training
         self.eval()
         try:
@@ -199,9 +201,9 @@ class MaskedImageModelling(SSLObjective):
         else:
             target, shown = xf, recon
         return {
-            "input": xf.cpu().numpy(),
-            "masked": (xf * (~full)).cpu().numpy(),
-            "target": target.cpu().numpy(),
-            "reconstruction": torch.where(full, shown, xf).cpu().numpy(),
-            "mask": full.cpu().numpy(),
+            "input": to_numpy(xf),
+            "masked": to_numpy(xf * (~full)),
+            "target": to_numpy(target),
+            "reconstruction": to_numpy(torch.where(full, shown, xf)),
+            "mask": to_numpy(full),
         }

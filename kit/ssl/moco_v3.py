@@ -58,6 +58,7 @@ from torch import nn
 
 from kit.models.heads import global_pool
 from kit.ssl.base import SSLObjective, gather_across_ranks, register_objective, sample_rng
+from kit.tensors import to_module_device, to_numpy
 
 __all__ = ["MoCoV3", "build_mlp", "contrastive_loss", "momentum_at", "make_view", "check_slice_batch"]
 
@@ -361,6 +362,7 @@ class MoCoV3(SSLObjective):
     @torch.no_grad()
     def preview(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, np.ndarray]:
         """The input slices and their two views as numpy arrays ``(B, C, H, W)``, plus ``spatial_dims`` = 2."""
+        x = to_module_device(x, self.model)  # crops from the host, a model on any device
         v1, v2 = self.make_views(x, seeds)
-        return {"input": x.detach().cpu().numpy(), "view_1": v1.cpu().numpy(), "view_2": v2.cpu().numpy(),
+        return {"input": to_numpy(x.detach()), "view_1": to_numpy(v1), "view_2": to_numpy(v2),
                 "spatial_dims": 2}
