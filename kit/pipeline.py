@@ -257,6 +257,28 @@ def smoke_banner(profile: str) -> str | None:
     return SMOKE_BANNER if profile == "smoke" else None
 
 
+def show_smoke_banner(profile: str) -> None:
+    """At the top of a notebook: display :data:`SMOKE_BANNER` for a smoke run (Markdown in Jupyter,
+    a plain line elsewhere); nothing for other profiles.
+
+    Example:
+        >>> show_smoke_banner("workshop")  # prints nothing
+    """
+    banner = smoke_banner(profile)
+    if banner is None:
+        return
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+
+        if get_ipython() is not None:
+            display(Markdown(f"> {banner}"))
+            return
+    except ImportError:
+        pass
+    print(banner.replace("**", ""))
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Build ``RUN_DIR/report.md`` from each stage's ``summary.json`` (missing stages are listed as not run).
 

@@ -29,19 +29,21 @@ interactive = False      # True in JupyterLab: widget explorer (needs a live ker
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from kit.data.cohorts import combined_datalist, prepare_cohorts
 from kit.data.curate import SliceFilter, curate_slices, retained_fraction, volume_qc
-from kit.pipeline import profile_config, stage_dir, write_json_atomic, write_summary
+from kit.data.orientation import load_ras
+from kit.pipeline import profile_config, show_smoke_banner, stage_dir, write_json_atomic, write_summary
 from kit.viz import label_colors_for, plot_entropy, plot_kept_dropped, plot_retained_fraction, plot_subjects
+from kit.viz.results import plot_qc_volumes
 
 config = profile_config(profile)
 out = stage_dir(run_dir, "01_curation")
 figures = out / "figures"
 print(f"profile {profile!r}: {config['description']}; writing to {out}")
+show_smoke_banner(profile)
 
 # %% [markdown]
 # ## 1 · Cohorts and validation
@@ -91,27 +93,22 @@ display(qc.head(12))
 print(f"QC pass: {int(qc.qc_pass.sum())}/{len(qc)}")
 
 # %%
-fig, (ax_vol, ax_les) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
-for name in results:
-    ax_vol.hist(qc.loc[qc.cohort == name, "brain_volume_ml"], bins=10, alpha=0.6, label=name)
-ax_vol.set_xlabel("brain volume (mL)"); ax_vol.set_ylabel("subjects"); ax_vol.legend(fontsize=8)
-lesions = qc.dropna(subset=["lesion_volume_ml"]) if "lesion_volume_ml" in qc else qc.iloc[:0]
-for name in lesions.cohort.unique():
-    ax_les.hist(lesions.loc[lesions.cohort == name, "lesion_volume_ml"], bins=10, alpha=0.6, label=name)
-ax_les.set_xlabel("lesion volume (mL)"); ax_les.legend(fontsize=8)
+fig = plot_qc_volumes(qc)  # intracranial volume (skull-stripped: nonzero voxels) and lesion volume
 fig.savefig(figures / "qc_volumes.png", dpi=100)
 plt.show()
 
 # %% [markdown]
 # ## 3 · Looking at the subjects
-# Orthogonal views through the lesion's centroid. BraTS compartments: necrotic core (1, red),
+# Orthogonal views through the lesion's centroid, in the radiological convention (the patient's
+# right on the left of coronal and axial views; the letters mark each side). BraTS compartments: necrotic core (1, red),
 # edema (2, green), enhancing tumour (4, yellow), drawn as outlines over FLAIR and T1ce (so the
 # appearance stays visible: edema bright on FLAIR, an enhancing rim on T1ce) and filled on T1ce.
 
 # %%
 def load(path):
-    img = nib.load(path)
-    return np.asanyarray(img.dataobj, dtype=np.float32), img.header.get_zooms()[:3]
+    """A volume in RAS+ voxel order (whatever the file's) and its voxel size: figures are labelled."""
+    data, spacing, _ = load_ras(path)
+    return data, spacing
 
 rows = []
 tumor = results["tumor"]

@@ -40,11 +40,12 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kit.pipeline import write_summary
+from kit.pipeline import show_smoke_banner, write_summary
 from kit.train.pretrain import prepare_stage, run_pretraining
 from kit.viz import plot_loss_curves, plot_ssl_preview
 
 # The same preparation as `kit pretrain --stage 1` (the script for clusters): cohort, cache, model.
+show_smoke_banner(profile)
 STAGE, COHORT = "02_stage1", "healthy"
 stage = prepare_stage(profile, 1, run_dir, objective=objective, seed=seed, device=device, progress=True)
 config, entries, modalities, out, setup = stage.config, stage.entries, stage.modalities, stage.out, stage.setup

@@ -30,10 +30,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from kit.models.checkpoints import load_checkpoint
-from kit.pipeline import write_summary
+from kit.pipeline import show_smoke_banner, write_summary
 from kit.train.pretrain import prepare_stage, run_pretraining
 from kit.viz import plot_first_layer, plot_loss_curves, plot_ssl_preview
 
+show_smoke_banner(profile)
 STAGE, COHORT = "03_stage2", "tumor"
 stage1_checkpoint = Path(run_dir) / "02_stage1" / "checkpoint.pt"
 stage1 = load_checkpoint(stage1_checkpoint)
