@@ -203,6 +203,25 @@ def repo_root() -> Path:
     return Path(kit.__file__).resolve().parents[1]
 
 
+def find_run_dir(run_dir: str | Path | None, profile: str) -> Path:
+    """The run folder a notebook works in: ``run_dir`` when given (papermill passes it), else
+    ``$KIT_RUN_DIR``, else ``<checkout>/runs/<profile>`` (what ``kit reproduce --out runs/<profile>``
+    makes), so a notebook opened in JupyterLab from ``notebooks/`` finds the run, not
+    ``notebooks/runs/...``.
+
+    Example:
+        >>> find_run_dir("/tmp/r", "smoke")
+        PosixPath('/tmp/r')
+        >>> find_run_dir(None, "smoke") == repo_root() / "runs" / "smoke" or "KIT_RUN_DIR" in os.environ
+        True
+    """
+    if run_dir:
+        return Path(run_dir).expanduser().resolve()
+    if os.environ.get("KIT_RUN_DIR"):
+        return Path(os.environ["KIT_RUN_DIR"]).expanduser().resolve()
+    return repo_root() / "runs" / profile
+
+
 def stage_dir(run_dir: str | Path, stage: str) -> Path:
     """``RUN_DIR/STAGE``, created if needed (with its ``figures/`` folder)."""
     if stage not in STAGES:

@@ -1,7 +1,10 @@
-"""Real JupyterLab in a real browser: notebook 01 runs and its slice explorer follows a slider.
+"""Real JupyterLab in a real browser, against a `kit reproduce` run folder: notebook 01 runs and its
+slice explorer follows a slider.
 
-A JupyterLab server (this venv's python, loopback only, token, temporary root) serves a copy of
-notebooks/01_curation.ipynb with parameters profile='smoke', run_dir=<tmp>/run, interactive=True.
+`kit reproduce --profile smoke --to 01 --out <tmp>/run` makes a run folder first. A JupyterLab server
+(this venv's python, loopback only, token, temporary root, ``KIT_RUN_DIR=<tmp>/run``) serves a copy of
+notebooks/01_curation.ipynb with parameters profile='smoke', interactive=True and ``run_dir`` left at
+its default: the notebook finds the run folder itself (as a teacher's class would open it).
 Headless Debian chromium, driven by Playwright, opens it, runs all cells from the Run menu, waits
 for the explorer widget, screenshots it, moves the z slider with the keyboard and checks that the
 picture changed. Screenshots and the server log go to test-artifacts/browser/ (kept by CI).
@@ -83,7 +86,8 @@ def _notebook_copy(root: Path, run_dir: Path) -> Path:
     params = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
     assert params, f"{built.name}: no cell tagged 'parameters'"
     source = params[0].source
-    for name, value in (("profile", "smoke"), ("run_dir", str(run_dir)), ("interactive", True)):
+    assert re.search(r"^run_dir = None", source, flags=re.M), f"{built.name}: run_dir should default to None (found by the kit)"
+    for name, value in (("profile", "smoke"), ("interactive", True)):
         pattern = rf"^{name}\s*=.*$"
         assert re.search(pattern, source, flags=re.M), f"{built.name}: parameters cell has no {name!r}"
         source = re.sub(pattern, f"{name} = {value!r}", source, count=1, flags=re.M)
@@ -128,7 +132,12 @@ def lab_server(tmp_path):
 
     root = tmp_path / "lab"
     root.mkdir()
-    notebook = _notebook_copy(root, tmp_path / "run")
+    run_dir = tmp_path / "run"
+    made = subprocess.run([sys.executable, "-m", "kit.cli", "reproduce", "--profile", "smoke", "--to", "01",
+                           "--out", str(run_dir), "--quiet"], capture_output=True, text=True, timeout=RUN_ALL_S)
+    assert made.returncode == 0, made.stderr[-3000:]
+    made_at = (run_dir / "01_curation" / "summary.json").stat().st_mtime_ns
+    notebook = _notebook_copy(root, run_dir)
     config_dir = tmp_path / "jupyter_config"
     _lab_settings(config_dir)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -141,6 +150,7 @@ def lab_server(tmp_path):
         "JUPYTER_CONFIG_DIR": str(config_dir),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter_runtime"),
         "IPYTHONDIR": str(tmp_path / "ipython"),
+        "KIT_RUN_DIR": str(run_dir),  # the notebook's run_dir=None finds it
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     })
     command = [
@@ -167,7 +177,8 @@ def lab_server(tmp_path):
             if time.monotonic() > deadline:
                 pytest.fail(f"JupyterLab did not answer within {SERVER_START_S} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield {"base": base, "token": token, "notebook": notebook, "run_dir": tmp_path / "run", "profile": tmp_path / "chrome"}
+        yield {"base": base, "token": token, "notebook": notebook, "run_dir": run_dir, "made_at": made_at,
+               "profile": tmp_path / "chrome"}
     finally:
         _stop_server(server, base, token)
         log.close()
@@ -257,6 +268,8 @@ def test_notebook_explorer_follows_slider_in_jupyterlab(chromium, lab_server):
             explorer.screenshot(path=str(ARTIFACTS / "explorer_before.png"))
             before = _pixels(image.screenshot(path=str(ARTIFACTS / "explorer_image_before.png")))
             assert before.std() > 5, "the explorer picture is blank"
+            sides = page.locator(".kit-explorer .kit-explorer-orientation").inner_text()
+            assert "coronal: R | L" in sides and "radiological" in sides, sides
             readout = page.locator(".kit-slider-z .widget-readout")
             z_before = int(readout.inner_text())
 
@@ -285,5 +298,7 @@ def test_notebook_explorer_follows_slider_in_jupyterlab(chromium, lab_server):
     assert before.shape == after.shape, "the explorer picture changed size, not content"
     changed = np.any(before != after, axis=-1).mean()
     assert changed > 0.01, f"the explorer picture did not change after moving z {z_before} -> {z_after}"
-    # the run wrote its stage folder like any other run
+    # the notebook found the kit reproduce run folder by itself and wrote its stage there again
+    summary = lab_server["run_dir"] / "01_curation" / "summary.json"
     assert (lab_server["run_dir"] / "01_curation" / "datalist.json").is_file()
+    assert summary.stat().st_mtime_ns > lab_server["made_at"]

@@ -19,7 +19,7 @@
 
 # %% [parameters]
 profile = "smoke"        # smoke | workshop | full
-run_dir = "runs/smoke"   # where every stage writes its folder
+run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None         # None: synthetic cohorts; else a folder with ukb/, brats2021/, atlas2/
 device = "auto"          # unused here; part of the notebook contract
 seed = 0
@@ -35,10 +35,11 @@ import pandas as pd
 from kit.data.cohorts import combined_datalist, prepare_cohorts
 from kit.data.curate import SliceFilter, curate_slices, retained_fraction, volume_qc
 from kit.data.orientation import load_ras
-from kit.pipeline import profile_config, show_smoke_banner, stage_dir, write_json_atomic, write_summary
+from kit.pipeline import find_run_dir, profile_config, show_smoke_banner, stage_dir, write_json_atomic, write_summary
 from kit.viz import label_colors_for, plot_entropy, plot_kept_dropped, plot_retained_fraction, plot_subjects
 from kit.viz.results import plot_qc_volumes
 
+run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
 config = profile_config(profile)
 out = stage_dir(run_dir, "01_curation")
 figures = out / "figures"

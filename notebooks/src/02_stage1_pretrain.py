@@ -27,7 +27,7 @@
 
 # %% [parameters]
 profile = "smoke"
-run_dir = "runs/smoke"
+run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None
 device = "auto"
 seed = 0
@@ -40,11 +40,12 @@ import json
 import matplotlib.pyplot as plt
 import torch
 
-from kit.pipeline import show_smoke_banner, write_summary
+from kit.pipeline import find_run_dir, show_smoke_banner, write_summary
 from kit.train.pretrain import prepare_stage, run_pretraining
 from kit.viz import plot_loss_curves, plot_ssl_preview
 
 # The same preparation as `kit pretrain --stage 1` (the script for clusters): cohort, cache, model.
+run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
 show_smoke_banner(profile)
 STAGE, COHORT = "02_stage1", "healthy"
 stage = prepare_stage(profile, 1, run_dir, objective=objective, seed=seed, device=device, progress=True)

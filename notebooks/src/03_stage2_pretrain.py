@@ -15,7 +15,7 @@
 
 # %% [parameters]
 profile = "smoke"
-run_dir = "runs/smoke"
+run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None
 device = "auto"
 seed = 0
@@ -30,10 +30,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from kit.models.checkpoints import load_checkpoint
-from kit.pipeline import show_smoke_banner, write_summary
+from kit.pipeline import find_run_dir, show_smoke_banner, write_summary
 from kit.train.pretrain import prepare_stage, run_pretraining
 from kit.viz import plot_first_layer, plot_loss_curves, plot_ssl_preview
 
+run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
 show_smoke_banner(profile)
 STAGE, COHORT = "03_stage2", "tumor"
 stage1_checkpoint = Path(run_dir) / "02_stage1" / "checkpoint.pt"
