@@ -1,6 +1,6 @@
 """Papermill runner behind ``kit reproduce``: profiles, run directory, stage chaining, report.
 
-A run directory holds one folder per stage (DESIGN.md's notebook contract)::
+A run directory holds one folder per stage (the notebooks' contract)::
 
     RUN_DIR/run.json              what was asked for (profile, seed, device, data root)
     RUN_DIR/01_curation/          datalist.json, qc.csv, figures/, 01_curation.ipynb (executed copy)

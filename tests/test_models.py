@@ -63,7 +63,7 @@ def test_swinunetr_default_is_the_paper_backbone_and_img_size_is_refused():
     net = create_model("swinunetr", in_channels=4)
     assert net.config["feature_size"] == 48 and net.feature_dim == 768
     n_params = sum(p.numel() for p in net.parameters())
-    assert abs(n_params / 1e6 - 62.2) < 0.5, n_params  # REFERENCES.md: 62.2M with depths (2,2,2,2)
+    assert abs(n_params / 1e6 - 62.2) < 0.5, n_params  # 62.2M with depths (2,2,2,2), as published (Tang et al., CVPR 2022)
     with pytest.raises(TypeError, match="img_size"):
         create_model("swinunetr", in_channels=1, img_size=(96, 96, 96))
 

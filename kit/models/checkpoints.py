@@ -12,7 +12,7 @@ File format (``torch.save`` of a plain dict, readable with ``torch.load(weights_
 ``weights_only`` loading refuses (a numpy array, e.g. ``np.random.get_state()``) is rejected at save
 time, naming its key, so that no unloadable checkpoint is ever written.
 
-Fixes for the defects users hit with the public BrainSegFounder code (see REFERENCES.md):
+Fixes for the defects users hit with the public BrainSegFounder code (github.com/lab-smile/BrainSegFounder):
 weights are never loaded with a silent ``strict=False`` (:func:`load_weights` raises on any
 missing, unexpected or shape-mismatched key that was not explicitly allowed and reports what it did);
 the ``module.`` / ``_orig_mod.`` / ``swinViT.`` prefix differences between releases are normalised;

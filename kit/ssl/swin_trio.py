@@ -1,7 +1,7 @@
 """Swin UNETR pretraining: rotation + inpainting (reconstruction) + contrastive (Tang et al., CVPR 2022).
 
-The objective used by BrainSegFounder stages 1 and 2 (REFERENCES.md). For each sample and each of
-two views, all random choices come from that sample's seed:
+The objective used by BrainSegFounder stages 1 and 2 (Cox et al., Medical Image Analysis 2024). For
+each sample and each of two views, all random choices come from that sample's seed:
 
 - rotation: ``k ~ U{0,1,2,3}``; the sample (C, X, Y, Z) is rotated by ``x.rot90(k, (2, 3))``, i.e.
   dims (3, 4) of the (B, C, X, Y, Z) batch; the rotation head is trained with 4-class cross-entropy.
