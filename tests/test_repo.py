@@ -63,3 +63,19 @@ def test_kit_help_does_not_import_torch():
             "p.format_help(); print('torch' in sys.modules, 'monai' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "False"], out.stdout + out.stderr
+
+
+def test_project_files_cite_nothing_outside_the_repository():
+    """Users have the repository only: code, docs and notebooks cite papers and public repositories."""
+    pattern = re.compile(r"DESIGN\.md|REFERENCES\.md|\.\./shared")
+    offenders = []
+    for folder in ("kit", "notebooks", "tests", "benchmarks", "examples", "tools", "data_manifests"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.is_file() and path.suffix in {".py", ".md", ".ipynb", ".yaml", ".sh", ".sbatch", ".json", ".toml"}:
+                text = path.read_text(errors="ignore")
+                if pattern.search(text) and path.name != "test_repo.py":
+                    offenders.append(str(path.relative_to(ROOT)))
+    for name in ("README.md", "pyproject.toml", "environment.yml"):
+        if pattern.search((ROOT / name).read_text()):
+            offenders.append(name)
+    assert not offenders, offenders
