@@ -227,7 +227,7 @@ def segment_files(
     roi: int | Sequence[int],
     *,
     overlap: float = 0.5,
-    sw_batch_size: int = 1,
+    sw_batch_size: int | None = None,
     threshold: float = 0.5,
     margin: int = 2,
     amp: str = "auto",
@@ -314,7 +314,7 @@ def predict_files(
     device: str = "auto",
     amp: str = "auto",
     overlap: float | None = None,
-    sw_batch_size: int = 1,
+    sw_batch_size: int | None = None,
     threshold: float = 0.5,
     margin: int = 2,
     overwrite: bool = False,
@@ -327,7 +327,7 @@ def predict_files(
         out_path: output ``.nii.gz`` / ``.nii`` (uint8, the first input's grid, affine and header).
         device, amp: where and how to run ('auto' = CUDA when available, bf16/fp16 there).
         overlap: sliding-window overlap (default: the checkpoint's ``sw_overlap``, 0.5).
-        sw_batch_size: windows per forward pass.
+        sw_batch_size: windows per forward pass (None: 4 on a GPU, 1 on a CPU).
         threshold: region probability threshold.
         margin: brain-crop margin in voxels.
         overwrite: replace ``out_path`` if it exists (an input file is never replaced).
@@ -377,7 +377,7 @@ def predict_dataset(
     device: str = "auto",
     amp: str = "auto",
     overlap: float | None = None,
-    sw_batch_size: int = 1,
+    sw_batch_size: int | None = None,
     threshold: float = 0.5,
     margin: int = 2,
     progress: bool = False,

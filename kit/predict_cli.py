@@ -38,7 +38,7 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the checkpoint's)")
-    p.add_argument("--sw-batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass (default: 4 on a GPU, 1 on a CPU)")
     p.add_argument("--threshold", type=float, default=0.5, help="region probability threshold")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
