@@ -82,7 +82,7 @@ def slice_entropy(volume: np.ndarray, axis: int = 2, bins: int = 64) -> np.ndarr
 
     Example:
         >>> v = np.zeros((8, 8, 4)); v[2:6, 2:6, 1:3] = np.arange(32).reshape(4, 4, 2)
-        >>> e = slice_entropy(v, axis=2, bins=16); e[0] == 0 and e[1] > 0
+        >>> e = slice_entropy(v, axis=2, bins=16); bool(e[0] == 0 and e[1] > 0)
         True
     """
     vol = np.asarray(volume, dtype=np.float32)
