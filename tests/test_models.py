@@ -126,16 +126,6 @@ def test_bad_input_sizes_raise_clear_errors():
         swin(torch.zeros(1, 1, 32, 32, 32))
 
 
-def test_swin_permutation_fallback_matches_permute():
-    """MONAI's SwinUNETR calls einops.rearrange for axis permutations; without einops we supply one."""
-    import monai.networks.nets.swin_unetr as swin_module
-
-    create_model("swinunetr", in_channels=1, feature_size=12)
-    x = torch.randn(2, 3, 4, 5, 6)
-    assert torch.equal(swin_module.rearrange(x, "b c d h w -> b d h w c"), x.permute(0, 2, 3, 4, 1))
-    assert torch.equal(swin_module.rearrange(x.permute(0, 2, 3, 4, 1), "b d h w c -> b c d h w"), x)
-
-
 @pytest.mark.parametrize("downsample,size", [(8, 32), (32, 64)])
 def test_ssl_head_shapes(downsample, size):
     head = SSLHead(feature_dim=96, in_channels=2, downsample=downsample)

@@ -139,32 +139,6 @@ class BackboneMixin:
             )
 
 
-def _ensure_einops_fallback() -> None:
-    """Let MONAI's SwinUNETR run when the optional ``einops`` package is absent.
-
-    MONAI's swin_unetr module calls ``einops.rearrange`` only for pure axis permutations
-    (``"b c d h w -> b d h w c"`` and back). When einops is missing we give that module a
-    ``rearrange`` that does the same permutation with ``Tensor.permute`` (identical result);
-    with einops installed nothing is touched.
-    """
-    import monai.networks.nets.swin_unetr as swin_module
-    from monai.utils import optional_import
-
-    _, has_einops = optional_import("einops")
-    # MONAI's placeholder raises on any attribute access, so look only at the function's own dict.
-    if has_einops or "_kit_fallback" in getattr(swin_module.rearrange, "__dict__", {}):
-        return
-
-    def rearrange(x: torch.Tensor, pattern: str) -> torch.Tensor:
-        src, dst = (side.split() for side in pattern.split("->"))
-        if "(" in pattern or sorted(src) != sorted(dst) or len(src) != x.ndim:
-            raise NotImplementedError(f"einops fallback handles pure permutations only, got {pattern!r}")
-        return x.permute(*[src.index(axis) for axis in dst])
-
-    rearrange._kit_fallback = True  # type: ignore[attr-defined]
-    swin_module.rearrange = rearrange
-
-
 class SwinUNETRBackbone(BackboneMixin, SwinUNETR):
     """MONAI SwinUNETR (the paper's backbone) with the kit encoder interface.
 
@@ -174,7 +148,6 @@ class SwinUNETRBackbone(BackboneMixin, SwinUNETR):
     """
 
     def __init__(self, in_channels: int, out_channels: int, **cfg: Any) -> None:
-        _ensure_einops_fallback()
         super().__init__(in_channels=in_channels, out_channels=out_channels, **cfg)
         patch = int(cfg.get("patch_size", 2))
         self.in_channels = in_channels
