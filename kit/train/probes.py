@@ -356,7 +356,7 @@ def probe_summary(results: pd.DataFrame, metrics: Mapping[str, str] | None = Non
 
     Example:
         >>> df = pd.DataFrame({"init": ["a"] * 2, "task": ["seg"] * 2, "label_fraction": [1.0] * 2,
-        ...                    "seed": [0, 1], "dice_mean": [0.5, 0.7], "auc": [None, None]})
+        ...                    "seed": [0, 1], "n_train": [3, 3], "dice_mean": [0.5, 0.7], "auc": [None, None]})
         >>> list(probe_summary(df).columns)
         ['init', 'task', 'label_fraction', 'metric', 'mean', 'ci_low', 'ci_high', 'n', 'n_train']
     """
