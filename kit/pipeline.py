@@ -117,7 +117,7 @@ PROFILES: dict[str, dict] = {
             "fractions": [1.0], "seeds": [0], "test_fraction": 16, "val_size": 6, "n_overlays": 3,
             "leakage": "flag",
             "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4],
-                       "cls_counts": [4, 8, "all"], "per_value": 400},
+                       "cls_counts": [4, 8, "all"], "per_value": 200},
         },
         "saliency": {
             "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 4, "random_n": 100, "dilate_mm": 6.0,
@@ -166,7 +166,7 @@ PROFILES: dict[str, dict] = {
             "fractions": [1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 20, "val_size": 8, "n_overlays": 3,
             "leakage": "flag",
             "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4],
-                       "cls_counts": [4, 8, "all"], "per_value": 400},
+                       "cls_counts": [4, 8, "all"], "per_value": 200},
         },
         "saliency": {
             "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 8, "random_n": 100, "dilate_mm": 6.0,

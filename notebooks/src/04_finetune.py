@@ -167,7 +167,7 @@ if probes_cfg:
     probe_results = run_probes(
         caches, probe_tasks, inits, [seed + s for s in probes_cfg["seeds"]], probes_cfg["counts"], config["config"],
         out / "probe_results.csv", test_fraction=config["test_fraction"], val_size=config.get("val_size", 0),
-        regions=regions, label_values=label_values, per_value=probes_cfg.get("per_value", 400),
+        regions=regions, label_values=label_values, per_value=probes_cfg.get("per_value", 200),
     )
     probe_table = probe_summary(probe_results)
     probe_table.to_csv(out / "probe_summary.csv", index=False)
