@@ -106,13 +106,14 @@ PROFILES: dict[str, dict] = {
             # the study's converged recipe, with a smaller step budget (early stopping on validation)
             "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 300, "batch_size": 4,
                        "crop": 32, "input_size": 48, "lr": 2e-3, "warmup_steps": 10, "pos_fraction": 0.67,
-                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 50,
+                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 100,
                        "patience": 2, "sw_overlap": 0.25, "transfer": "full"},
             "tasks": [
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
                  "inits": ["scratch", "stage1+2"], "counts": [2, "all"]},
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "stage1+2"], "counts": ["all"], "config": {"steps": 150}},
+                 "inits": ["scratch", "stage1+2"], "counts": ["all"],
+                 "config": {"steps": 150, "lr": 3e-3, "val_every": 25, "patience": 3}},
             ],
             "fractions": [1.0], "seeds": [0], "test_fraction": 16, "val_size": 6, "n_overlays": 3,
             "leakage": "flag",
@@ -151,17 +152,18 @@ PROFILES: dict[str, dict] = {
         },
         "finetune": {
             # converged recipe (benchmarks/results/study/recipe.md): lr 2e-3, 2/3 foreground crops
-            # balanced over labels, whole-volume validation every 50 steps, best model kept,
-            # stop after 3 validations without gain; classifier on 48^3 with balanced classes
-            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 600, "batch_size": 4,
+            # balanced over labels, validation (32^3 windows, overlap 0.25) every 100 steps, best
+            # model kept, stop after 2 validations without gain; classifier on 48^3, balanced classes
+            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 500, "batch_size": 4,
                        "crop": 32, "input_size": 48, "lr": 2e-3, "warmup_steps": 10, "pos_fraction": 0.67,
-                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 50,
-                       "patience": 3, "sw_overlap": 0.25, "transfer": "full"},
+                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 100,
+                       "patience": 2, "sw_overlap": 0.25, "transfer": "full"},
             "tasks": [
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
                  "inits": ["scratch", "stage1+2"], "counts": [1, 2, 4, "all"]},
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "stage1+2"], "counts": ["all"], "config": {"steps": 300}},
+                 "inits": ["scratch", "stage1+2"], "counts": ["all"],
+                 "config": {"steps": 200, "lr": 3e-3, "val_every": 25, "patience": 4}},
             ],
             "fractions": [1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 20, "val_size": 8, "n_overlays": 3,
             "leakage": "flag",

@@ -211,6 +211,8 @@ def test_whole_volume_pads_to_the_network_multiple_and_crops_back():
         expected = torch.sigmoid(net(padded))[0, :, :21, :26, :17]
     assert torch.allclose(probs, expected, atol=1e-5)
     assert use_whole_volume(net, (52, 62, 52)) and not use_whole_volume(net, (200, 200, 200))
+    # 'auto' stays with windows when the volume is larger than the training window
+    assert not use_whole_volume(net, (52, 62, 52), roi=32) and use_whole_volume(net, (21, 26, 17), roi=32)
 
 
 def test_evaluate_classification_skips_missing_targets(cache):

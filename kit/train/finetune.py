@@ -129,8 +129,9 @@ class FinetuneConfig:
         sw_overlap, sw_batch_size: sliding-window inference settings used at evaluation (0.5 =
             BrainSegFounder's validation overlap).
         inference: segmentation inference at validation and evaluation: 'sliding' (windows of
-            ``crop``), 'whole' (one pass over the padded volume) or 'auto' (whole when the padded
-            volume has at most 2 M voxels, e.g. every brain at 3 mm; kit.train.evaluate).
+            ``crop``), 'whole' (one pass over the padded volume) or 'auto' (whole when the volume
+            fits in ``crop``, else sliding: a GroupNorm network trained on crops sees other
+            statistics on a larger input; kit.train.evaluate).
         val_every: with validation subjects (``finetune(val_indices=...)``), evaluate every this many
             steps and keep the best model (model selection); 0 = no validation, keep the last model.
         patience: stop after this many validations without improvement (early stopping); 0 = never.

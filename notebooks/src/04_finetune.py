@@ -234,7 +234,8 @@ for i in test_idx[: config["n_overlays"]]:
     rows.append({"image": flair, "label": truth, "point": point, "style": "contour",
                  "title": f"{cache.entries[i]['subject']} truth"})
     for init, model in models.items():
-        if config["config"].get("inference", "sliding") != "sliding" and use_whole_volume(model, images[i].shape[1:]):
+        mode = config["config"].get("inference", "sliding")
+        if mode == "whole" or (mode == "auto" and use_whole_volume(model, images[i].shape[1:], roi=config["config"]["crop"])):
             probs = predict_whole_volume(model, images[i])
         else:
             probs = predict_volume(model, images[i], config["config"]["crop"], overlap=config["config"]["sw_overlap"])
