@@ -90,7 +90,8 @@ def test_finetune_study_outputs(smoke_run):
     assert {"init", "task", "step", "val_dice_mean", "best"} <= set(curves)
     probes = pd.read_csv(smoke_run / "04_finetune" / "probe_summary.csv")
     assert list(probes.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
-    assert set(probes.init) == {"scratch", "stage1", "stage1+2"} and (probes.n == 2).all()
+    assert set(probes.init) == {"scratch", "stage1", "stage1+2"} and set(probes.task) == {"tumor_seg", "tumor_present"}
+    assert (probes[probes.task == "tumor_seg"].n == 2).all()  # smoke's 2 test subjects may hold one class: AUC nan
     leak = json.loads((smoke_run / "04_finetune" / "leakage.json").read_text())
     assert "stage1+2" in leak["tumor_seg"] and "03_stage2" in leak["tumor_seg"]["stage1+2"]["stages"]
 
