@@ -62,7 +62,7 @@ PROFILES: dict[str, dict] = {
         "finetune": {
             "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 3, "batch_size": 2,
                        "crop": 32, "input_size": 32, "lr": 1e-3, "warmup_steps": 1, "sw_overlap": 0.25,
-                       "transfer": "full"},
+                       "transfer": "full", "inference": "auto", "val_every": 2},
             "tasks": [
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion"},
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor"},
@@ -72,6 +72,9 @@ PROFILES: dict[str, dict] = {
                  "inits": ["scratch", "stage1"]},
             ],
             "fractions": [0.5, 1.0], "seeds": [0], "test_fraction": 0.3, "n_overlays": 2,
+            "val_size": 1, "leakage": "flag",
+            "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, "all"], "seeds": [0, 1],
+                       "cls_counts": [2, "all"], "per_value": 50},
         },
         "saliency": {
             "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 2, "random_n": 20, "dilate_mm": 8.0,
@@ -81,13 +84,62 @@ PROFILES: dict[str, dict] = {
         },
     },
     "workshop": {
-        "description": "a class on a laptop CPU: small CNN, 3 mm, 32^3 crops; about an hour on 2 cores",
+        "description": "a class on 2 laptop CPU cores in about 30 min: short live pretraining, linear probes "
+                       "on 5 seeds, a few live fine-tunes; the converged study's figures come from `study`",
         "cell_timeout_s": 3600,
         "resolution_mm": 3.0,
         "cohorts": {
+            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 24},
+            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 60},
+            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 6},
+        },
+        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
+        "n_show": 3,
+        "stage1": {
+            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 32, "steps": 60, "batch_size": 4, "lr": 5e-4, "warmup_steps": 5,
+            "weight_decay": 0.1, "ckpt_every": 20,
+        },
+        "stage2": {
+            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
+            "objective_cfg": {}, "crop": 32, "steps": 30, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3,
+            "weight_decay": 0.1, "ckpt_every": 15,
+        },
+        "finetune": {
+            # the study's converged recipe, with a smaller step budget (early stopping on validation)
+            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 300, "batch_size": 4,
+                       "crop": 32, "input_size": 48, "lr": 2e-3, "warmup_steps": 10, "pos_fraction": 0.67,
+                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 100,
+                       "patience": 2, "sw_overlap": 0.25, "transfer": "full"},
+            "tasks": [
+                {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
+                 "inits": ["scratch", "stage1+2"], "counts": [2, "all"]},
+                {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
+                 "inits": ["scratch", "stage1+2"], "counts": ["all"],
+                 "config": {"steps": 150, "lr": 3e-3, "val_every": 25, "patience": 3}},
+            ],
+            "fractions": [1.0], "seeds": [0], "test_fraction": 16, "val_size": 6, "n_overlays": 3,
+            "leakage": "flag",
+            "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4],
+                       "cls_counts": [4, 8, "all"], "per_value": 200},
+        },
+        "saliency": {
+            "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 4, "random_n": 100, "dilate_mm": 6.0,
+            "min_auc": 0.85,
+            "methods": ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "occlusion"],
+            "method_kwargs": {"smoothgrad": {"n_samples": 8}, "integrated_gradients": {"n_steps": 16},
+                              "occlusion": {"mask_size": 8, "overlap": 0.5}},
+        },
+    },
+    "study": {
+        "description": "the converged, powered label-efficiency study on 2 CPU cores (<= 2.5 h): 5 paired seeds, "
+                       "20 test subjects, 1/2/4/all labelled subjects; resumable from results.csv",
+        "cell_timeout_s": 4 * 3600,
+        "resolution_mm": 3.0,
+        "cohorts": {
             "healthy": {"layout": "ukb", "manifest": "ukb", "n": 32},
-            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 36},
-            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 10},
+            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 80},
+            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 6},
         },
         "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
         "n_show": 3,
@@ -102,20 +154,28 @@ PROFILES: dict[str, dict] = {
             "weight_decay": 0.1, "ckpt_every": 50,
         },
         "finetune": {
-            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 40, "batch_size": 4,
-                       "crop": 32, "input_size": 32, "lr": 1e-3, "warmup_steps": 5, "sw_overlap": 0.25,
-                       "transfer": "full"},
+            # converged recipe (benchmarks/results/study/recipe.md): lr 2e-3, 2/3 foreground crops
+            # balanced over labels, validation (32^3 windows, overlap 0.25) every 100 steps, best
+            # model kept, stop after 2 validations without gain; classifier on 48^3, balanced classes
+            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 500, "batch_size": 4,
+                       "crop": 32, "input_size": 48, "lr": 2e-3, "warmup_steps": 10, "pos_fraction": 0.67,
+                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 100,
+                       "patience": 2, "sw_overlap": 0.25, "transfer": "full"},
             "tasks": [
-                {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion"},
+                {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
+                 "inits": ["scratch", "stage1+2"], "counts": [1, 2, 4, "all"]},
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "stage1+2"], "fractions": [0.1, 1.0]},
-                {"name": "stroke_seg", "task": "segmentation", "cohort": "stroke", "pool": "lesion",
-                 "inits": ["scratch", "stage1"], "fractions": [1.0]},
+                 "inits": ["scratch", "stage1+2"], "counts": ["all"],
+                 "config": {"steps": 200, "lr": 3e-3, "val_every": 25, "patience": 4}},
             ],
-            "fractions": [0.05, 0.25, 1.0], "seeds": [0, 1, 2], "test_fraction": 0.3, "n_overlays": 3,
+            "fractions": [1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 20, "val_size": 8, "n_overlays": 3,
+            "leakage": "flag",
+            "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4],
+                       "cls_counts": [4, 8, "all"], "per_value": 200},
         },
         "saliency": {
-            "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 6, "random_n": 100, "dilate_mm": 6.0,
+            "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 8, "random_n": 100, "dilate_mm": 6.0,
+            "min_auc": 0.85,
             "methods": ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "gradcampp", "occlusion"],
             "method_kwargs": {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"n_steps": 32},
                               "occlusion": {"mask_size": 8, "overlap": 0.5}},

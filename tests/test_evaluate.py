@@ -15,8 +15,11 @@ from kit.train.evaluate import (
     classification_metrics,
     evaluate_classification,
     evaluate_segmentation,
+    BRATS_HD95_EMPTY_MM,
     predict_volume,
+    predict_whole_volume,
     segmentation_metrics,
+    use_whole_volume,
     spacing_from_affine,
 )
 from kit.train.finetune import ClassificationModel, FinetuneConfig, finetune
@@ -58,11 +61,19 @@ def test_empty_masks_follow_the_documented_rule():
     empty, full = torch.zeros(1, 10, 10, 10, dtype=torch.bool), cube((10, 10, 10), (2, 2, 2), 4)[None]
     both = segmentation_metrics(empty, empty, ["ET"])
     assert (both["dice_ET"], both["hd95_ET"]) == (1.0, 0.0)
+    assert both["hd95_empty"] == 0
     for pred, target in ((empty, full), (full, empty)):
         m = segmentation_metrics(pred, target, ["ET"])
-        assert m["dice_ET"] == 0.0 and math.isnan(m["hd95_ET"]) and math.isnan(m["hd95_mean"])
+        # BraTS convention: a region empty on one side only scores the image diagonal, 373.13 mm
+        assert m["dice_ET"] == 0.0 and m["hd95_ET"] == BRATS_HD95_EMPTY_MM == 373.13
+        assert m["hd95_mean"] == 373.13 and m["hd95_empty"] == 1
+        old = segmentation_metrics(pred, target, ["ET"], empty_hd95=math.nan)
+        assert math.isnan(old["hd95_ET"]) and math.isnan(old["hd95_mean"]) and old["hd95_empty"] == 1
     mixed = segmentation_metrics(torch.cat([empty, full]), torch.cat([full, full]), ["ET", "WT"])
-    assert mixed["hd95_mean"] == 0.0 and mixed["dice_mean"] == 0.5  # nan HD95 left out of the mean
+    assert mixed["hd95_mean"] == pytest.approx(373.13 / 2) and mixed["dice_mean"] == 0.5
+    assert mixed["hd95_empty"] == 1
+    legacy = segmentation_metrics(torch.cat([empty, full]), torch.cat([full, full]), ["ET", "WT"], empty_hd95=math.nan)
+    assert legacy["hd95_mean"] == 0.0  # nan HD95 left out of the mean
     with pytest.raises(ValueError, match="differ"):
         segmentation_metrics(empty, torch.zeros(1, 9, 10, 10), ["ET"])
 
@@ -160,7 +171,7 @@ def test_evaluate_segmentation_on_cached_subjects(cache):
     table = ev.per_subject
     assert list(table["subject"]) == ["e0", "e2", "e3"] and ev.summary["n"] == 3
     assert list(table.columns) == ["subject", "dice_TC", "hd95_TC", "dice_WT", "hd95_WT", "dice_ET", "hd95_ET",
-                                   "dice_mean", "hd95_mean"]
+                                   "dice_mean", "hd95_mean", "hd95_empty"]
     assert table.loc[0, "dice_WT"] == pytest.approx(1.0) and table.loc[0, "dice_ET"] < 0.5
     # tumour-free subject: nothing predicted, nothing there -> Dice 1, HD95 0
     assert table.loc[2, "dice_TC"] == 1.0 and table.loc[2, "hd95_WT"] == 0.0
@@ -171,6 +182,37 @@ def test_evaluate_segmentation_on_cached_subjects(cache):
                                    list(BRATS21), spacing_mm=(2.0, 2.0, 2.5))
     assert table.loc[1, "hd95_TC"] == pytest.approx(by_hand["hd95_TC"]) and by_hand["hd95_TC"] > 0
     assert ev.summary["dice_WT"] == pytest.approx(table["dice_WT"].mean())
+    assert ev.summary["hd95_empty"] == int(table["hd95_empty"].sum())
+
+
+def test_whole_volume_inference_matches_sliding_windows_for_a_pointwise_model(cache):
+    net = nn.Conv3d(2, 3, kernel_size=1)
+    image = cache.images()[0]
+    whole = predict_whole_volume(net, image)
+    assert whole.shape == (3, *image.shape[1:])
+    assert torch.allclose(whole, predict_volume(net, image, 16, 0.5), atol=1e-5)
+    sliding = evaluate_segmentation(net, cache, [0, 1], BRATS21, roi=16)
+    for mode in ("whole", "auto"):
+        ev = evaluate_segmentation(net, cache, [0, 1], BRATS21, roi=16, inference=mode)
+        assert ev.summary["dice_mean"] == pytest.approx(sliding.summary["dice_mean"])
+    assert evaluate_segmentation(net, cache, [0], BRATS21, roi=None).summary["n"] == 1
+    with pytest.raises(ValueError, match="inference"):
+        evaluate_segmentation(net, cache, [0], BRATS21, roi=16, inference="tiles")
+
+
+def test_whole_volume_pads_to_the_network_multiple_and_crops_back():
+    from kit.models import create_model
+
+    net = create_model("segresnet_small", in_channels=2, out_channels=3).eval()
+    image = torch.randn(2, 21, 26, 17)
+    probs = predict_whole_volume(net, image)
+    padded = torch.nn.functional.pad(image, (0, 7, 0, 6, 0, 3))[None]  # (21, 26, 17) -> (24, 32, 24)
+    with torch.no_grad():
+        expected = torch.sigmoid(net(padded))[0, :, :21, :26, :17]
+    assert torch.allclose(probs, expected, atol=1e-5)
+    assert use_whole_volume(net, (52, 62, 52)) and not use_whole_volume(net, (200, 200, 200))
+    # 'auto' stays with windows when the volume is larger than the training window
+    assert not use_whole_volume(net, (52, 62, 52), roi=32) and use_whole_volume(net, (21, 26, 17), roi=32)
 
 
 def test_evaluate_classification_skips_missing_targets(cache):

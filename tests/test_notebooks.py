@@ -84,6 +84,16 @@ def test_finetune_study_outputs(smoke_run):
     assert (smoke_run / "04_finetune" / "models" / "tumor_present__stage1+2.pt").exists()
     # the notebook's verdict is in the report, with the number of seeds it rests on
     assert "stage1+2 minus scratch" in (smoke_run / "report.md").read_text()
+    # model selection on a validation split, learning curves, probes, the leakage flag
+    assert (results.n_val >= 1).all() and (results.best_step <= results.steps_run).all()
+    curves = pd.read_csv(smoke_run / "04_finetune" / "curves.csv")
+    assert {"init", "task", "step", "val_dice_mean", "best"} <= set(curves)
+    probes = pd.read_csv(smoke_run / "04_finetune" / "probe_summary.csv")
+    assert list(probes.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
+    assert set(probes.init) == {"scratch", "stage1", "stage1+2"} and set(probes.task) == {"tumor_seg", "tumor_present"}
+    assert (probes[probes.task == "tumor_seg"].n == 2).all()  # smoke's 2 test subjects may hold one class: AUC nan
+    leak = json.loads((smoke_run / "04_finetune" / "leakage.json").read_text())
+    assert "stage1+2" in leak["tumor_seg"] and "03_stage2" in leak["tumor_seg"]["stage1+2"]["stages"]
 
 
 def test_saliency_outputs(smoke_run):

@@ -9,12 +9,25 @@ before MONAI is asked:
 prediction / target           Dice     HD95 (mm)
 ============================  =======  ==========
 both empty                    1.0      0.0
-one empty, the other not      0.0      nan
+one empty, the other not      0.0      373.13
 both non-empty                MONAI    MONAI
 ============================  =======  ==========
 
-(BraTS's official scoring replaces the nan by the image diagonal, 373.13 mm; a nan keeps the
-average honest about what was measured: ``hd95_mean`` is the mean over the regions that have one.)
+373.13 mm is the BraTS challenge's convention (the diagonal of the 240 x 240 x 155 mm image, the
+largest distance possible), so a missed or hallucinated region is penalised instead of dropped
+from the average; the per-subject ``hd95_empty`` counts the regions so scored and the summary
+sums it, so a reader sees how much of ``hd95_mean`` is the convention. ``empty_hd95=math.nan``
+gives the older reporting (such regions left out of ``hd95_mean``).
+
+Whole-volume inference (:func:`predict_whole_volume`): a volume that fits in memory is padded to
+the network's multiple and run in one forward pass, about 3x cheaper than 32^3 windows with
+overlap 0.25 on a 3 mm brain (52 x 62 x 52 voxels). It is only *equivalent* when the network
+was trained on inputs of about that size: SegResNet normalises with GroupNorm, whose statistics
+are taken over the whole input, so a model trained on 32^3 crops sees different feature
+statistics on a whole brain. Measured on one scratch model (3 mm, 27 training subjects, 20 test
+subjects): mean Dice 0.67 with 32^3 windows, 0.58 on whole volumes. Hence ``inference='auto'``
+uses the whole volume only when it fits in the training window ``roi`` (and in
+``max_whole_voxels``), and sliding windows otherwise; ``'whole'`` forces it (``roi=None`` too).
 
 Classification metrics: accuracy, ROC AUC (``monai.metrics.compute_roc_auc``), sensitivity and
 specificity at a threshold, for binary scores (probability of the positive class) or class
@@ -52,14 +65,23 @@ GPU_SW_BATCH_SIZE = 4
 
 __all__ = [
     "Evaluation",
+    "BRATS_HD95_EMPTY_MM",
     "spacing_from_affine",
     "predict_volume",
+    "predict_whole_volume",
+    "use_whole_volume",
     "segmentation_metrics",
     "classification_metrics",
     "evaluate_segmentation",
     "evaluate_classification",
     "classification_scores",
 ]
+
+
+# BraTS scoring: HD95 when exactly one of prediction / truth is empty (the image diagonal in mm).
+BRATS_HD95_EMPTY_MM = 373.13
+# 'auto' inference runs the whole volume in one pass up to this many (padded) voxels: ~ 126^3.
+MAX_WHOLE_VOXELS = 2_000_000
 
 
 @dataclass
@@ -174,6 +196,77 @@ def predict_volume(
     return logits.detach().cpu()
 
 
+def _padded_shape(shape: Sequence[int], multiple: int, minimum: int) -> tuple[int, ...]:
+    return tuple(max(int(minimum), -(-int(s) // multiple) * multiple) for s in shape)
+
+
+def use_whole_volume(model: nn.Module, shape: Sequence[int], max_voxels: int = MAX_WHOLE_VOXELS,
+                     roi: int | Sequence[int] | None = None) -> bool:
+    """True when a volume of spatial ``shape``, padded to what ``model`` accepts, has at most
+    ``max_voxels`` voxels and, with ``roi`` (the training crop), fits inside it on every side:
+    then one whole-volume pass sees what training saw (see the module docstring on GroupNorm).
+
+    Example:
+        >>> from kit.models import create_model
+        >>> net = create_model("segresnet_small", in_channels=1)
+        >>> use_whole_volume(net, (52, 62, 52)), use_whole_volume(net, (52, 62, 52), roi=32), use_whole_volume(net, (30, 28, 31), roi=32)
+        (True, False, True)
+    """
+    multiple, minimum = int(getattr(model, "downsample", 1)), int(getattr(model, "min_input_size", 1))
+    padded = _padded_shape(shape, multiple, minimum)
+    if roi is not None:
+        window = (int(roi),) * 3 if np.isscalar(roi) else tuple(int(r) for r in roi)
+        if any(p > w for p, w in zip(padded, window)):
+            return False
+    return int(np.prod(padded)) <= int(max_voxels)
+
+
+@torch.no_grad()
+def predict_whole_volume(model: nn.Module, image: Any, *, amp: str = "auto", activation: str = "sigmoid") -> torch.Tensor:
+    """Region probabilities of a whole volume in one forward pass (no windows).
+
+    The volume is zero-padded at the end of each axis to the model's multiple (``model.downsample``,
+    at least ``model.min_input_size``; 1 for other networks), run once, and cropped back. Zero is
+    the cache's background after z-scoring, so the padding looks like air outside the brain.
+
+    Args:
+        model: network ``(B, C, D, H, W) -> (B, R, D, H, W)`` logits.
+        image: (C, X, Y, Z) array or tensor.
+        amp, activation: see :func:`predict_volume`.
+
+    Returns:
+        float32 CPU tensor (R, X, Y, Z).
+
+    Example:
+        >>> from kit.models import create_model
+        >>> net = create_model("segresnet_small", in_channels=2, out_channels=3)
+        >>> predict_whole_volume(net, torch.zeros(2, 20, 27, 17)).shape
+        torch.Size([3, 20, 27, 17])
+    """
+    volume = image.float() if torch.is_tensor(image) else torch.from_numpy(np.array(image, dtype=np.float32))
+    if volume.ndim != 4:
+        raise ValueError(f"predict_whole_volume: expected an image (C, X, Y, Z), got shape {tuple(volume.shape)}")
+    spatial = tuple(int(s) for s in volume.shape[1:])
+    multiple, minimum = int(getattr(model, "downsample", 1)), int(getattr(model, "min_input_size", 1))
+    padded = _padded_shape(spatial, multiple, minimum)
+    pad = []
+    for s, p in zip(reversed(spatial), reversed(padded)):
+        pad += [0, p - s]
+    device = _model_device(model)
+    with _inference_mode(model, device, amp):
+        logits = model(torch.nn.functional.pad(volume, pad)[None].to(device))
+    if hasattr(logits, "as_tensor"):
+        logits = logits.as_tensor()
+    logits = logits.float()[0][(slice(None),) + tuple(slice(0, s) for s in spatial)]
+    if activation == "sigmoid":
+        logits = torch.sigmoid(logits)
+    elif activation == "softmax":
+        logits = torch.softmax(logits, dim=0)
+    elif activation != "none":
+        raise ValueError(f"predict_whole_volume: activation must be 'sigmoid', 'softmax' or 'none', got {activation!r}")
+    return logits.detach().cpu()
+
+
 def _as_bool_masks(masks: Any, what: str) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(masks)) if not torch.is_tensor(masks) else masks.detach().cpu()
     if t.ndim != 4:
@@ -186,6 +279,7 @@ def segmentation_metrics(
     target_masks: Any,
     region_names: Sequence[str],
     spacing_mm: Sequence[float] | None = None,
+    empty_hd95: float = BRATS_HD95_EMPTY_MM,
 ) -> dict[str, float]:
     """Dice and HD95 (mm) per region of one subject (see the module docstring for empty masks).
 
@@ -194,10 +288,13 @@ def segmentation_metrics(
         target_masks: (R, X, Y, Z) binary masks, the same regions in the same order.
         region_names: R names, used in the keys.
         spacing_mm: voxel size along X, Y, Z (default 1 mm); HD95 is in these units.
+        empty_hd95: HD95 of a region empty on exactly one side (BraTS: 373.13 mm; nan leaves such
+            regions out of ``hd95_mean``).
 
     Returns:
-        ``{'dice_<name>', 'hd95_<name>' for each region, 'dice_mean', 'hd95_mean'}``; ``hd95_mean``
-        averages the regions with a finite HD95 (nan when none has one).
+        ``{'dice_<name>', 'hd95_<name>' for each region, 'dice_mean', 'hd95_mean', 'hd95_empty'}``;
+        ``hd95_mean`` averages the regions with a finite HD95 (nan when none has one);
+        ``hd95_empty`` counts the regions empty on exactly one side.
 
     Example:
         >>> a = torch.zeros(1, 10, 10, 10, dtype=torch.bool); a[0, 2:6, 2:6, 2:6] = True
@@ -217,13 +314,15 @@ def segmentation_metrics(
     dice_metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
     hd_metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
     out: dict[str, float] = {}
+    n_empty = 0
     for c, name in enumerate(names):
         p, t = pred[c], target[c]
         p_any, t_any = bool(p.any()), bool(t.any())
         if not p_any and not t_any:
             dice, hd95 = 1.0, 0.0
         elif not p_any or not t_any:
-            dice, hd95 = 0.0, math.nan
+            dice, hd95 = 0.0, float(empty_hd95)
+            n_empty += 1
         else:
             pb, tb = p[None, None].float(), t[None, None].float()
             dice = float(dice_metric(pb, tb)[0, 0])
@@ -235,6 +334,7 @@ def segmentation_metrics(
     hds = [out[f"hd95_{n}"] for n in names if math.isfinite(out[f"hd95_{n}"])]
     out["dice_mean"] = float(np.mean(dices))
     out["hd95_mean"] = float(np.mean(hds)) if hds else math.nan
+    out["hd95_empty"] = n_empty
     return out
 
 
@@ -310,7 +410,7 @@ def evaluate_segmentation(
     cache,
     indices: Sequence[int],
     regions: Mapping[str, Sequence[int]],
-    roi: int | Sequence[int],
+    roi: int | Sequence[int] | None,
     *,
     overlap: float = 0.5,
     sw_batch_size: int | None = None,
@@ -318,8 +418,11 @@ def evaluate_segmentation(
     amp: str = "auto",
     device: str | None = None,
     progress: bool = False,
+    inference: str = "sliding",
+    max_whole_voxels: int = MAX_WHOLE_VOXELS,
+    empty_hd95: float = BRATS_HD95_EMPTY_MM,
 ) -> Evaluation:
-    """Dice and HD95 per region for the cached subjects ``indices`` (whole volumes, sliding window).
+    """Dice and HD95 per region for the cached subjects ``indices`` (whole volumes).
 
     Metrics are computed in the cache's brain-cropped grid, which holds every labelled voxel, so
     they equal those in the original grid. HD95 uses each subject's voxel spacing (its affine).
@@ -329,14 +432,18 @@ def evaluate_segmentation(
         cache: :class:`kit.data.cache.CacheIndex` with labels.
         indices: subjects to evaluate (positions in ``cache.entries``).
         regions: region name -> label values, the definition the model was trained with.
-        roi, overlap, sw_batch_size, amp: see :func:`predict_volume`.
+        roi, overlap, sw_batch_size, amp: see :func:`predict_volume` (``roi=None``: whole volume).
         threshold: probability above which a voxel is in a region.
+        inference: 'sliding' (windows of ``roi``), 'whole' (:func:`predict_whole_volume`) or 'auto'
+            (whole when the padded volume fits in ``roi`` and in ``max_whole_voxels``, else sliding).
+        empty_hd95: see :func:`segmentation_metrics`.
         device: move the model there first ('auto', 'cpu', 'cuda'); None keeps it where it is.
         progress: tqdm bar over subjects.
 
     Returns:
         :class:`Evaluation`: per-subject ``subject, dice_<region>..., hd95_<region>..., dice_mean,
-        hd95_mean``; summary = column means (HD95 over finite values) and ``n``.
+        hd95_mean, hd95_empty``; summary = column means (HD95 over finite values), ``n``, and
+        ``hd95_empty`` summed (regions scored by the empty-mask convention).
 
     Example:
         >>> ev = evaluate_segmentation(result.model, cache, test_idx, result.regions, roi=64)  # doctest: +SKIP
@@ -345,6 +452,10 @@ def evaluate_segmentation(
     import pandas as pd
     from tqdm.auto import tqdm
 
+    if inference not in ("sliding", "whole", "auto"):
+        raise ValueError(f"evaluate_segmentation: inference must be 'sliding', 'whole' or 'auto', got {inference!r}")
+    if roi is None:
+        inference = "whole"
     if device is not None:
         model.to(resolve_device(device))
     images, labels = cache.images(), cache.labels()
@@ -354,11 +465,15 @@ def evaluate_segmentation(
         entry = cache.entries[i]
         if labels[i] is None:
             raise ValueError(f"evaluate_segmentation: subject {entry['subject']} in {cache.root} has no label")
-        probs = predict_volume(model, images[i], roi, overlap, sw_batch_size, amp=amp)
+        whole = inference == "whole" or (inference == "auto" and use_whole_volume(model, images[i].shape[1:], max_whole_voxels, roi))
+        if whole:
+            probs = predict_whole_volume(model, images[i], amp=amp)
+        else:
+            probs = predict_volume(model, images[i], roi, overlap, sw_batch_size, amp=amp)
         target = labels_to_regions(np.asarray(labels[i]), regions) > 0.5
         spacing = spacing_from_affine(entry["affine"]) if entry.get("affine") is not None else None
         rows.append({"subject": str(entry["subject"]),
-                     **segmentation_metrics(probs > threshold, target, names, spacing)})
+                     **segmentation_metrics(probs > threshold, target, names, spacing, empty_hd95)})
     table = pd.DataFrame(rows)
     summary: dict[str, float] = {"n": len(rows)}
     for column in table.columns:
@@ -366,6 +481,8 @@ def evaluate_segmentation(
             values = table[column].to_numpy(dtype=float)
             finite = values[np.isfinite(values)]
             summary[column] = float(finite.mean()) if finite.size else math.nan
+    if "hd95_empty" in table:
+        summary["hd95_empty"] = int(table["hd95_empty"].sum())
     return Evaluation(per_subject=table, summary=summary)
 
 

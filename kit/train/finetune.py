@@ -63,6 +63,7 @@ from kit.train.distributed import resolve_device
 from kit.train.loop import resolve_amp
 from kit.train.regions import labels_to_regions, resolve_regions
 from kit.train.sampling import GlobalBatchSampler
+from kit.train.selection import ModelSelection, classification_validator, segmentation_validator
 
 __all__ = [
     "TASKS",
@@ -116,6 +117,10 @@ class FinetuneConfig:
         crop: segmentation training crop in voxels (also the sliding-window roi at evaluation);
             sides must suit the backbone (multiples of 8 for segresnet_small, 32 for swinunetr).
         pos_fraction: probability that a segmentation crop is centred on a foreground voxel.
+        fg_sampling: how that voxel is drawn: 'voxel' (uniform over foreground voxels, so large
+            regions dominate) or 'label' (a label value present in the subject first, uniformly,
+            then one of its voxels, as nnU-Net's class-balanced sampling; thin regions such as
+            enhancing tumour get as many crops as the oedema).
         augment: random flips on each axis and a small per-channel intensity scale/shift.
         input_size: classification input in voxels: the brain-cropped volume is resized (longest
             side, aspect kept) and padded to this size.
@@ -124,6 +129,13 @@ class FinetuneConfig:
         dropout: dropout before the classification head's linear layer.
         sw_overlap, sw_batch_size: sliding-window inference settings used at evaluation (0.5 =
             BrainSegFounder's validation overlap).
+        inference: segmentation inference at validation and evaluation: 'sliding' (windows of
+            ``crop``), 'whole' (one pass over the padded volume) or 'auto' (whole when the volume
+            fits in ``crop``, else sliding: a GroupNorm network trained on crops sees other
+            statistics on a larger input; kit.train.evaluate).
+        val_every: with validation subjects (``finetune(val_indices=...)``), evaluate every this many
+            steps and keep the best model (model selection); 0 = no validation, keep the last model.
+        patience: stop after this many validations without improvement (early stopping); 0 = never.
         seed: fixes the initialisation, data order, crops and augmentations.
         device: 'auto', 'cpu' or 'cuda'; amp: 'auto', 'bf16', 'fp16' or 'off' (kit.train.resolve_amp).
         log_every: record the loss every this many steps (and at the last one).
@@ -151,12 +163,16 @@ class FinetuneConfig:
     max_grad_norm: float | None = 1.0
     crop: Any = 96
     pos_fraction: float = 0.5
+    fg_sampling: str = "voxel"
     augment: bool = True
     input_size: Any = 96
     class_weights: Any = None
     dropout: float = 0.0
     sw_overlap: float = 0.5
     sw_batch_size: int = 1
+    inference: str = "sliding"
+    val_every: int = 0
+    patience: int = 0
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"
@@ -174,8 +190,12 @@ class FinetuneConfig:
         for name in ("steps", "batch_size", "log_every", "sw_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"FinetuneConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.warmup_steps < 0 or self.num_workers < 0:
-            raise ValueError("FinetuneConfig.warmup_steps and num_workers must be >= 0")
+        if self.warmup_steps < 0 or self.num_workers < 0 or self.val_every < 0 or self.patience < 0:
+            raise ValueError("FinetuneConfig.warmup_steps, num_workers, val_every and patience must be >= 0")
+        if self.fg_sampling not in ("voxel", "label"):
+            raise ValueError(f"FinetuneConfig.fg_sampling must be 'voxel' or 'label', got {self.fg_sampling!r}")
+        if self.inference not in ("sliding", "whole", "auto"):
+            raise ValueError(f"FinetuneConfig.inference must be 'sliding', 'whole' or 'auto', got {self.inference!r}")
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ValueError(f"FinetuneConfig.pos_fraction must be in [0, 1], got {self.pos_fraction}")
         if not 0.0 <= self.sw_overlap < 1.0:
@@ -481,6 +501,8 @@ class LabelledCropDataset(Dataset):
         crop_size: (d, h, w) or one int.
         pos_fraction: probability of a foreground-centred crop.
         augment: random flips and intensity scale/shift.
+        fg_sampling: 'voxel' (any foreground voxel) or 'label' (a present label value first, then
+            one of its voxels: class-balanced, so thin regions are not starved).
 
     Returns (``__getitem__``):
         ``(image float32 (C, d, h, w), target float32 (R, d, h, w))`` tensors.
@@ -502,7 +524,10 @@ class LabelledCropDataset(Dataset):
         crop_size: int | Sequence[int],
         pos_fraction: float = 0.5,
         augment: bool = False,
+        fg_sampling: str = "voxel",
     ) -> None:
+        if fg_sampling not in ("voxel", "label"):
+            raise ValueError(f"LabelledCropDataset: fg_sampling must be 'voxel' or 'label', got {fg_sampling!r}")
         if len(images) == 0 or len(images) != len(labels):
             raise ValueError(f"LabelledCropDataset: {len(images)} images and {len(labels)} labels (need the same, > 0)")
         for i, (image, label) in enumerate(zip(images, labels)):
@@ -518,7 +543,9 @@ class LabelledCropDataset(Dataset):
         self.crop_size = _triple(crop_size, "crop")
         self.pos_fraction = float(pos_fraction)
         self.augment = bool(augment)
+        self.fg_sampling = fg_sampling
         self._foreground: dict[int, np.ndarray] = {}
+        self._by_label: dict[int, list[np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.images)
@@ -529,6 +556,15 @@ class LabelledCropDataset(Dataset):
             self._foreground[index] = np.flatnonzero(np.asarray(self.labels[index][0]) > 0)
         return self._foreground[index]
 
+    def foreground_by_label(self, index: int) -> list[np.ndarray]:
+        """Flat indices of subject ``index``'s voxels, one array per nonzero label value present."""
+        if index not in self._by_label:
+            flat = np.asarray(self.labels[index][0]).ravel()
+            fg = self.foreground(index)
+            values = flat[fg]
+            self._by_label[index] = [fg[values == v] for v in np.unique(values)]
+        return self._by_label[index]
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             index, seed = (int(k) for k in key)
@@ -538,6 +574,9 @@ class LabelledCropDataset(Dataset):
         spatial = image.shape[1:]
         rng = np.random.default_rng(seed)
         foreground = self.foreground(index) if rng.random() < self.pos_fraction else np.empty(0)
+        if foreground.size and self.fg_sampling == "label":
+            groups = self.foreground_by_label(index)
+            foreground = groups[int(rng.integers(len(groups)))]
         if foreground.size:
             centre = np.unravel_index(foreground[rng.integers(foreground.size)], spatial)
             corner = [int(min(max(c - k // 2, 0), max(s - k, 0))) for c, k, s in zip(centre, self.crop_size, spatial)]
@@ -694,6 +733,9 @@ class FinetuneResult:
         classes: classification classes in logit order (binary: ``classes[1]`` is the positive one).
         train_subjects: subject ids used for training.
         spacing_mm: median voxel size (mm) of the training subjects (``kit predict`` compares inputs).
+        val_history: ``[{'step', 'val_dice_mean' | 'val_auc', ..., 'best'}, ...]``, one per validation
+            (the learning curve); empty without validation subjects.
+        val_subjects: subject ids used for model selection.
     """
 
     model: nn.Module
@@ -707,6 +749,8 @@ class FinetuneResult:
     classes: list[Any] = field(default_factory=list)
     train_subjects: list[str] = field(default_factory=list)
     spacing_mm: list[float] = field(default_factory=list)
+    val_history: list[dict] = field(default_factory=list)
+    val_subjects: list[str] = field(default_factory=list)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """The ``extra`` that :meth:`save` stores (what kit.predict and evaluation need)."""
@@ -716,12 +760,14 @@ class FinetuneResult:
             "modalities": list(self.modalities),
             "finetune_config": asdict(cfg),
             "history": list(self.history),
+            "val_history": list(self.val_history),
+            "val_subjects": list(self.val_subjects),
             "summary": {k: v for k, v in self.summary.items() if isinstance(v, (int, float, str, type(None)))},
             "spacing_mm": list(self.spacing_mm),  # median voxel size of the training subjects
         }
         if cfg.task == "segmentation":
             extra.update(regions={k: list(v) for k, v in self.regions.items()}, label_values=list(self.label_values),
-                         roi=list(cfg.crop_shape), sw_overlap=cfg.sw_overlap)
+                         roi=list(cfg.crop_shape), sw_overlap=cfg.sw_overlap, inference=cfg.inference)
         else:
             extra.update(target=cfg.target, classes=list(self.classes), input_size=list(cfg.input_shape),
                          head={"n_outputs": int(self.model.n_outputs), "dropout": float(self.model.dropout)})
@@ -784,8 +830,13 @@ def _run_steps(
     config: FinetuneConfig,
     device: torch.device,
     callback: Callable[[int, dict], None] | None,
-) -> tuple[list[dict], dict]:
-    """The fine-tuning loop: AdamW + warmup-cosine, AMP, clipping; keys from GlobalBatchSampler."""
+    validate: Callable[[nn.Module], tuple[tuple[float, ...], dict]] | None = None,
+) -> tuple[list[dict], dict, list[dict]]:
+    """The fine-tuning loop: AdamW + warmup-cosine, AMP, clipping; keys from GlobalBatchSampler.
+
+    With ``validate``, every ``config.val_every`` steps (and at the last) the model is validated,
+    the best weights are kept and restored at the end, and training stops after
+    ``config.patience`` validations without improvement (:mod:`kit.train.selection`)."""
     from tqdm.auto import tqdm
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -801,6 +852,11 @@ def _run_steps(
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
     history: list[dict] = []
+    val_history: list[dict] = []
+    selection = ModelSelection(config.patience)
+    val_every = int(config.val_every) if validate is not None else 0
+    val_s = 0.0
+    last_step = 0
     model.train()
     started = time.perf_counter()
     bar = tqdm(total=config.steps, disable=not config.progress, unit="step", desc=f"finetune {config.task}")
@@ -828,13 +884,28 @@ def _run_steps(
                 if callback is not None:
                     callback(step, record)
             bar.update(1)
+            last_step = step
+            if val_every and (step % val_every == 0 or step == config.steps):
+                tic = time.perf_counter()
+                score, metrics = validate(model)
+                model.train()
+                val_s += time.perf_counter() - tic
+                best = selection.update(model, step, score)
+                val_history.append({"step": step, **metrics, "best": best})
+                if selection.should_stop:
+                    break
     finally:
         bar.close()
     wall = time.perf_counter() - started
+    selection.restore(model)
     model.eval()
-    summary = {"wall_s": wall, "samples_per_s": config.steps * config.batch_size / max(wall, 1e-9),
-               "final_loss": history[-1]["loss"] if history else None}
-    return history, summary
+    summary = {"wall_s": wall, "samples_per_s": last_step * config.batch_size / max(wall - val_s, 1e-9),
+               "final_loss": history[-1]["loss"] if history else None, "steps_run": last_step,
+               "best_step": selection.best_step if val_every else last_step, "val_s": val_s,
+               "stopped_early": bool(val_every and last_step < config.steps)}
+    if val_every and selection.best_score is not None:
+        summary["best_val"] = selection.best_score[0]
+    return history, summary, val_history
 
 
 def finetune(
@@ -846,6 +917,7 @@ def finetune(
     label_values: Sequence[int] | None = None,
     classes: Sequence[Any] | None = None,
     callback: Callable[[int, dict], None] | None = None,
+    val_indices: Sequence[int] | None = None,
 ) -> FinetuneResult:
     """Fine-tune on the cached subjects ``indices`` and return the trained model with its history.
 
@@ -860,6 +932,9 @@ def finetune(
         classes: classification classes in logit order; default :func:`class_table` of the
             training subjects' values (give it explicitly to keep the same order across subsets).
         callback: ``callback(step, record)`` after each logged step (live plots).
+        val_indices: validation subjects (disjoint from ``indices`` and from any test set) for
+            model selection and early stopping every ``config.val_every`` steps; the returned model
+            is the best one on them (:mod:`kit.train.selection`).
 
     Returns:
         :class:`FinetuneResult`.
@@ -878,9 +953,14 @@ def finetune(
     indices = [int(i) for i in indices]
     if not indices:
         raise ValueError("finetune: no training subjects (empty indices)")
-    bad = [i for i in indices if not 0 <= i < len(cache.entries)]
+    val_indices = [int(i) for i in (val_indices or [])]
+    bad = [i for i in indices + val_indices if not 0 <= i < len(cache.entries)]
     if bad:
         raise ValueError(f"finetune: indices {bad} are outside the cache at {cache.root} ({len(cache.entries)} subjects)")
+    overlap = sorted(set(indices) & set(val_indices))
+    if overlap:
+        raise ValueError(f"finetune: validation subjects {[cache.entries[i]['subject'] for i in overlap]} are also "
+                         "training subjects; model selection needs a disjoint split")
     device = resolve_device(config.device)
     modalities = list(cache.modalities)
     images = cache.images()
@@ -897,8 +977,10 @@ def finetune(
         region_def = resolve_regions(regions, label_values)
         dataset: Dataset = LabelledCropDataset(
             [images[i] for i in indices], [labels[i] for i in indices], region_def,
-            config.crop_shape, config.pos_fraction, config.augment,
+            config.crop_shape, config.pos_fraction, config.augment, config.fg_sampling,
         )
+        validate = segmentation_validator(cache, val_indices, region_def, config.crop_shape, inference=config.inference,
+                                          overlap=config.sw_overlap, amp=config.amp) if val_indices else None
         n_outputs, loss_fn, sample_shape = len(region_def), DiceBCELoss(), config.crop_shape
         result_meta.update(regions={k: list(v) for k, v in region_def.items()},
                            label_values=[int(v) for v in label_values])
@@ -924,15 +1006,20 @@ def finetune(
         sample_shape = config.input_shape
         subjects = [s for _, s, _ in kept]
         result_meta.update(classes=table)
+        val_kept = [i for i in val_indices if not is_missing(cache.entries[i].get(config.target))]
+        validate = classification_validator(cache, val_kept, config.target, table, config.input_shape,
+                                            amp=config.amp) if val_kept else None
 
     model, report = build_finetune_model(config, len(modalities), modalities, n_outputs)
     model.check_input(torch.empty(1, len(modalities), *sample_shape, device="meta"))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)  # dropout: deterministic, without touching the caller's RNG
-        history, summary = _run_steps(model, dataset, loss_fn, config, device, callback)
+        history, summary, val_history = _run_steps(model, dataset, loss_fn, config, device, callback,
+                                                   validate if config.val_every else None)
     summary.update(n_train=len(subjects), init_report=report.summary() if report is not None else None)
     # voxel size of the training data, so kit predict can warn about inputs at another resolution
     affines = [np.asarray(cache.entries[i]["affine"], float) for i in indices if cache.entries[i].get("affine")]
     spacing = [round(float(v), 4) for v in np.median([np.linalg.norm(a[:3, :3], axis=0) for a in affines], axis=0)] if affines else []
     return FinetuneResult(model=model, history=history, summary=summary, config=config, load_report=report,
-                          modalities=modalities, train_subjects=subjects, spacing_mm=spacing, **result_meta)
+                          modalities=modalities, train_subjects=subjects, spacing_mm=spacing, val_history=val_history,
+                          val_subjects=[str(cache.entries[i]["subject"]) for i in val_indices], **result_meta)

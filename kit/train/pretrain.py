@@ -179,8 +179,15 @@ def run_pretraining(
         callback: ``callback(step, record)`` after each logged step (live plots).
 
     Returns:
-        The loop's summary dict.
+        The loop's summary dict. ``out_dir/seen_subjects.json`` records the subjects this stage
+        and its lineage saw (:mod:`kit.train.provenance`, the study's leakage guard).
     """
+    from kit.train.provenance import record_seen_subjects
+
+    entries = setup.cache.entries
+    record_seen_subjects(setup.out_dir, Path(setup.out_dir).name, [str(e["subject"]) for e in entries],
+                         cohort=str(entries[0].get("cohort")) if entries and entries[0].get("cohort") else None,
+                         init_checkpoint=init_checkpoint)
     return train(
         setup.objective,
         setup.dataset,

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["mean_ci", "metric_range", "summarise", "paired_difference", "plot_label_efficiency"]
+__all__ = ["mean_ci", "metric_range", "summarise", "paired_difference", "minimal_detectable_difference",
+           "catch_up_point", "plot_label_efficiency"]
 
 # Metrics bounded by construction: a t-interval past these limits is clipped (the mean never is).
 _UNIT_RANGE_PREFIXES = ("dice", "auc", "accuracy", "sensitivity", "specificity", "mass_in", "pointing")
@@ -98,7 +99,9 @@ def paired_difference(
     same test set), which is most of the noise at small label fractions.
 
     Returns:
-        One row per ``by`` group: mean difference, CI, n pairs, and the paired t-test p-value.
+        One row per ``by`` group: mean difference, CI, n pairs, the paired t-test p-value, the SD of
+        the differences and the minimal detectable difference at this n
+        (:func:`minimal_detectable_difference`, 80 % power, two-sided alpha 0.05).
 
     Example:
         >>> df = pd.DataFrame({"init": ["scratch", "s12"] * 3, "task": ["seg"] * 6, "label_fraction": [.1] * 6,
@@ -117,10 +120,80 @@ def paired_difference(
         # a difference of a metric bounded in [low, high] lies in [low - high, high - low]
         mean, lo, hi = mean_ci(group["diff"].tolist(), bounds=(low - high, high - low))
         p = float(stats.ttest_1samp(group["diff"], 0.0).pvalue) if len(group) > 1 and group["diff"].std() > 0 else float("nan")
+        sd = float(group["diff"].std(ddof=1)) if len(group) > 1 else float("nan")
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "metric": metric,
                      "treatment": treatment, "control": control, "mean_diff": mean, "ci_low": lo, "ci_high": hi,
-                     "n_pairs": len(group), "p_value": p})
+                     "n_pairs": len(group), "p_value": p, "sd_diff": sd,
+                     "mdd": minimal_detectable_difference(sd, len(group))})
     return pd.DataFrame(rows)
+
+
+def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test on ``n`` pairs detects with ``power``.
+
+    Solves ``P(|T| > t_{1-alpha/2, n-1}) = power`` for ``T`` noncentral-t with ``n - 1`` degrees of
+    freedom and noncentrality ``delta * sqrt(n) / sd_diff`` (scipy.stats.nct), from the observed SD
+    of the paired differences. With many pairs it tends to the textbook
+    ``(z_{1-alpha/2} + z_{power}) * sd / sqrt(n)``; with few it is larger (the t tails).
+    An observed difference below it is not evidence of "no effect": the study could not see it.
+
+    Returns:
+        The difference in the metric's units; nan for fewer than 2 pairs or an undefined SD.
+
+    Example:
+        >>> round(minimal_detectable_difference(0.05, 5), 3)
+        0.084
+        >>> round(minimal_detectable_difference(1.0, 2000), 3)   # ~ (1.96 + 0.84) / sqrt(2000)
+        0.063
+    """
+    from scipy.optimize import brentq
+
+    if n < 2 or not np.isfinite(sd_diff):
+        return float("nan")
+    if sd_diff == 0:
+        return 0.0
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(delta: float) -> float:
+        ncp = delta * np.sqrt(n) / sd_diff
+        achieved = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+        return (1.0 if not np.isfinite(achieved) else achieved) - power  # nan: far in the tail, power ~ 1
+
+    high = sd_diff * (crit + stats.t.ppf(power, df) + 3) / np.sqrt(n)
+    return float(brentq(shortfall, 0.0, high, xtol=1e-10 * sd_diff))
+
+
+def catch_up_point(summary: pd.DataFrame, pretrained: str, control: str = "scratch") -> dict | None:
+    """The smallest label fraction at which ``control``'s mean lies within (or above) the 95 % CI of
+    ``pretrained`` at that fraction: from there on, labels have made up for pretraining.
+
+    Args:
+        summary: :func:`summarise` output for one task and metric (``mean``, ``ci_low``, ``ci_high``,
+            optionally ``n_train``).
+
+    Returns:
+        ``{"label_fraction", "n_train", "control_mean", "pretrained_mean", "ci_low", "ci_high"}``, or
+        None when scratch never catches up within the fractions studied (or no fraction has both).
+
+    Example:
+        >>> s = pd.DataFrame({"init": ["scratch", "p"] * 3, "label_fraction": [.1, .1, .5, .5, 1, 1],
+        ...                   "mean": [.3, .6, .55, .65, .7, .7], "ci_low": [.2, .5, .5, .6, .6, .65],
+        ...                   "ci_high": [.4, .7, .6, .7, .8, .75], "n_train": [1, 1, 5, 5, 10, 10]})
+        >>> catch_up_point(s, "p")["n_train"]
+        10
+    """
+    a = summary[summary.init == pretrained].set_index("label_fraction")
+    b = summary[summary.init == control].set_index("label_fraction")
+    for fraction in sorted(set(a.index) & set(b.index)):
+        low = a.loc[fraction, "ci_low"]
+        low = a.loc[fraction, "mean"] if not np.isfinite(low) else low
+        if b.loc[fraction, "mean"] >= low:
+            return {"label_fraction": float(fraction),
+                    "n_train": int(a.loc[fraction, "n_train"]) if "n_train" in a else None,
+                    "control_mean": float(b.loc[fraction, "mean"]), "pretrained_mean": float(a.loc[fraction, "mean"]),
+                    "ci_low": float(a.loc[fraction, "ci_low"]), "ci_high": float(a.loc[fraction, "ci_high"])}
+    return None
 
 
 def plot_label_efficiency(summary: pd.DataFrame, title: str = "", ax=None):

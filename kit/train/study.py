@@ -7,8 +7,16 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
 - per seed, nested label-fraction subsets of the remaining subjects (:mod:`kit.data.splits`);
 - every initialisation trains on exactly the same subjects with the same seed, so differences
   are paired (:func:`kit.train.stats.paired_difference`);
-- one row per run appended to ``results.csv`` as soon as it finishes, so an interrupted study
-  resumes where it stopped.
+- a fixed validation split (``val_size`` subjects, disjoint from test and training) for model
+  selection and early stopping (:mod:`kit.train.selection`), never the test set;
+- label counts in subjects (``counts: [1, 2, 4, "all"]``), the informative regime of small
+  cohorts, or label fractions;
+- a leakage guard: a test subject seen by a pretraining stage (:mod:`kit.train.provenance`) makes
+  the study refuse to run (``leakage="refuse"``) or is flagged in every row and in
+  ``leakage.json`` (``leakage="flag"``, for the published two-stage protocol, whose stage 2
+  pretrains on every BraTS subject);
+- one row per run appended to ``results.csv`` as soon as it finishes (and its validation curve to
+  ``curves.csv``), so an interrupted study resumes where it stopped.
 
 Task specs are plain dicts::
 
@@ -35,9 +43,10 @@ import pandas as pd
 from kit.data.splits import label_fraction_subsets, train_test_split
 from kit.train.evaluate import evaluate_classification, evaluate_segmentation
 from kit.train.finetune import FinetuneConfig, class_table, finetune, is_missing
+from kit.train.provenance import leakage_report
 
-__all__ = ["task_pool", "study_splits", "run_study", "RESULT_KEYS", "init_name", "objective_of_init",
-           "pretrained_inits", "kept_model_path"]
+__all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
+           "objective_of_init", "pretrained_inits", "kept_model_path"]
 
 RESULT_KEYS = ("init", "task", "label_fraction", "seed")
 
@@ -113,24 +122,89 @@ def task_pool(cache, spec: Mapping) -> tuple[list[int], list | None]:
     return idx, [str(entries[i][target]) for i in idx]
 
 
-def study_splits(cache, spec: Mapping, fractions: Sequence[float], seeds: Sequence[int], test_fraction: float,
-                 min_subjects: int = 1) -> tuple[list[int], dict[int, dict[float, list[int]]]]:
-    """The fixed test set and, per seed, the nested training subsets, as cache indices.
+def _as_share(size: float, n: int, what: str) -> float:
+    """A share of ``n`` from a fraction (< 1) or a count of subjects (>= 1)."""
+    size = float(size)
+    share = size if size < 1 else size / n
+    if not 0 < share < 1:
+        raise ValueError(f"study: {what} {size:g} does not fit a pool of {n} subjects")
+    return share
+
+
+def counts_to_fractions(counts: Sequence, n_pool: int) -> list[float]:
+    """Label counts in subjects (ints, or 'all') as fractions of a training pool of ``n_pool``.
+
+    ``label_fraction_subsets`` takes ``ceil(f * n)`` subjects, so the fraction ``c / n`` gives
+    exactly ``c`` subjects; the results keep the fraction (and ``n_train``) per row.
+
+    Example:
+        >>> counts_to_fractions([1, 2, 4, "all"], 20)
+        [0.05, 0.1, 0.2, 1.0]
+    """
+    out = []
+    for c in counts:
+        if isinstance(c, str):
+            if c != "all":
+                raise ValueError(f"study: label counts are ints or 'all', got {c!r}")
+            out.append(1.0)
+        elif not 1 <= int(c) <= n_pool:
+            raise ValueError(f"study: label count {c} is outside 1..{n_pool} (the training pool)")
+        else:
+            out.append(int(c) / n_pool)
+    return sorted(set(out))
+
+
+def study_design(cache, spec: Mapping, fractions: Sequence[float] | None, seeds: Sequence[int], test_fraction: float,
+                 min_subjects: int = 1, val_size: float = 0, counts: Sequence | None = None) -> dict:
+    """Test set, validation set and per-seed nested training subsets of one task, as cache indices.
+
+    The test set is drawn first from the task's pool (split seed 0, stratified), so it does not
+    depend on ``val_size``; the validation set next, from the rest (also fixed across seeds);
+    the training subsets last, per study seed, from what remains.
+
+    Args:
+        fractions: label fractions in (0, 1]; ignored when ``counts`` is given.
+        test_fraction, val_size: a share of the pool (< 1) or a number of subjects (>= 1); val 0 = none.
+        counts: label counts in subjects (ints or 'all'), see :func:`counts_to_fractions`.
 
     Returns:
-        ``(test_indices, {seed: {fraction: train_indices}})``.
+        ``{"test": [...], "val": [...], "pool": n, "fractions": [...], "per_seed": {seed: {fraction: [...]}}}``.
+
+    Example:
+        >>> design = study_design(cache, {"task": "segmentation", "pool": "lesion"}, None, [0, 1], 20,
+        ...                       val_size=6, counts=[1, 2, 4, "all"])  # doctest: +SKIP
     """
     idx, strata = task_pool(cache, spec)
     subject = {str(cache.entries[i]["subject"]): i for i in idx}
     ids = list(subject)
-    train_ids, test_ids = train_test_split(ids, test_fraction, seed=0, strata=strata)
     strata_of = dict(zip(ids, strata)) if strata is not None else None
+    train_ids, test_ids = train_test_split(ids, _as_share(test_fraction, len(ids), "test size"), seed=0, strata=strata)
+    val_ids: list[str] = []
+    if val_size:
+        train_strata = [strata_of[s] for s in train_ids] if strata_of else None
+        train_ids, val_ids = train_test_split(train_ids, _as_share(val_size, len(train_ids), "validation size"),
+                                              seed=0, strata=train_strata)
+    if counts is not None:
+        fractions = counts_to_fractions(counts, len(train_ids))
     train_strata = [strata_of[s] for s in train_ids] if strata_of else None
     per_seed = {}
     for seed in seeds:
         subsets = label_fraction_subsets(train_ids, fractions, seed, train_strata, min_subjects)
         per_seed[int(seed)] = {f: [subject[s] for s in ids_] for f, ids_ in subsets.items()}
-    return [subject[s] for s in test_ids], per_seed
+    return {"test": [subject[s] for s in test_ids], "val": [subject[s] for s in val_ids], "pool": len(train_ids),
+            "fractions": [float(f) for f in sorted(fractions)], "per_seed": per_seed}
+
+
+def study_splits(cache, spec: Mapping, fractions: Sequence[float], seeds: Sequence[int], test_fraction: float,
+                 min_subjects: int = 1) -> tuple[list[int], dict[int, dict[float, list[int]]]]:
+    """The fixed test set and, per seed, the nested training subsets, as cache indices
+    (:func:`study_design` without a validation set).
+
+    Returns:
+        ``(test_indices, {seed: {fraction: train_indices}})``.
+    """
+    design = study_design(cache, spec, fractions, seeds, test_fraction, min_subjects)
+    return design["test"], design["per_seed"]
 
 
 def _finetune_config(base: Mapping, spec: Mapping, init: str, seed: int, device: str) -> FinetuneConfig:
@@ -168,6 +242,14 @@ def _append_row(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def _write_json(path: Path, obj) -> None:
+    import json
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
 def run_study(
     caches: Mapping[str, object],
     tasks: Sequence[Mapping],
@@ -183,6 +265,9 @@ def run_study(
     device: str = "auto",
     save_models: Callable[[str, str, float, int], Path | None] | None = None,
     progress: bool = True,
+    val_size: float = 0,
+    counts: Sequence | None = None,
+    leakage: str = "refuse",
 ) -> pd.DataFrame:
     """Run (or resume) the study and return the full results table.
 
@@ -198,7 +283,13 @@ def run_study(
         seeds: study seeds.
         base_config: :class:`kit.train.finetune.FinetuneConfig` fields shared by every run.
         out_csv: results file (``init, task, label_fraction, seed, n_train, n_test, metrics...``).
-        test_fraction: share of each task's pool held out as the fixed test set.
+        test_fraction: share of each task's pool held out as the fixed test set (>= 1: a count).
+        val_size: validation subjects per task (share or count; 0 = no model selection), fixed
+            across seeds and inits, for ``val_every`` / ``patience`` in the config.
+        counts: label counts in subjects (e.g. ``[1, 2, 4, "all"]``) instead of ``fractions``;
+            ``spec["counts"]`` overrides it per task.
+        leakage: 'refuse' (raise when a test subject was seen by a pretraining stage of an init)
+            or 'flag' (run, and record the overlap per row and in ``leakage.json``).
         regions, label_values: per cohort, the manifest's segmentation regions and label values.
         device: 'auto', 'cpu' or 'cuda'.
         save_models: ``f(init, task, fraction, seed) -> path or None``; the trained model of a run
@@ -213,14 +304,34 @@ def run_study(
         ...            "pool": "lesion"}], {"scratch": "scratch"}, (0.25, 1.0), (0, 1),
         ...           {"steps": 20, "crop": 32}, "results.csv")  # doctest: +SKIP
     """
+    if leakage not in ("refuse", "flag"):
+        raise ValueError(f"run_study: leakage must be 'refuse' or 'flag', got {leakage!r}")
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    curves_csv = out_csv.with_name("curves.csv")
     done = _done_keys(out_csv)
+    leaks: dict = {}
     for spec in tasks:
         cache = caches[spec["cohort"]]
         is_seg = spec["task"] == "segmentation"
-        task_fractions = [float(f) for f in spec.get("fractions", fractions)]
-        test_idx, per_seed = study_splits(cache, spec, task_fractions, seeds, test_fraction, min_subjects=1 if is_seg else 2)
+        task_counts = spec.get("counts", counts)
+        task_fractions = None if task_counts is not None else [float(f) for f in spec.get("fractions", fractions)]
+        design = study_design(cache, spec, task_fractions, seeds, test_fraction, min_subjects=1 if is_seg else 2,
+                              val_size=spec.get("val_size", val_size), counts=task_counts)
+        test_idx, val_idx, per_seed = design["test"], design["val"], design["per_seed"]
+        task_fractions = design["fractions"]
+        test_subjects = [str(cache.entries[i]["subject"]) for i in test_idx]
+        task_inits = {k: v for k, v in inits.items()
+                      if spec.get("inits") is None or k in spec["inits"] or k.split(":")[-1] in spec["inits"]}
+        task_leaks = leakage_report(task_inits, test_subjects)
+        if task_leaks:
+            leaks[spec["name"]] = task_leaks
+            if leakage == "refuse":
+                text = "; ".join(f"{init}: {len(v['subjects'])} test subjects seen in {v['stages']} "
+                                 f"(e.g. {v['subjects'][:3]})" for init, v in task_leaks.items())
+                raise ValueError(f"run_study: task {spec['name']!r}: test subjects were seen in pretraining ({text}); "
+                                 "pretrain without them, or pass leakage='flag' to run the published protocol and report it")
+            _write_json(out_csv.with_name("leakage.json"), leaks)
         classes = None
         if not is_seg:
             classes = class_table([cache.entries[i][spec["target"]] for i in task_pool(cache, spec)[0]])
@@ -240,22 +351,31 @@ def run_study(
                         config, cache, train_idx,
                         regions=(regions or {}).get(spec["cohort"]) if is_seg else None,
                         label_values=(label_values or {}).get(spec["cohort"]) if is_seg else None,
-                        classes=classes,
+                        classes=classes, val_indices=val_idx,
                     )
                     if is_seg:
                         ev = evaluate_segmentation(result.model, cache, test_idx, result.regions, config.crop_shape,
                                                    overlap=config.sw_overlap, sw_batch_size=config.sw_batch_size,
-                                                   amp=config.amp)
+                                                   amp=config.amp, inference=config.inference)
                     else:
                         ev = evaluate_classification(result.model, cache, test_idx, spec["target"], result.classes,
                                                      config.input_shape, amp=config.amp)
                     metrics = {k: v for k, v in ev.summary.items() if isinstance(v, (int, float)) and k != "n"}
+                    summary = result.summary
                     row = {"init": label, "objective": objective_of_init(label), "task": spec["name"],
                            "label_fraction": float(fraction), "seed": int(seed),
                            "n_train": len(train_idx), "n_test": int(ev.summary.get("n", len(test_idx))),
-                           **metrics, "train_s": round(result.summary.get("wall_s", 0.0), 1),
+                           "n_val": len(val_idx), **metrics, "steps_run": summary.get("steps_run"),
+                           "best_step": summary.get("best_step"),
+                           "test_seen_in_pretraining": len(task_leaks.get(label, {}).get("subjects", [])),
+                           "train_s": round(summary.get("wall_s", 0.0), 1),
                            "wall_s": round(time.perf_counter() - start, 1)}
                     _append_row(out_csv, row)
+                    for record in result.val_history:  # the learning curve (validation metric vs step)
+                        _append_row(curves_csv, {"init": label, "task": spec["name"], "label_fraction": float(fraction),
+                                                 "seed": int(seed), "n_train": len(train_idx),
+                                                 **{k: v for k, v in record.items() if k != "best"},
+                                                 "best": int(bool(record.get("best")))})
                     done.add(key)
                     if save_models is not None:
                         path = save_models(*key)
@@ -265,4 +385,4 @@ def run_study(
                         shown = {k: round(v, 3) for k, v in metrics.items() if k in ("dice_mean", "auc", "accuracy")}
                         print(f"{spec['name']:>14} {label:>9} fraction {fraction:<5g} seed {seed} "
                               f"n_train {len(train_idx):>3}: {shown} ({row['wall_s']:.0f} s)", flush=True)
-    return pd.read_csv(out_csv)
+    return pd.read_csv(out_csv) if out_csv.exists() else pd.DataFrame(columns=list(RESULT_KEYS))

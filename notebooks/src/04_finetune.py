@@ -13,12 +13,15 @@
 #   carry the pretraining objective when it is not the default `swin_trio` (`mim:stage1+2`), and
 #   every row of `results.csv` records it, so runs of several objectives can be put side by side;
 #   plus any in `extra_inits` (e.g. published weights converted with `kit import-weights`).
-# - **Splits**: a fixed, stratified, subject-level test set; per seed, nested label-fraction
-#   subsets of the remaining subjects, identical for every initialisation, so differences are
-#   paired.
+# - **Splits**: a fixed, stratified, subject-level test set; a fixed validation set (disjoint from
+#   test) for model selection and early stopping; per seed, nested subsets of the remaining
+#   subjects (label counts such as 1, 2, 4, all), identical for every initialisation, so
+#   differences are paired.
+# - **Linear probes**: the frozen encoder of each initialisation, computed once, with a logistic
+#   head per label count and seed: what pretraining put in the features, in seconds.
 #
-# Every run appends a row to `results.csv` as it finishes; re-running the notebook after an
-# interruption resumes the study.
+# Every run appends a row to `results.csv` (and its validation curve to `curves.csv`) as it
+# finishes; re-running the notebook after an interruption resumes the study.
 
 # %% [parameters]
 profile = "smoke"
@@ -41,10 +44,11 @@ from kit.data.cache import build_cache
 from kit.data.cohorts import load_cohort
 from kit.pipeline import profile_config, stage_dir, write_summary
 from kit.tensors import to_numpy
-from kit.train.evaluate import predict_volume
+from kit.train.evaluate import predict_volume, predict_whole_volume, use_whole_volume
 from kit.train.finetune import load_finetuned
+from kit.train.probes import probe_summary, run_probes
 from kit.train.regions import regions_to_labels
-from kit.train.stats import paired_difference, plot_label_efficiency, summarise
+from kit.train.stats import catch_up_point, paired_difference, plot_label_efficiency, summarise
 from kit.train.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
 from kit.viz import label_colors_for, plot_subjects
 
@@ -90,9 +94,42 @@ def keep_model(init, task, fraction, seed_):
 results = run_study(
     caches, config["tasks"], inits, config["fractions"], seeds, config["config"], out / "results.csv",
     test_fraction=config["test_fraction"], regions=regions, label_values=label_values, device=device,
-    save_models=keep_model,
+    save_models=keep_model, val_size=config.get("val_size", 0), leakage=config.get("leakage", "refuse"),
 )
 display(results.head(20))
+leak_file = out / "leakage.json"
+leak_note = ("test subjects seen in pretraining (published two-stage protocol): "
+             + leak_file.read_text().replace("\n", " ")[:300]) if leak_file.exists() else "no test subject seen in pretraining"
+print(leak_note)
+
+# %% [markdown]
+# ## Learning curves
+# Validation metric against step, per initialisation (mean over seeds), with all training labels;
+# the dot marks the step each run kept (model selection). A curve that is still rising at its
+# last step has not converged.
+
+# %%
+curves_path = out / "curves.csv"
+if curves_path.exists():
+    curves = pd.read_csv(curves_path)
+    fig, axes = plt.subplots(1, len(config["tasks"]), figsize=(5 * len(config["tasks"]), 3.4), constrained_layout=True,
+                             squeeze=False)
+    for ax, spec in zip(axes[0], config["tasks"]):
+        rows = curves[curves.task == spec["name"]]
+        value = "val_dice_mean" if spec["task"] == "segmentation" else "val_auc"
+        if rows.empty or value not in rows:
+            ax.set_visible(False)
+            continue
+        top_rows = rows[rows.label_fraction == rows.label_fraction.max()]
+        for init, group in top_rows.groupby("init"):
+            mean = group.groupby("step")[value].mean()
+            line = ax.plot(mean.index, mean.values, marker=".", label=init)[0]
+            best = group[group.best == 1].groupby("seed").step.max()
+            ax.scatter(best.values, [mean.get(s, np.nan) for s in best.values], color=line.get_color(), zorder=3)
+        ax.set(xlabel="step", ylabel=value, title=f"{spec['name']}: validation, all labels", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    fig.savefig(out / "figures" / "learning_curves.png", dpi=100)
+    plt.show()
 
 # %% [markdown]
 # ## Results with 95 % intervals
@@ -118,8 +155,45 @@ summary_table.to_csv(out / "summary.csv", index=False)
 display(summary_table.round(3))
 
 # %% [markdown]
-# ## Does pretraining help at the smallest label fraction?
-# Paired difference (pretrained minus scratch) on the same training subjects and seed.
+# ## Linear probes: what the frozen features know
+# One pass of each frozen encoder over the cohort; then a logistic regression per label count and
+# seed, on the same splits as the fine-tunes. `scratch` is a random frozen encoder: the baseline
+# that pretraining has to beat.
+
+# %%
+probes_cfg = config.get("probes")
+probe_table = None
+if probes_cfg:
+    probe_tasks = []
+    for spec in config["tasks"]:
+        if spec["name"] in probes_cfg["tasks"]:
+            counts = probes_cfg["counts"] if spec["task"] == "segmentation" else probes_cfg["cls_counts"]
+            probe_tasks.append({**{k: v for k, v in spec.items() if k not in ("inits", "config", "fractions")},
+                                "counts": counts})
+    probe_results = run_probes(
+        caches, probe_tasks, inits, [seed + s for s in probes_cfg["seeds"]], probes_cfg["counts"], config["config"],
+        out / "probe_results.csv", test_fraction=config["test_fraction"], val_size=config.get("val_size", 0),
+        regions=regions, label_values=label_values, per_value=probes_cfg.get("per_value", 200),
+    )
+    probe_table = probe_summary(probe_results)
+    probe_table.to_csv(out / "probe_summary.csv", index=False)
+    display(probe_table.round(3))
+    fig, axes = plt.subplots(1, len(probe_tasks), figsize=(5.5 * len(probe_tasks), 3.6), constrained_layout=True,
+                             squeeze=False)
+    for ax, spec in zip(axes[0], probe_tasks):
+        part = probe_table[probe_table.task == spec["name"]]
+        if len(part):
+            plot_label_efficiency(part, title=f"linear probe, {spec['name']}: {part.metric.iloc[0]}", ax=ax)
+    fig.savefig(out / "figures" / "probes.png", dpi=100)
+    figures_written.append("figures/probes.png")
+    plt.show()
+
+# %% [markdown]
+# ## Does pretraining help at the smallest label count?
+# Paired difference (pretrained minus scratch) on the same training subjects and seed, with its
+# t-interval, the minimal detectable difference at this number of pairs (`mdd`: 80 % power,
+# two-sided 5 %; a smaller true effect would usually go unseen), and the catch-up point: the
+# fewest labels at which scratch's mean is inside the pretrained interval.
 
 # %%
 seg_task = next(t["name"] for t in config["tasks"] if t["task"] == "segmentation")
@@ -131,12 +205,19 @@ display(diffs.round(4))
 headline = diffs[(diffs.treatment == final_init) & (diffs.label_fraction == smallest)]
 if len(headline):
     h = headline.iloc[0]
-    interval = (f"95% CI {h.ci_low:+.3f} to {h.ci_high:+.3f}" if np.isfinite(h.ci_low) else "no interval")
-    verdict = (f"{final_init} minus scratch, {seg_task} Dice at {smallest:.0%} labels: {h.mean_diff:+.3f} "
+    interval = (f"95% CI {h.ci_low:+.3f} to {h.ci_high:+.3f}, detectable >= {h.mdd:.3f}" if np.isfinite(h.ci_low)
+                else "no interval")
+    n_small = int(seg_rows[seg_rows.label_fraction == smallest].n_train.median())
+    verdict = (f"{final_init} minus scratch, {seg_task} Dice with {n_small} labelled subject(s): {h.mean_diff:+.3f} "
                f"({interval}, {int(h.n_pairs)} seed{'s' if h.n_pairs != 1 else ''})")
 else:
     verdict = f"no paired {final_init} vs scratch result"
+seg_summary = next(t for t, spec in zip(tables, config["tasks"]) if spec["name"] == seg_task)
+catch = catch_up_point(seg_summary, final_init) if final_init in set(seg_summary.init) else None
+catch_note = (f"catch-up point: scratch within the {final_init} interval from {catch['n_train']} labelled subjects"
+              if catch else "catch-up point: not reached within the label counts studied")
 print(verdict)
+print(catch_note)
 
 # %% [markdown]
 # ## Predictions on test cases
@@ -159,8 +240,13 @@ for i in test_idx[: config["n_overlays"]]:
     rows.append({"image": flair, "label": truth, "point": point, "style": "contour",
                  "title": f"{cache.entries[i]['subject']} truth"})
     for init, model in models.items():
-        probs = predict_volume(model, images[i], config["config"]["crop"], overlap=config["config"]["sw_overlap"])
+        mode = config["config"].get("inference", "sliding")
+        if mode == "whole" or (mode == "auto" and use_whole_volume(model, images[i].shape[1:], roi=config["config"]["crop"])):
+            probs = predict_whole_volume(model, images[i])
+        else:
+            probs = predict_volume(model, images[i], config["config"]["crop"], overlap=config["config"]["sw_overlap"])
         pred = regions_to_labels(to_numpy(probs), regions["tumor"])[0]
+        pred[~(np.asarray(images[i]) != 0).any(axis=0)] = 0  # lesions lie in the brain: nothing outside it
         rows.append({"image": flair, "label": pred, "point": point, "style": "contour",
                      "title": f"{cache.entries[i]['subject']} {init}"})
 if rows:
@@ -170,7 +256,13 @@ if rows:
     plt.show()
 
 # %%
-figures = {"runs": len(results), "seeds": len(seeds), "objective": objective, "verdict": verdict}
+figures = {"runs": len(results), "seeds": len(seeds), "objective": objective, "verdict": verdict, "catch_up": catch_note, "leakage": leak_note}
+if curves_path.exists():
+    figures_written.append("figures/learning_curves.png")
+if probe_table is not None:
+    for row in probe_table.itertuples():
+        figures[f"probe {row.task} {row.metric} {row.init} @{row.label_fraction:.3g}"] = (
+            f"{row.mean:.3f}" + ("" if np.isnan(row.ci_low) else f" [{row.ci_low:.3f}, {row.ci_high:.3f}]"))
 for spec, table in zip(config["tasks"], tables):
     for row in table.itertuples():
         if row.label_fraction in (smallest, top):

@@ -61,6 +61,32 @@ cases = cases[: config["n_cases"]]
 print(f"classifiers {list(classifiers)} for {task!r} ({extra['classes']}); {len(cases)} test cases with a tumour")
 
 # %% [markdown]
+# ## Which classifiers are worth explaining?
+# A saliency map explains a model's decision; the map of a classifier that barely separates the
+# classes says little about where a good one looks. Localisation is quantified only for
+# classifiers whose test AUC reaches the profile's `min_auc` (0.85 outside smoke); the others are
+# listed with their AUC and left out.
+
+# %%
+from kit.train.evaluate import evaluate_classification
+
+min_auc = float(config.get("min_auc", 0.0))
+test_idx = [by_subject[s] for s in sorted(test_subjects) if s in by_subject]
+test_auc, not_explained = {}, {}
+for init, (model, meta) in list(classifiers.items()):
+    auc = evaluate_classification(model, cache, test_idx, task, meta["classes"], meta["input_size"]).summary["auc"]
+    test_auc[init] = float(auc)
+    if min_auc > 0 and not auc >= min_auc:  # a nan AUC (one class in the test set) is not evidence either
+        not_explained[init] = float(auc)
+        del classifiers[init]
+for init, auc in not_explained.items():
+    print(f"{init}: test AUC {auc:.3f} < {min_auc:.2f}: not explained (its maps would describe a model that "
+          "does not yet tell tumours from healthy brains)")
+print(f"explained: {list(classifiers) or 'none'} (test AUC {', '.join(f'{k} {v:.3f}' for k, v in test_auc.items())})")
+if not classifiers:
+    cases = []
+
+# %% [markdown]
 # ## Maps and their localisation
 # The lesion mask and the brain mask are put on the classifier's grid with the same resize as
 # the image (`classification_input`), then thresholded.
@@ -105,7 +131,8 @@ baseline = pd.DataFrame(baselines)
 display(baseline.round(3))
 
 # %%
-table = summarise_localisation(saliency, by=["init", "method"], seed=seed)
+table = (summarise_localisation(saliency, by=["init", "method"], seed=seed) if len(saliency)
+         else pd.DataFrame(columns=["init", "method"]))
 table.to_csv(out / "saliency_summary.csv", index=False)
 display(table.round(3))
 
@@ -151,7 +178,9 @@ if cases:
     plt.show()
 
 # %%
-figures = {"cases": len(cases), "methods": ", ".join(methods), "random_share": round(chance, 3)}
+figures = {"cases": len(cases), "methods": ", ".join(methods), "random_share": round(chance, 3),
+           "min_auc": min_auc, **{f"{init} test AUC": round(auc, 3) for init, auc in test_auc.items()},
+           "not explained (AUC below min_auc)": ", ".join(not_explained) or "none"}
 for r in table.itertuples():
     figures[f"{r.init} {r.method} mass_in_lesion"] = (
         f"{r.mass_in_lesion_mean:.3f} [{r.mass_in_lesion_ci_low:.3f}, {r.mass_in_lesion_ci_high:.3f}]")

@@ -1,0 +1,80 @@
+"""Linear probes on frozen encoders: hypercolumns, voxel sampling, fitted heads, the summary table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kit.models import create_model
+from kit.train.probes import (
+    SegmentationProbeData,
+    encoder_hypercolumn,
+    pooled_features,
+    probe_encoder,
+    probe_summary,
+    run_probes,
+    sample_voxels,
+)
+
+from test_finetune import BRATS21
+from test_study import cohort  # noqa: F401  (10 subjects, 8 with a tumour)
+
+
+def test_hypercolumn_is_the_upsampled_encoder_levels():
+    net = create_model("segresnet_small", in_channels=2, init_filters=8).eval()
+    image = torch.randn(2, 16, 24, 16)
+    column = encoder_hypercolumn(net, image)
+    assert column.shape == (8 + 16 + 32 + 64, 16, 24, 16)
+    with torch.no_grad():
+        from monai.networks.nets import SegResNet
+
+        _, levels = SegResNet.encode(net, image[None])
+    assert torch.allclose(column[:8], levels[0][0], atol=1e-6)  # full-resolution level unchanged
+    assert pooled_features(net, image).shape == (120,)
+
+
+def test_sampled_voxels_are_balanced_and_weighted_back():
+    label = np.zeros((12, 12, 12), int)
+    label[:2] = 2
+    label[0, 0, :3] = 4
+    brain = np.ones_like(label, bool)
+    brain[-1] = False  # background outside the brain is never sampled
+    idx, values, weights = sample_voxels(label, brain, 30, np.random.default_rng(0), [0, 1, 2, 4])
+    assert sorted(set(values)) == [0, 2, 4] and (values == 4).sum() == 3 and (values == 2).sum() == 30
+    assert weights[values == 0].sum() == pytest.approx((brain & (label == 0)).sum())
+    assert weights[values == 2].sum() == pytest.approx((label == 2).sum())
+    assert not np.isin(idx, np.flatnonzero(~brain.ravel() & (label.ravel() == 0))).any()
+
+
+def test_segmentation_probe_learns_the_tumour_from_frozen_random_features(cohort):  # noqa: F811
+    net = probe_encoder("scratch", 2, ["flair", "t1ce"], {"backbone": "segresnet_small", "model": {"init_filters": 8}})
+    data = SegmentationProbeData(net, cohort, [0, 1, 2], [3, 4], [0, 1, 2, 4], per_value=200)
+    probe = data.fit([0, 1, 2])
+    table = data.evaluate(probe, BRATS21)
+    # the toy tumour is bright on flair: even random features separate it linearly
+    assert list(table.subject) == ["s3", "s4"] and table.dice_WT.min() > 0.7
+    full = data.evaluate(probe, BRATS21, with_hd95=True)  # the fine-tune metrics give the same Dice
+    assert np.allclose(full.dice_mean, table.dice_mean) and {"hd95_empty", "hd95_mean"} <= set(full.columns)
+
+
+def test_run_probes_resumes_and_summarises(cohort, tmp_path):  # noqa: F811
+    tasks = [{"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion"},
+             {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
+              "counts": [2, "all"]}]
+    base = {"backbone": "segresnet_small", "model": {"init_filters": 8}, "input_size": 16}
+    kwargs = dict(test_fraction=3, val_size=1, regions={"tumor": BRATS21}, label_values={"tumor": [0, 1, 2, 4]},
+                  per_value=100, progress=False)
+    table = run_probes({"tumor": cohort}, tasks, {"scratch": "scratch"}, [0, 1], [1, "all"], base,
+                       tmp_path / "probes.csv", **kwargs)
+    assert len(table) == 8 and table.groupby("task").n_train.max().to_dict() == {"tumor_present": 6, "tumor_seg": 4}
+    assert table[table.task == "tumor_seg"].dice_mean.between(0, 1).all()
+    assert table[table.task == "tumor_present"].auc.notna().all()
+    again = run_probes({"tumor": cohort}, tasks, {"scratch": "scratch"}, [0, 1], [1, "all"], base,
+                       tmp_path / "probes.csv", **kwargs)
+    assert len(again) == 8  # nothing refitted
+    summary = probe_summary(again)
+    assert list(summary.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
+    assert set(summary.metric) == {"dice_mean", "auc"} and (summary.n == 2).all()
+    assert ((summary.ci_low >= 0) | summary.ci_low.isna()).all() and ((summary.ci_high <= 1) | summary.ci_high.isna()).all()
