@@ -25,7 +25,7 @@
 
 # %% [parameters]
 profile = "smoke"
-run_dir = "runs/smoke"
+run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None
 device = "auto"
 seed = 0
@@ -42,7 +42,7 @@ import pandas as pd
 
 from kit.data.cache import build_cache
 from kit.data.cohorts import load_cohort
-from kit.pipeline import profile_config, stage_dir, write_summary
+from kit.pipeline import find_run_dir, profile_config, show_smoke_banner, stage_dir, write_summary
 from kit.tensors import to_numpy
 from kit.train.evaluate import predict_volume, predict_whole_volume, use_whole_volume
 from kit.train.finetune import load_finetuned
@@ -52,6 +52,8 @@ from kit.train.stats import catch_up_point, paired_difference, plot_label_effici
 from kit.train.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
 from kit.viz import label_colors_for, plot_subjects
 
+run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
+show_smoke_banner(profile)
 config = profile_config(profile)["finetune"]
 out = stage_dir(run_dir, "04_finetune")
 run = Path(run_dir)

@@ -18,7 +18,7 @@
 
 # %% [parameters]
 profile = "smoke"
-run_dir = "runs/smoke"
+run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None
 device = "auto"
 seed = 0
@@ -35,12 +35,15 @@ import torch
 
 from kit.data.cache import open_cache
 from kit.explain import random_baseline, saliency_map, score_saliency, summarise_localisation
-from kit.pipeline import profile_config, stage_dir, write_summary
+from kit.pipeline import find_run_dir, profile_config, show_smoke_banner, stage_dir, write_summary
 from kit.tensors import to_numpy
 from kit.train.finetune import classification_input, load_finetuned
 from kit.train.study import init_name, kept_model_path
-from kit.viz import plot_orthogonal
+from kit.viz import plot_heatmap_over_anatomy
+from kit.viz.results import plot_localisation_bars
 
+run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
+show_smoke_banner(profile)
 config = profile_config(profile)["saliency"]
 out = stage_dir(run_dir, "05_saliency")
 models_dir = Path(run_dir) / "04_finetune" / "models"
@@ -137,26 +140,18 @@ table.to_csv(out / "saliency_summary.csv", index=False)
 display(table.round(3))
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3.6), constrained_layout=True)
 methods = list(config["methods"])
-width = 0.8 / max(len(classifiers), 1)
-for k, init in enumerate(classifiers):
-    part = table[table.init == init].set_index("method").reindex(methods)
-    x = np.arange(len(methods)) + k * width
-    mean = part["mass_in_lesion_mean"].to_numpy(dtype=float)
-    err = np.vstack([mean - part["mass_in_lesion_ci_low"].to_numpy(dtype=float),
-                     part["mass_in_lesion_ci_high"].to_numpy(dtype=float) - mean])
-    ax.bar(x, mean, width, yerr=np.nan_to_num(err), capsize=3, label=init)
 chance = float(baseline["share"].mean()) if "share" in baseline else float("nan")
-ax.axhline(chance, color="k", ls="--", lw=1, label=f"random map ({chance:.2f})")
-ax.set_xticks(np.arange(len(methods)) + width * (len(classifiers) - 1) / 2, methods, rotation=20)
-ax.set_ylabel("saliency mass in lesion"); ax.set_ylim(0, 1); ax.legend(fontsize=8)
+# bars scaled to the data (values near 0.01 stay visible), CIs clipped to [0, 1], the random-map level dashed
+ax = plot_localisation_bars(table[table.init.isin(list(classifiers))] if len(table) else table, chance)
+fig = ax.figure
 fig.savefig(out / "figures" / "mass_in_lesion.png", dpi=100)
 plt.show()
 
 # %% [markdown]
 # ## Looking at the maps
-# One test case, the same method for both initialisations, tumour outline in cyan.
+# One test case, the same method for both initialisations: positive saliency over the FLAIR
+# anatomy, masked to the brain, with a colour bar; tumour outline in cyan; radiological convention.
 
 # %%
 if cases:
@@ -164,16 +159,15 @@ if cases:
     image, lesion, brain, spacing = on_classifier_grid(index)
     subject = str(cache.entries[index]["subject"])
     show = [m for m in ("gradcam", "integrated_gradients", "occlusion") if m in methods][:2] or methods[:1]
-    fig, grid = plt.subplots(len(show) * len(classifiers), 3, figsize=(10, 3.2 * len(show) * len(classifiers)),
+    shown = [(method, init) for method in show for init in classifiers if (init, method, subject) in maps]
+    fig, grid = plt.subplots(max(len(shown), 1), 3, figsize=(11, 3.2 * max(len(shown), 1)),
                              constrained_layout=True, squeeze=False)
-    row = 0
-    for method in show:
-        for init in classifiers:
-            sal = np.clip(maps[(init, method, subject)], 0, None)
-            plot_orthogonal(sal, lesion.astype(np.uint8), spacing, cmap="inferno", style="contour",
-                            colors={1: ("tumour", (0.0, 1.0, 1.0, 1.0))}, axes=grid[row],
-                            title=f"{init} {method}")
-            row += 1
+    anatomy = to_numpy(image[0])  # FLAIR on the classifier's grid, under the map
+    for row, (method, init) in enumerate(shown):
+        # positive saliency over the anatomy, masked to the brain, tumour outline in cyan, colour bar per row
+        plot_heatmap_over_anatomy(anatomy, maps[(init, method, subject)], brain_mask=brain, outline=lesion,
+                                  spacing=spacing, axes=grid[row], title=f"{init} {method}",
+                                  heat_label="saliency (a.u., 0 = none)")
     fig.savefig(out / "figures" / "saliency_maps.png", dpi=80)
     plt.show()
 
