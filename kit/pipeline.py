@@ -236,6 +236,8 @@ _MOCO_V3_STAGES = {
               "objective_cfg": {"dim": 32, "mlp_dim": 64}, "batch_size": 8, "lr": 1e-3},
     "workshop": {"backbone": "resnet18_2d", "model": {"widen_factor": 0.5}, "size": 64,
                  "objective_cfg": {"dim": 128, "mlp_dim": 512}, "batch_size": 32, "lr": 1e-3},
+    "study": {"backbone": "resnet18_2d", "model": {"widen_factor": 0.5}, "size": 64,
+              "objective_cfg": {"dim": 128, "mlp_dim": 512}, "batch_size": 32, "lr": 1e-3},
     "full": {"backbone": "resnet50_2d", "model": {}, "size": 224,
              "objective_cfg": {"dim": 256, "mlp_dim": 4096, "temperature": 1.0}, "batch_size": 256, "lr": 1.5e-4},
 }
