@@ -132,7 +132,7 @@ def train_slice_classifier(config: FinetuneConfig, slices: SliceDataset, rows: S
     loss_fn = _ClassLoss(n_classes, _class_weights(config.class_weights, targets, n_classes))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        history, summary = _run_steps(model, dataset, loss_fn, config, device, None)
+        history, summary, _ = _run_steps(model, dataset, loss_fn, config, device, None)  # no validation here
     summary.update(n_train_slices=len(rows), init_report=report.summary() if report is not None else None)
     return model, history, summary
 
