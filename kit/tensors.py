@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["to_numpy", "module_device", "to_module_device"]
+__all__ = ["eval_mode", "to_numpy", "module_device", "to_module_device"]
 
 #: Half-precision dtypes numpy cannot hold (bfloat16) or that figures should not keep (float16).
 _WIDENED = (torch.bfloat16, torch.float16)
@@ -70,3 +71,23 @@ def to_module_device(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         device(type='cpu')
     """
     return x.to(module_device(module), non_blocking=True)
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module.eval()`` inside the block, its previous train/eval mode restored after (also on error).
+
+    Example:
+        >>> net = torch.nn.Dropout()
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

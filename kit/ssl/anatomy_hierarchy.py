@@ -47,7 +47,7 @@ from torch import nn
 from kit.models.heads import global_pool
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
 from kit.ssl.masking import grid_edges
-from kit.tensors import to_module_device, to_numpy
+from kit.tensors import eval_mode, to_module_device, to_numpy
 
 __all__ = ["level_boundaries", "hierarchy_views", "pruned_info_nce", "AnatomyHierarchy"]
 
@@ -336,16 +336,12 @@ class AnatomyHierarchy(SSLObjective):
         (B, C, *view_size) the two crops of it, ``similarity`` (B,) student-teacher cosine of the pair,
         ``pruned_share`` (B,) share of queue negatives pruned for the first view's query."""
         x = to_module_device(x, self.model)  # crops from the host, a model on any device
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             batch = x.shape[0]
             v = self.views(x, seeds)
             q = self._embed(self.model, self.projector, v["views"])
             k = self._embed(self.teacher, self.teacher_projector, v["views"])
             _, pruned = pruned_info_nce(q[:batch], k[batch:], self.queue, self.temperature, self.prune_threshold)
-        finally:
-            self.train(was_training)
         cell = torch.zeros((batch, 1, *x.shape[2:]), dtype=torch.bool)
         for i, (x0, x1, y0, y1, z0, z1) in enumerate(v["cells"]):
             cell[i, 0, x0:x1, y0:y1, z0:z1] = True

@@ -51,7 +51,7 @@ from torch import nn
 from kit.models.heads import SSLHead
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
 from kit.ssl.masking import cell_dropout_mask, masked_mean
-from kit.tensors import to_module_device, to_numpy
+from kit.tensors import eval_mode, to_module_device, to_numpy
 
 __all__ = ["SCHEMES", "contrast_dropout_views", "CrossContrast"]
 
@@ -183,14 +183,10 @@ class CrossContrast(SSLObjective):
         """First view of each sample: ``input``, ``masked`` (network input), ``reconstruction``
         (B, C, X, Y, Z) and ``mask`` (B, C, X, Y, Z) bool, one mask per contrast."""
         x = to_module_device(x, self.model)  # crops from the host, a model on any device
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             batch = x.shape[0]
             v = self.views(x, seeds)
             recon = self.heads.reconstruct(self.model.encode(v["views"][:batch]))
-        finally:
-            self.train(was_training)
         return {
             "input": to_numpy(x.detach()),
             "masked": to_numpy(v["views"][:batch]),

@@ -45,7 +45,7 @@ from torch import nn
 from kit.models.heads import SSLHead
 from kit.ssl.base import SSLObjective, check_batch, register_objective, sample_rng
 from kit.ssl.masking import expand_mask, masked_mean, patch_mask, patch_normalise
-from kit.tensors import to_module_device, to_numpy
+from kit.tensors import eval_mode, to_module_device, to_numpy
 
 __all__ = ["patch_masks", "MaskedImageModelling"]
 
@@ -186,13 +186,9 @@ class MaskedImageModelling(SSLObjective):
         ``reconstruction`` (mapped back to intensities with the true patch statistics, visible
         patches copied from the input) as (B, C, X, Y, Z), and ``mask`` (B, 1, X, Y, Z) bool."""
         x = to_module_device(x, self.model)  # crops from the host, a model on any device
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             mask = self.masks(x, seeds)
             recon = self.heads.reconstruct(self.encode_masked(x, mask)).float()
-        finally:
-            self.train(was_training)
         full = expand_mask(mask, x.shape[2:])
         xf = x.detach().float()
         if self.norm_targets:

@@ -50,7 +50,7 @@ from torch import nn
 
 from kit.models.heads import SSLHead
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
-from kit.tensors import to_module_device, to_numpy
+from kit.tensors import eval_mode, to_module_device, to_numpy
 
 __all__ = [
     "Box",
@@ -540,16 +540,12 @@ class SwinTrio(SSLObjective):
             ``mask`` (B, 1, X, Y, Z) bool; ``rot_labels`` (B,) the applied k; ``rot_pred`` (B,) predicted k.
         """
         x = to_module_device(x, self.model)  # crops come from the CPU; the model may live on a GPU
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             batch = x.shape[0]
             v = self.views(x, seeds)
             features = self.model.encode(v["views"][:batch])
             recon = self.heads.reconstruct(features)
             rot_pred = self.heads.rotation_logits(features).argmax(dim=1)
-        finally:
-            self.train(was_training)
         return {
             "input": to_numpy(x.float()),
             "masked": to_numpy(v["views"][:batch]),

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kit.tensors import to_numpy
+from kit.tensors import eval_mode, to_numpy
 from kit.train.distributed import resolve_device
 from kit.train.loop import resolve_amp
 from kit.train.regions import labels_to_regions
@@ -121,14 +121,9 @@ def _model_device(model: nn.Module) -> torch.device:
 def _inference_mode(model: nn.Module, device: torch.device, amp: str):
     """Eval mode and autocast (when ``amp`` resolves to a dtype on ``device``); restores the mode."""
     amp_dtype = resolve_amp(amp, device)
-    was_training = model.training
-    model.eval()
-    try:
-        autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-        with autocast:
-            yield
-    finally:
-        model.train(was_training)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    with eval_mode(model), autocast:
+        yield
 
 
 @torch.no_grad()
