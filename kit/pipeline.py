@@ -248,6 +248,25 @@ for _name, _moco in _MOCO_V3_STAGES.items():
             **{k: v for k, v in _moco.items() if k != "size"}, "objective": "moco_v3", "slices": _slices}}
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its finished children (the notebook kernels)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _stage_times(start: float, cpu_start: float, earlier: dict) -> dict:
+    """A stage's cost for run.json: wall and CPU seconds (all sessions of a resumed stage), and the
+    machine's 1-minute load at the end, so that a stage run beside other jobs is visible as such."""
+    times = {"wall_s": round(time.perf_counter() - start + earlier["wall_s"], 1),
+             "cpu_s": round(_cpu_seconds() - cpu_start + earlier["cpu_s"], 1),
+             "cpus": os.cpu_count(), "load_1min_end": round(os.getloadavg()[0], 2)}
+    if earlier["wall_s"]:
+        times["resumed_after_s"] = round(earlier["wall_s"], 1)
+    return times
+
+
 def profile_config(profile: str) -> dict:
     """The settings of a profile (a deep copy, safe to modify in a notebook).
 
@@ -642,19 +661,21 @@ def reproduce(
             if stage == "02_stage1":
                 run["objective"] = objective  # the objective this run pretrains with
             upstream_redone = True
+            # a resumed stage (failed or interrupted earlier) keeps the time its earlier sessions took
+            earlier = (run["stages"].get(stage) or {}) if action == "run" else {}
+            earlier_s = {k: float(earlier.get(k) or 0.0) for k in ("wall_s", "cpu_s")}
             run["stages"][stage] = {"status": "running", "settings": settings}
             write_json_atomic(run_json, run)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {notebook.stem}"
             print(f"{label} ...", file=sys.stderr, flush=True)
             try:
                 run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress, label=label)
             except NotebookFailed as err:
-                run["stages"][stage] = {"status": "failed", "error": str(err), "wall_s": time.perf_counter() - start,
-                                        "settings": settings}
+                run["stages"][stage] = {"status": "failed", "error": str(err), "settings": settings,
+                                        **_stage_times(start, cpu_start, earlier_s)}
                 raise
-            run["stages"][stage] = {"status": "done", "wall_s": round(time.perf_counter() - start, 1),
-                                    "settings": settings}
+            run["stages"][stage] = {"status": "done", "settings": settings, **_stage_times(start, cpu_start, earlier_s)}
             print(f"{label} done in {run['stages'][stage]['wall_s']:.0f} s", file=sys.stderr, flush=True)
     finally:
         write_json_atomic(run_json, run)
