@@ -104,6 +104,8 @@ PROFILES: dict[str, dict] = {
             "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
             "objective_cfg": {}, "crop": 32, "steps": 30, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3,
             "weight_decay": 0.1, "ckpt_every": 15,
+            # the objectives the workshop compares with this one: stage 1 + 2 each, same budget
+            "compare_objectives": ["cross_contrast", "mim"],
         },
         "finetune": {
             # the study's converged recipe, with a smaller step budget (early stopping on validation)
@@ -112,13 +114,16 @@ PROFILES: dict[str, dict] = {
                        "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 100,
                        "patience": 2, "sw_overlap": 0.25, "transfer": "full"},
             "tasks": [
+                # every objective against scratch at the fewest labels, 3 paired seeds, a short budget
+                # (the study shows convergence with all labels)
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
-                 "inits": ["scratch", "stage1+2"], "counts": [2, "all"]},
+                 "inits": ["scratch", "stage1+2"], "counts": [1], "seeds": [0, 1, 2],
+                 "config": {"steps": 100, "val_every": 50}},
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "stage1+2"], "counts": ["all"],
+                 "inits": ["scratch", "stage1+2"], "counts": ["all"], "seeds": [0],
                  "config": {"steps": 150, "lr": 3e-3, "val_every": 25, "patience": 3}},
             ],
-            "fractions": [1.0], "seeds": [0], "test_fraction": 16, "val_size": 6, "n_overlays": 3,
+            "fractions": [1.0], "seeds": [0, 1, 2], "test_fraction": 16, "val_size": 6, "n_overlays": 3,
             "leakage": "flag",
             "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4],
                        "cls_counts": [4, 8, "all"], "per_value": 200},

@@ -274,7 +274,8 @@ def run_study(
     Args:
         caches: cohort name -> :class:`kit.data.cache.CacheIndex` (with labels).
         tasks: task specs (see the module docstring); ``spec["config"]`` overrides ``base_config``,
-            ``spec["inits"]`` and ``spec["fractions"]`` restrict the initialisations and fractions.
+            ``spec["inits"]``, ``spec["fractions"]`` and ``spec["seeds"]`` restrict the initialisations,
+            fractions and seeds of that task.
         inits: initialisation name -> 'scratch' or a checkpoint path, e.g.
             ``{"scratch": "scratch", "stage1": ".../02_stage1/checkpoint.pt", "stage1+2": ...}``; names
             may carry the objective (``"mim:stage1+2"``, see :func:`label`), and a task's ``inits``
@@ -316,7 +317,7 @@ def run_study(
         is_seg = spec["task"] == "segmentation"
         task_counts = spec.get("counts", counts)
         task_fractions = None if task_counts is not None else [float(f) for f in spec.get("fractions", fractions)]
-        design = study_design(cache, spec, task_fractions, seeds, test_fraction, min_subjects=1 if is_seg else 2,
+        design = study_design(cache, spec, task_fractions, spec.get("seeds", seeds), test_fraction, min_subjects=1 if is_seg else 2,
                               val_size=spec.get("val_size", val_size), counts=task_counts)
         test_idx, val_idx, per_seed = design["test"], design["val"], design["per_seed"]
         task_fractions = design["fractions"]
@@ -335,7 +336,7 @@ def run_study(
         classes = None
         if not is_seg:
             classes = class_table([cache.entries[i][spec["target"]] for i in task_pool(cache, spec)[0]])
-        for seed in seeds:
+        for seed in spec.get("seeds", seeds):
             for fraction in sorted(task_fractions):
                 for label, init in inits.items():
                     allowed = spec.get("inits")
