@@ -57,7 +57,7 @@ PROFILES: dict[str, dict] = {
         "stage2": {
             "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
             "objective_cfg": {}, "crop": 32, "steps": 6, "batch_size": 2, "lr": 2e-4, "warmup_steps": 2,
-            "weight_decay": 0.1, "ckpt_every": 3,
+            "weight_decay": 0.1, "ckpt_every": 3, "compare_objectives": ["mim"],
         },
         "finetune": {
             "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 3, "batch_size": 2,
