@@ -305,5 +305,10 @@ for spec, table in zip(config["tasks"], tables):
         if row.label_fraction in (smallest, top):
             figures[f"{spec['name']} {row.metric} {row.init} @{row.label_fraction:g}"] = (
                 f"{row.mean:.3f}" + ("" if np.isnan(row.ci_low) else f" [{row.ci_low:.3f}, {row.ci_high:.3f}]"))
-write_summary(run_dir, "04_finetune", verdict, figures, figures_written)
+# the objectives x label counts table of the report: paired differences against scratch
+columns = ["readout", "task", "treatment", "n_train", "metric", "treatment_mean", "mean_diff", "ci_low", "ci_high",
+           "n_pairs", "mdd"]
+tables = {"Every init against scratch (paired differences, 95% CI; comparison.csv)":
+          comparison[columns].to_dict("records")} if len(comparison) else None
+write_summary(run_dir, "04_finetune", verdict, figures, figures_written, tables=tables)
 print("stage 04 done")
