@@ -113,6 +113,20 @@ if comparison:
     fig.savefig(out / "figures" / "compared_objectives.png", dpi=100)
     plt.show()
 
+# %% [markdown]
+# ## Has pretraining done its job? Pretext metrics on held-out crops
+# Crops and views the loop never drew (another seed stream), for the trained network and for the same
+# network at its random initialisation: the held-out loss, and for `swin_trio` the rotation accuracy
+# (chance 0.25), the contrastive top-1 (chance 1/batch) and the reconstruction L1 on the masked voxels
+# beside two baselines without a network (the masked input itself; each crop's mean).
+
+# %%
+from kit.ssl.pretext import pretext_table
+
+pretext = pretext_table(out / "checkpoint.pt", setup.dataset, n_crops=4 * config["batch_size"],
+                        batch_size=config["batch_size"], seed=seed)
+display(pd.DataFrame(pretext).round(4))
+
 # %%
 first, last = records[0], records[-1]
 write_summary(
@@ -126,6 +140,7 @@ write_summary(
         **{f"{k}_last": round(last[k], 4) for k in setup.objective.term_names if k in last},
         "samples_per_s": round(float(summary.get("samples_per_s") or 0.0), 2),  # None: finished earlier
         "checkpoint": str(out / "checkpoint.pt"),
+        **{f"held-out {r['metric']}": f"{r['trained']:.3f} (untrained {r['untrained']:.3f})" for r in pretext},
         **{f"compared {r['objective']} stage {r['stage']} loss": f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"
            for r in comparison},
     },
