@@ -10,7 +10,7 @@ import pytest
 
 from kit.data.cache import build_cache
 from kit.train.provenance import leakage_report, record_seen_subjects, seen_subjects
-from kit.train.study import counts_to_fractions, run_study, study_design, study_splits
+from kit.finetune.study import counts_to_fractions, run_study, study_design, study_splits
 
 from test_finetune import BRATS21, write_subject
 

@@ -36,15 +36,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from kit.models.checkpoints import (
-    KeyMismatchError,
-    LoadReport,
-    canonical_modality,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    transfer_input_channels,
-)
+from kit.models.checkpoints import CheckpointError, LoadReport, load_checkpoint, load_weights, save_checkpoint
+from kit.models.transfer import init_from_checkpoint
+from kit.devices import AMP_CHOICES, resolve_amp
 from kit.tempfiles import remove_stale_temporaries
 from kit.train.distributed import setup_distributed
 from kit.train.sampling import GlobalBatchSampler
@@ -57,7 +51,6 @@ METRICS_JSON = "metrics.json"
 
 # Config fields that may differ between a run and its restart: they change bookkeeping, not weights.
 RESUME_MAY_DIFFER = ("progress", "num_workers", "log_every", "ckpt_every", "compile")
-_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass
@@ -116,27 +109,11 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError("TrainConfig.warmup_steps and num_workers must be >= 0")
-        if self.amp not in _AMP_CHOICES:
-            raise ValueError(f"TrainConfig.amp must be one of {_AMP_CHOICES}, got {self.amp!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"TrainConfig.amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         self.betas = tuple(float(b) for b in self.betas)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; None means full float32.
-
-    Example:
-        >>> resolve_amp("auto", torch.device("cpu")) is None
-        True
-    """
-    if amp not in _AMP_CHOICES:
-        raise ValueError(f"amp must be one of {_AMP_CHOICES}, got {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 def train(
@@ -350,7 +327,7 @@ def train(
                 rng_states = _gather_rng_states(device, world_size)
                 if is_main:
                     # state_dict = the backbone alone, so fine-tuning rebuilds it with
-                    # kit.models.build_from_checkpoint; the heads go to extra['ssl_state'].
+                    # kit.models.init_from_checkpoint; the heads go to extra['ssl_state'].
                     save_checkpoint(
                         checkpoint_path,
                         model_config=identity["model_config"],
@@ -444,46 +421,26 @@ def _check_resumable(path: Path, checkpoint: dict, config: TrainConfig, world_si
 def _initialise_from(objective: nn.Module, path: str | os.PathLike, modalities: list[str] | None) -> LoadReport:
     """Load a previous stage's weights into ``objective`` (stage 2 from stage 1).
 
-    The backbone must fit completely (never a silent strict=False), except that the layers reading
-    the input channels are mapped by contrast name when the modalities differ
-    (kit.models.transfer_input_channels). Head tensors of the stored objective are loaded where
-    they fit; the others (another objective's heads, or a head whose shape follows the channel
-    count) keep their initial values, and the returned report lists them.
+    The backbone must fit completely (kit.models.init_from_checkpoint, strict), the input layers
+    mapped by contrast name when the modalities differ. Head tensors of the stored objective are
+    loaded where they fit; the others (another objective's heads, or a head whose shape follows the
+    channel count) keep their initial values, and the returned report lists them.
     """
     path = Path(path)
     checkpoint = load_checkpoint(path, map_location="cpu")
     extra = checkpoint.get("extra") or {}
     backbone = objective.model
-    state = dict(checkpoint["state_dict"])
-    src_modalities = extra.get("modalities")
-    src_in = int(checkpoint["model_config"].get("in_channels", backbone.in_channels))
-    same_names = (
-        src_modalities is None
-        or modalities is None
-        or [canonical_modality(m) for m in src_modalities] == [canonical_modality(m) for m in modalities]
-    )
-    transferred = []
-    if src_in != backbone.in_channels or not same_names:
-        if src_modalities is not None and modalities is not None:
-            src_names, dst_names = list(src_modalities), list(modalities)
-        else:  # no names: every new channel starts from the (rescaled) mean source filter
-            src_names = [f"input{i}" for i in range(src_in)]
-            dst_names = [f"new{i}" for i in range(backbone.in_channels)]
-        for key in backbone.input_conv_keys:
-            if key in state:
-                state[key] = transfer_input_channels(state[key], src_names, dst_names)
-                transferred.append("model." + key)
     try:
-        load_weights(backbone, state)  # raises on anything that does not fit
-    except KeyMismatchError as err:
+        backbone_report = init_from_checkpoint(backbone, checkpoint, modalities=modalities, source=path)
+    except CheckpointError as err:
         raise ValueError(f"init_checkpoint {path}: its backbone does not fit this objective's backbone: {err}") from err
     # Heads: load what fits, on top of the backbone just loaded.
-    heads = {k: v for k, v in (extra.get("ssl_state") or {}).items()}
+    heads = dict(extra.get("ssl_state") or {})
     full = {**{"model." + k: v for k, v in backbone.state_dict().items()}, **heads}
     own_heads = tuple(k for k in objective.state_dict() if not k.startswith("model."))
     report = load_weights(objective, full, allow_missing=own_heads, allow_unexpected=tuple(heads))
-    report.transferred = transferred
-    report.notes.append(f"initialised from {path} (objective {extra.get('ssl_objective', {}).get('name')!r})")
+    report.transferred = ["model." + k for k in backbone_report.transferred]
+    report.notes = backbone_report.notes + [f"initialised from {path} (objective {extra.get('ssl_objective', {}).get('name')!r})"]
     return report
 
 

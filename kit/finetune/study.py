@@ -6,9 +6,9 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
 - one fixed, stratified, subject-level test set per task (independent of the study seed);
 - per seed, nested label-fraction subsets of the remaining subjects (:mod:`kit.data.splits`);
 - every initialisation trains on exactly the same subjects with the same seed, so differences
-  are paired (:func:`kit.train.stats.paired_difference`);
+  are paired (:func:`kit.finetune.stats.paired_difference`);
 - a fixed validation split (``val_size`` subjects, disjoint from test and training) for model
-  selection and early stopping (:mod:`kit.train.selection`), never the test set;
+  selection and early stopping (:mod:`kit.finetune.selection`), never the test set;
 - label counts in subjects (``counts: [1, 2, 4, "all"]``), the informative regime of small
   cohorts, or label fractions;
 - a leakage guard: a test subject seen by a pretraining stage (:mod:`kit.train.provenance`) makes
@@ -41,8 +41,10 @@ import numpy as np
 import pandas as pd
 
 from kit.data.splits import label_fraction_subsets, train_test_split
-from kit.train.evaluate import evaluate_classification, evaluate_segmentation
-from kit.train.finetune import FinetuneConfig, class_table, finetune, is_missing
+from kit.finetune.evaluate import evaluate_classification, evaluate_segmentation
+from kit.finetune.config import FinetuneConfig
+from kit.finetune.data import class_table, is_missing
+from kit.finetune.finetune import finetune
 from kit.train.provenance import leakage_report
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
@@ -282,7 +284,7 @@ def run_study(
             list of plain stage names matches them. Every row records ``objective_of_init(init)``.
         fractions: label fractions, e.g. (0.05, 0.25, 1.0).
         seeds: study seeds.
-        base_config: :class:`kit.train.finetune.FinetuneConfig` fields shared by every run.
+        base_config: :class:`kit.finetune.FinetuneConfig` fields shared by every run.
         out_csv: results file (``init, task, label_fraction, seed, n_train, n_test, metrics...``).
         test_fraction: share of each task's pool held out as the fixed test set (>= 1: a count).
         val_size: validation subjects per task (share or count; 0 = no model selection), fixed
