@@ -14,9 +14,10 @@ the validation that selects the model in :mod:`kit.finetune.selection`.
 from __future__ import annotations
 
 import contextlib
-import math
+import json
 import os
-import time
+import random
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,21 +25,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.optimizers import WarmupCosineSchedule
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kit.data.regions import resolve_regions
-from kit.devices import resolve_amp, resolve_device
+from kit.devices import resolve_device
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import ClassificationVolumeDataset, LabelledCropDataset, class_table, is_missing
-from kit.finetune.selection import ModelSelection, classification_validator, segmentation_validator
-from kit.finetune.task import ClassLoss, DiceBCELoss, build_finetune_model, class_weights
+from kit.finetune.selection import classification_validator, segmentation_validator
+from kit.finetune.task import ClassLoss, DiceBCELoss, FinetuneTask, build_finetune_model, class_weights
 from kit.models.checkpoints import LoadReport, save_checkpoint
 from kit.models.finetuned import ClassificationModel
-from kit.train.sampling import GlobalBatchSampler
+from kit.train.loop import METRICS_JSON, TrainConfig, train
 
-__all__ = ["FinetuneResult", "finetune"]
+__all__ = ["FinetuneResult", "finetune", "train_task"]
+
+# FinetuneConfig fields that change bookkeeping, not weights: a restart may change them.
+_MAY_DIFFER = ("progress", "num_workers", "log_every", "ckpt_every")
 
 
 @dataclass
@@ -113,89 +116,74 @@ class FinetuneResult:
         )
 
 
-def _run_steps(
+def train_task(
     model: nn.Module,
     dataset: Dataset,
     loss_fn: nn.Module,
     config: FinetuneConfig,
-    device: torch.device,
-    callback: Callable[[int, dict], None] | None,
+    *,
+    callback: Callable[[int, dict], None] | None = None,
     validate: Callable[[nn.Module], tuple[tuple[float, ...], dict]] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    modalities: Sequence[str] | None = None,
+    describe: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict], dict, list[dict]]:
-    """The fine-tuning loop: AdamW + warmup-cosine, AMP, clipping; keys from GlobalBatchSampler.
+    """Fine-tune ``model`` with the one training loop (:func:`kit.train.train`); returns ``(history, summary, val_history)``.
 
-    With ``validate``, every ``config.val_every`` steps (and at the last) the model is validated,
-    the best weights are kept and restored at the end, and training stops after
-    ``config.patience`` validations without improvement (:mod:`kit.finetune.selection`)."""
-    from tqdm.auto import tqdm
+    The loop optimises a :class:`kit.finetune.task.FinetuneTask` (``model`` + ``loss_fn`` + model
+    selection with ``validate`` every ``config.val_every`` steps) with AdamW, warmup-cosine, AMP,
+    gradient accumulation and clipping, checkpointing in ``run_dir`` (a temporary folder when None:
+    then nothing to resume) and resuming from it when it holds a checkpoint of the same run. The
+    best validated weights are loaded back into ``model`` at the end; ``model`` is left in eval mode.
+    The caller's global RNG states (python, numpy, torch) are left as they were.
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("fine-tuning: the model has no trainable parameter (everything is frozen)")
-    model.to(device)
-    loss_fn.to(device)
-    amp_dtype = resolve_amp(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
-    sampler = GlobalBatchSampler(len(dataset), config.batch_size, config.seed, config.steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
-    history: list[dict] = []
-    val_history: list[dict] = []
-    selection = ModelSelection(config.patience)
-    val_every = int(config.val_every) if validate is not None else 0
-    val_s = 0.0
-    last_step = 0
-    model.train()
-    started = time.perf_counter()
-    bar = tqdm(total=config.steps, disable=not config.progress, unit="step", desc=f"finetune {config.task}")
-    try:
-        for step, (x, y) in enumerate(loader, start=1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lr = optimizer.param_groups[0]["lr"]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"fine-tuning loss is {float(loss)} at step {step}; lower lr or check the data")
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if step % config.log_every == 0 or step == config.steps:
-                record = {"step": step, "loss": float(loss.detach()), "lr": lr}
-                history.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if callback is not None:
-                    callback(step, record)
-            bar.update(1)
-            last_step = step
-            if val_every and (step % val_every == 0 or step == config.steps):
-                tic = time.perf_counter()
-                score, metrics = validate(model)
-                model.train()
-                val_s += time.perf_counter() - tic
-                best = selection.update(model, step, score)
-                val_history.append({"step": step, **metrics, "best": best})
-                if selection.should_stop:
-                    break
-    finally:
-        bar.close()
-    wall = time.perf_counter() - started
-    selection.restore(model)
+    Example:
+        >>> history, summary, val_history = train_task(model, dataset, DiceBCELoss(), config)  # doctest: +SKIP
+    """
+    task = FinetuneTask(model, loss_fn, total_steps=config.steps, validate=validate if config.val_every else None,
+                        val_every=config.val_every, patience=config.patience, describe=describe)
+    train_config = TrainConfig(
+        steps=config.steps, batch_size=config.batch_size, grad_accum=config.grad_accum, lr=config.lr,
+        weight_decay=config.weight_decay, warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm,
+        amp=config.amp, device=config.device, ckpt_every=config.ckpt_every or config.steps, log_every=config.log_every,
+        seed=config.seed, num_workers=config.num_workers, progress=config.progress,
+    )
+
+    def on_log(step: int, record: dict) -> None:
+        callback(step, {"step": step, "loss": record["loss"], "lr": record["lr"]})
+
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            run_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="kit-finetune-"))
+        stack.enter_context(_global_rng_kept(resolve_device(config.device)))
+        summary = train(task, dataset, train_config, run_dir, modalities=list(modalities) if modalities else None,
+                        callback=on_log if callback is not None else None)
+        metrics = Path(run_dir) / METRICS_JSON
+        records = json.loads(metrics.read_text())["records"] if metrics.exists() else []  # rank 0 writes it
+    history = [{"step": r["step"], "loss": r["loss"], "lr": r["lr"]} for r in records]
+    task.selection.restore(model)
     model.eval()
-    summary = {"wall_s": wall, "samples_per_s": last_step * config.batch_size / max(wall - val_s, 1e-9),
-               "final_loss": history[-1]["loss"] if history else None, "steps_run": last_step,
-               "best_step": selection.best_step if val_every else last_step, "val_s": val_s,
-               "stopped_early": bool(val_every and last_step < config.steps)}
-    if val_every and selection.best_score is not None:
-        summary["best_val"] = selection.best_score[0]
-    return history, summary, val_history
+    steps_run, wall = int(summary["steps_run"]), float(summary["wall_s"])
+    selection = task.selection
+    out = {"wall_s": wall, "samples_per_s": steps_run * summary["global_batch_size"] / max(wall - task.val_s, 1e-9),
+           "final_loss": history[-1]["loss"] if history else None, "steps_run": steps_run,
+           "best_step": selection.best_step if task.val_every else steps_run, "val_s": task.val_s,
+           "stopped_early": bool(task.val_every and steps_run < config.steps), "resumed_from": summary["resumed_from"]}
+    if task.val_every and selection.best_score is not None:
+        out["best_val"] = selection.best_score[0]
+    return history, out, list(task.val_history)
+
+
+@contextlib.contextmanager
+def _global_rng_kept(device: torch.device):
+    """Run a block (the loop seeds the global RNGs) and give the caller its python, numpy and torch RNG states back."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def finetune(
@@ -208,6 +196,7 @@ def finetune(
     classes: Sequence[Any] | None = None,
     callback: Callable[[int, dict], None] | None = None,
     val_indices: Sequence[int] | None = None,
+    run_dir: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune on the cached subjects ``indices`` and return the trained model with its history.
 
@@ -225,6 +214,9 @@ def finetune(
         val_indices: validation subjects (disjoint from ``indices`` and from any test set) for
             model selection and early stopping every ``config.val_every`` steps; the returned model
             is the best one on them (:mod:`kit.finetune.selection`).
+        run_dir: folder for the loop's checkpoint and metrics (kit.train.train): a fine-tune
+            killed there resumes where its last checkpoint stopped (``config.ckpt_every``) and ends
+            with the weights of an uninterrupted run; None: a temporary folder, nothing to resume.
 
     Returns:
         :class:`FinetuneResult`.
@@ -251,7 +243,6 @@ def finetune(
     if overlap:
         raise ValueError(f"finetune: validation subjects {[cache.entries[i]['subject'] for i in overlap]} are also "
                          "training subjects; model selection needs a disjoint split")
-    device = resolve_device(config.device)
     modalities = list(cache.modalities)
     images = cache.images()
     subjects = [str(cache.entries[i]["subject"]) for i in indices]
@@ -302,10 +293,12 @@ def finetune(
 
     model, report = build_finetune_model(config, len(modalities), modalities, n_outputs)
     model.check_input(torch.empty(1, len(modalities), *sample_shape, device="meta"))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)  # dropout: deterministic, without touching the caller's RNG
-        history, summary, val_history = _run_steps(model, dataset, loss_fn, config, device, callback,
-                                                   validate if config.val_every else None)
+    # What a restart from run_dir must share with this run (the loop compares it, and its own settings).
+    describe = {**{k: v for k, v in asdict(config).items() if k not in _MAY_DIFFER}, "modalities": modalities,
+                "train_subjects": subjects, "val_subjects": [str(cache.entries[i]["subject"]) for i in val_indices],
+                **result_meta}
+    history, summary, val_history = train_task(model, dataset, loss_fn, config, callback=callback, validate=validate,
+                                               run_dir=run_dir, modalities=modalities, describe=describe)
     summary.update(n_train=len(subjects), init_report=report.summary() if report is not None else None)
     # voxel size of the training data, so kit predict can warn about inputs at another resolution
     affines = [np.asarray(cache.entries[i]["affine"], float) for i in indices if cache.entries[i].get("affine")]

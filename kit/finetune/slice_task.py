@@ -37,7 +37,7 @@ from kit.devices import resolve_device
 from kit.finetune.evaluate import classification_metrics
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import class_table, is_missing
-from kit.finetune.finetune import _run_steps
+from kit.finetune.finetune import train_task
 from kit.finetune.task import ClassLoss, build_finetune_model, class_weights
 
 __all__ = ["slice_targets", "SliceClassificationDataset", "train_slice_classifier", "slice_scores",
@@ -119,15 +119,13 @@ def train_slice_classifier(config: FinetuneConfig, slices: SliceDataset, rows: S
     """
     if len(set(int(t) for t in targets)) < 2:
         raise ValueError(f"slice classifier: the training slices hold {len(set(targets))} class(es); need at least two")
-    device = resolve_device(config.device)
     dataset = SliceClassificationDataset(slices, rows, targets, config.augment)
     n_outputs = 1 if n_classes == 2 else n_classes
     model, report = build_finetune_model(config, slices.in_channels, slices.modalities, n_outputs)
     model.check_input(torch.empty(1, slices.in_channels, slices.size, slices.size, device="meta"))
     loss_fn = ClassLoss(n_classes, class_weights(config.class_weights, targets, n_classes))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        history, summary, _ = _run_steps(model, dataset, loss_fn, config, device, None)  # no validation here
+    # the one training loop (kit.train.train), without validation here; a temporary run folder
+    history, summary, _ = train_task(model, dataset, loss_fn, config, modalities=list(slices.modalities))
     summary.update(n_train_slices=len(rows), init_report=report.summary() if report is not None else None)
     return model, history, summary
 

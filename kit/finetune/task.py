@@ -13,12 +13,18 @@ which is what DiceCELoss does for a single channel.
 
 Initialisation from a checkpoint (:func:`build_finetune_model`) goes through
 :func:`kit.models.init_from_checkpoint` and never loads silently.
+
+:class:`FinetuneTask` is what the one training loop (:func:`kit.train.train`) optimises when it
+fine-tunes, as it optimises an SSL objective when it pretrains: network + loss, the validation
+every ``val_every`` steps with model selection and early stopping (:mod:`kit.finetune.selection`),
+and that selection's state in every checkpoint, so a killed fine-tune resumes exactly.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +34,15 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from kit.finetune.config import FinetuneConfig
+from kit.finetune.selection import ModelSelection
 from kit.models.backbones import create_model
 from kit.models.checkpoints import LoadReport, load_checkpoint
 from kit.models.finetuned import ClassificationModel
 from kit.models.transfer import init_from_checkpoint
 
-__all__ = ["DiceBCELoss", "ClassLoss", "class_weights", "freeze_encoder", "build_finetune_model"]
+__all__ = ["FinetuneTask", "DiceBCELoss", "ClassLoss", "class_weights", "freeze_encoder", "build_finetune_model"]
+
+Validator = Callable[[nn.Module], tuple[tuple[float, ...], dict]]
 
 
 class DiceBCELoss(nn.Module):
@@ -181,3 +190,94 @@ class ClassLoss(nn.Module):
         if self.binary:
             return self.loss(logits[:, 0], target.to(logits.dtype))
         return self.loss(logits, target)
+
+
+class FinetuneTask(nn.Module):
+    """Network + loss + model selection, driven by :func:`kit.train.train` like an SSL objective.
+
+    ``forward((x, y), seeds)`` runs ``model(x)`` (under the loop's autocast) and the loss in float32;
+    :meth:`on_step_end` validates every ``val_every`` steps (and at ``total_steps``), keeps the best
+    weights and sets :attr:`should_stop` after ``patience`` validations without improvement; the
+    selection (best weights, step, score, curve) travels in the loop's checkpoints
+    (:meth:`checkpoint_extra`), so a resumed run ends with the same selected model.
+
+    Args:
+        model: the network to fine-tune (a kit backbone, or a ClassificationModel); its trainable
+            parameters are the optimised ones.
+        loss_fn: ``loss_fn(logits, target) -> scalar``.
+        total_steps: optimizer steps of the run (the last one is always validated).
+        validate: ``validate(model) -> (score tuple, metrics)`` on validation subjects, or None.
+        val_every, patience: see :class:`kit.finetune.FinetuneConfig`.
+        describe: plain values stored in checkpoints; a restart whose ``describe`` differs is refused.
+
+    Example:
+        >>> from kit.models import create_model
+        >>> task = FinetuneTask(create_model("segresnet_small", 1, init_filters=8), DiceBCELoss(), total_steps=10)
+        >>> x, y = torch.zeros(2, 1, 16, 16, 16), torch.zeros(2, 3, 16, 16, 16)
+        >>> sorted(task((x, y), torch.tensor([0, 1])))
+        ['loss']
+    """
+
+    #: Every trainable parameter gets a gradient (a ClassificationModel freezes the unused decoder).
+    find_unused_parameters = False
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, *, total_steps: int, validate: Validator | None = None,
+                 val_every: int = 0, patience: int = 0, describe: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("fine-tuning: the model has no trainable parameter (everything is frozen)")
+        self.model = model  # registered first: the optimizer sees the network's parameters in their order
+        self.loss_fn = loss_fn
+        self.total_steps = int(total_steps)
+        self.validate = validate
+        self.val_every = int(val_every) if validate is not None else 0
+        self.selection = ModelSelection(patience)
+        self.val_history: list[dict] = []
+        self.val_s = 0.0
+        self.describe = dict(describe or {})
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What a restart must share with the run it resumes (besides the loop's own settings)."""
+        return {"name": "finetune", **self.describe}
+
+    @property
+    def should_stop(self) -> bool:
+        """True once validation asked for early stopping (the loop then ends the run)."""
+        return bool(self.val_every and self.selection.should_stop)
+
+    def forward(self, batch: Sequence[torch.Tensor], seeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, y = batch
+        logits = self.model(x)
+        with torch.autocast(x.device.type, enabled=False):  # the loss in float32, whatever the network ran in
+            loss = self.loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fine-tuning loss is {float(loss)}; lower lr or check the data")
+        return {"loss": loss}
+
+    def on_step_end(self, step: int) -> None:
+        """Validate after optimizer step ``step`` when it is due; keep the best weights."""
+        if not self.val_every or (step % self.val_every and step != self.total_steps):
+            return
+        tic = time.perf_counter()
+        score, metrics = self.validate(self.model)
+        self.train()  # validation leaves the network in eval mode
+        self.val_s += time.perf_counter() - tic
+        best = self.selection.update(self.model, step, score)
+        self.val_history.append({"step": step, **metrics, "best": best})
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The selection's state for the loop's checkpoints (best weights as CPU tensors)."""
+        sel = self.selection
+        return {"finetune_task": self.config,
+                "selection": {"best_score": list(sel.best_score) if sel.best_score is not None else None,
+                              "best_step": sel.best_step, "bad": sel.bad, "best_state": sel.best_state,
+                              "val_history": list(self.val_history), "val_s": self.val_s}}
+
+    def load_checkpoint_extra(self, extra: Mapping[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_extra` saved."""
+        state = extra["selection"]
+        sel = self.selection
+        sel.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
+        sel.best_step, sel.bad, sel.best_state = state["best_step"], int(state["bad"]), state["best_state"]
+        self.val_history, self.val_s = list(state["val_history"]), float(state["val_s"])

@@ -58,6 +58,12 @@ class ClassificationModel(nn.Module):
             if not name.startswith(tuple(backbone.encoder_prefixes)):
                 param.requires_grad_(False)
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The backbone's ``config`` (``create_model(**config)`` rebuilds it; the head is described in a
+        fine-tuned checkpoint's ``extra['head']``, see :func:`load_finetuned`)."""
+        return self.backbone.config
+
     def check_input(self, x: torch.Tensor) -> None:
         """The backbone's input check (rank, channels, spatial size)."""
         self.backbone.check_input(x)
