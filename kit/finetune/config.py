@@ -74,8 +74,9 @@ class FinetuneConfig:
         seed: fixes the initialisation, data order, crops and augmentations.
         device: 'auto', 'cpu' or 'cuda'; amp: 'auto', 'bf16', 'fp16' or 'off' (kit.devices.resolve_amp).
         log_every: record the loss every this many steps (and at the last one).
-        ckpt_every: with a ``run_dir``, write a resumable checkpoint every this many steps (0: at
-            the end only; validations write one too, so a resumed run keeps the best model).
+        ckpt_every: write a resumable checkpoint (with the model selection's state) to the run
+            folder every this many steps and at the end (0: at the end only); see
+            ``finetune(run_dir=...)``.
         num_workers: DataLoader worker processes.
         progress: tqdm progress bar.
 
@@ -115,7 +116,7 @@ class FinetuneConfig:
     device: str = "auto"
     amp: str = "auto"
     log_every: int = 1
-    ckpt_every: int = 0
+    ckpt_every: int = 500
     num_workers: int = 0
     progress: bool = False
 

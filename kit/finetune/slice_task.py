@@ -33,7 +33,6 @@ from torch.utils.data import Dataset
 
 from kit.data.slices import SliceDataset
 from kit.data.splits import label_fraction_subsets, train_test_split
-from kit.devices import resolve_device
 from kit.finetune.evaluate import classification_metrics
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import class_table, is_missing

@@ -16,7 +16,9 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
   ``leakage.json`` (``leakage="flag"``, for the published two-stage protocol, whose stage 2
   pretrains on every BraTS subject);
 - one row per run appended to ``results.csv`` as soon as it finishes (and its validation curve to
-  ``curves.csv``), so an interrupted study resumes where it stopped.
+  ``curves.csv``), so an interrupted study resumes where it stopped; the run that was interrupted
+  resumes from its last checkpoint in ``finetune_runs/`` beside the table (``ckpt_every``), which
+  is removed once its row is written.
 
 Task specs are plain dicts::
 
@@ -31,7 +33,10 @@ for gliomas) and stratifies on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
@@ -218,6 +223,11 @@ def _finetune_config(base: Mapping, spec: Mapping, init: str, seed: int, device:
     return FinetuneConfig(**values)
 
 
+def _run_folder_name(key: tuple) -> str:
+    """A folder name for one run of the study: ``(init, task, fraction, seed)`` in safe characters."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "__".join(str(k) for k in key))
+
+
 def _done_keys(path: Path) -> set[tuple]:
     if not path.exists():
         return set()
@@ -312,6 +322,7 @@ def run_study(
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     curves_csv = out_csv.with_name("curves.csv")
+    runs_dir = out_csv.parent / "finetune_runs"
     done = _done_keys(out_csv)
     leaks: dict = {}
     for spec in tasks:
@@ -350,11 +361,14 @@ def run_study(
                     config = _finetune_config(base_config, spec, init, seed, device)
                     start = time.perf_counter()
                     train_idx = per_seed[int(seed)][float(fraction)]
+                    # The fine-tune's own run folder: a study killed mid-run resumes that fine-tune
+                    # from its last checkpoint (kit.train.train); removed once the row is written.
+                    run_dir = runs_dir / _run_folder_name(key)
                     result = finetune(
                         config, cache, train_idx,
                         regions=(regions or {}).get(spec["cohort"]) if is_seg else None,
                         label_values=(label_values or {}).get(spec["cohort"]) if is_seg else None,
-                        classes=classes, val_indices=val_idx,
+                        classes=classes, val_indices=val_idx, run_dir=run_dir,
                     )
                     if is_seg:
                         ev = evaluate_segmentation(result.model, cache, test_idx, result.regions, config.crop_shape,
@@ -384,6 +398,9 @@ def run_study(
                         path = save_models(*key)
                         if path is not None:
                             result.save(path, extra={"study_key": list(key), "test_subjects": [cache.entries[i]["subject"] for i in test_idx]})
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        runs_dir.rmdir()  # once empty
                     if progress:
                         shown = {k: round(v, 3) for k, v in metrics.items() if k in ("dice_mean", "auc", "accuracy")}
                         print(f"{spec['name']:>14} {label:>9} fraction {fraction:<5g} seed {seed} "

@@ -465,7 +465,7 @@ def _initialise_from(objective: nn.Module, path: str | os.PathLike, modalities: 
     own_heads = tuple(k for k in objective.state_dict() if not k.startswith("model."))
     report = load_weights(objective, full, allow_missing=own_heads, allow_unexpected=tuple(heads))
     report.transferred = ["model." + k for k in backbone_report.transferred]
-    report.notes = backbone_report.notes + [f"initialised from {path} (objective {extra.get('ssl_objective', {}).get('name')!r})"]
+    report.notes = backbone_report.notes + report.notes + [f"initialised from {path} (objective {extra.get('ssl_objective', {}).get('name')!r})"]
     return report
 
 
