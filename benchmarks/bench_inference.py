@@ -39,9 +39,9 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
+from kit.devices import resolve_amp
 from kit.models import create_model
 from kit.models.inference import predict_volume
-from kit.devices import resolve_amp
 
 VOLUME = (4, 240, 240, 155)
 CONFIGS = [

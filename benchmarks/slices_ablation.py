@@ -37,10 +37,10 @@ from kit.data.curate import SliceFilter, curate_slices, retained_fraction
 from kit.data.slices import SliceDataset
 from kit.models import create_model
 from kit.ssl import create_objective
-from kit.train import TrainConfig, train
 from kit.finetune import FinetuneConfig
 from kit.finetune.slice_task import slice_study
 from kit.finetune.stats import paired_difference, summarise
+from kit.train import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> dict:
