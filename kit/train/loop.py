@@ -37,9 +37,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from kit.devices import AMP_CHOICES, resolve_amp
 from kit.models.checkpoints import CheckpointError, LoadReport, load_checkpoint, load_weights, save_checkpoint
 from kit.models.transfer import init_from_checkpoint
-from kit.devices import AMP_CHOICES, resolve_amp
 from kit.tempfiles import remove_stale_temporaries
 from kit.train.distributed import setup_distributed
 from kit.train.sampling import GlobalBatchSampler
@@ -338,8 +338,9 @@ def train(
             if done % config.ckpt_every == 0 or done == config.steps or stop:
                 rng_states = _gather_rng_states(device, world_size)
                 if is_main:
-                    # state_dict = the backbone alone, so fine-tuning rebuilds it with
-                    # kit.models.init_from_checkpoint; the heads go to extra['ssl_state'].
+                    # state_dict = the network alone (an SSL objective's backbone, which later stages
+                    # load with kit.models.init_from_checkpoint); the objective's own state (SSL
+                    # heads, a fine-tune's model selection) goes to extra.
                     save_checkpoint(
                         checkpoint_path,
                         model_config=identity["model_config"],
