@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 
 import math
 import warnings
