@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-
 import math
 import warnings
 from collections.abc import Mapping, Sequence
