@@ -1,4 +1,4 @@
-"""Whole-volume sliding-window inference time per backbone (kit.train.evaluate.predict_volume).
+"""Whole-volume sliding-window inference time per backbone (kit.finetune.evaluate.predict_volume).
 
 One BraTS-sized input, 4 channels x 240 x 240 x 155, through
 ``monai.inferers.sliding_window_inference`` (gaussian blending) for:
@@ -39,9 +39,9 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
+from kit.devices import resolve_amp
 from kit.models import create_model
-from kit.train.evaluate import predict_volume
-from kit.train.loop import resolve_amp
+from kit.models.inference import predict_volume
 
 VOLUME = (4, 240, 240, 155)
 CONFIGS = [
@@ -148,7 +148,7 @@ def main() -> None:
               f"{record['sw_batch_size']}: {record['seconds']:.1f} s for {record['n_windows']} windows; one window "
               f"{record['single_window_s']:.3f} s; ratio {record['ratio']:.1f} windows-equivalent{lowered}", flush=True)
     payload = {
-        "benchmark": "whole-volume sliding-window inference (kit.train.evaluate.predict_volume, gaussian blending)",
+        "benchmark": "whole-volume sliding-window inference (kit.finetune.evaluate.predict_volume, gaussian blending)",
         "volume": list(VOLUME), "device": str(device), "amp": args.amp, "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

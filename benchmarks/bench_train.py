@@ -95,9 +95,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from kit.data.cache import build_cache
 from kit.data.synth import synth_cohort
 from kit.data.validate import validate_dataset
+from kit.devices import resolve_amp
 from kit.models import create_model
 from kit.ssl import create_objective
-from kit.train.loop import METRICS_JSONL, TrainConfig, resolve_amp, train
+from kit.train.loop import METRICS_JSONL, TrainConfig, train
 from kit.train.sampling import ArrayCropDataset
 
 CHANNELS = ["flair", "t1ce", "t1", "t2"]  # BraTS 2021 order, as the brats2021 manifest lists them

@@ -5,7 +5,7 @@ paper (Computerized Medical Imaging and Graphics 123, 2025) makes, on synthetic 
 code path is exercised end to end and the figures have a reference. One synthetic BraTS-layout
 tumour cohort; notebook 01's slice filter; MoCo v3 (``resnet18_2d``) pretrained twice with the same
 budget (steps x batch) on the curated slices and on all slices of the same subjects; then the slice
-task (tumour present per slice, :func:`kit.train.slice_task.slice_study`): linear probe and
+task (tumour present per slice, :func:`kit.finetune.slice_task.slice_study`): linear probe and
 fine-tune per init, label fractions in subjects, seeds, one fixed test set of subjects.
 
 Usage:
@@ -37,10 +37,10 @@ from kit.data.curate import SliceFilter, curate_slices, retained_fraction
 from kit.data.slices import SliceDataset
 from kit.models import create_model
 from kit.ssl import create_objective
+from kit.finetune import FinetuneConfig
+from kit.finetune.slice_task import slice_study
+from kit.finetune.stats import paired_difference, plot_label_efficiency, plot_paired_differences, summarise
 from kit.train import TrainConfig, train
-from kit.train.finetune import FinetuneConfig
-from kit.train.slice_task import slice_study
-from kit.train.stats import paired_difference, plot_label_efficiency, plot_paired_differences, summarise
 
 
 def summarise_results(results: pd.DataFrame, out: Path) -> None:

@@ -68,7 +68,7 @@ def network_definition(model_config: dict) -> dict:
 
 def inference_config(extra: dict, network: dict, patterns: list[str]) -> dict:
     """The ``inference.json`` of a segmentation checkpoint's ``extra`` (regions, roi, sw_overlap)."""
-    from kit.train.regions import region_paint_order
+    from kit.data.regions import region_paint_order
 
     regions = extra["regions"]
     index = {name: i for i, name in enumerate(regions)}
@@ -134,7 +134,7 @@ def _metadata(ckpt: dict, extra: dict, patterns: list[str], spacing: list[float]
     import monai
     import numpy
 
-    from kit.train.regions import region_paint_order
+    from kit.data.regions import region_paint_order
 
     modalities = list(extra["modalities"])
     label_names = {"0": "background"}

@@ -4,7 +4,7 @@ The input goes through exactly the preprocessing of the training cache (:mod:`ki
 MONAI ``LoadImaged`` (channels stacked in the checkpoint's modality order), ``CropForegroundd`` on
 the brain (voxels > 0, a margin of 2) and ``NormalizeIntensityd(nonzero=True, channel_wise=True)``.
 The model runs by sliding window over the whole cropped volume; the region probabilities become
-one label map (kit.train.regions.regions_to_labels: BraTS ET -> 4 (3 in 2023), TC minus ET -> 1,
+one label map (kit.data.regions.regions_to_labels: BraTS ET -> 4 (3 in 2023), TC minus ET -> 1,
 WT minus TC -> 2; a stroke 'lesion' -> 1); voxels outside the brain (zero in every input
 channel) are set to background; and the map is put back into the original voxel grid and saved as
 uint8 NIfTI with the first input's affine and header. Writes are atomic.
@@ -120,7 +120,7 @@ _NAME_TOKENS = re.compile(r"[^a-z0-9]+")
 
 def _contrast_in_name(path: Path, known: Sequence[str]) -> str | None:
     """The contrast a file name announces (``sub-1_T1Gd.nii.gz`` -> ``t1ce``), if exactly one of ``known``."""
-    from kit.models.checkpoints import canonical_modality
+    from kit.models.transfer import canonical_modality
 
     stem = path.name.lower().removesuffix(".gz").removesuffix(".nii")
     found = {canonical_modality(t) for t in _NAME_TOKENS.split(stem)} & set(known)
@@ -139,7 +139,7 @@ def input_warnings(paths: Sequence[Path], extra: Mapping[str, Any]) -> list[str]
         >>> input_warnings([Path("s_t1.nii.gz"), Path("s_flair.nii.gz")], {"modalities": ["flair", "t1"]})[0]
         's_t1.nii.gz: input 1 is named like t1 but the checkpoint reads flair there (expected order: flair, t1)'
     """
-    from kit.models.checkpoints import canonical_modality
+    from kit.models.transfer import canonical_modality
 
     warnings = []
     expected = [canonical_modality(m) for m in extra.get("modalities") or []]
@@ -238,7 +238,7 @@ def segment_files(
         model: segmentation network, one sigmoid channel per region (on the device to run on).
         inputs: NIfTI files in the model's channel order.
         regions: region name -> label values, as trained (``extra['regions']`` of the checkpoint).
-        roi, overlap, sw_batch_size, amp: sliding-window settings (kit.train.evaluate.predict_volume).
+        roi, overlap, sw_batch_size, amp: sliding-window settings (kit.models.inference.predict_volume).
         threshold: region probability threshold.
         margin: brain-crop margin in voxels.
 
@@ -248,8 +248,8 @@ def segment_files(
         labels are mapped back to the files' own orientation, so an LPS and a RAS file of the same
         scan give the same labels in world space.
     """
-    from kit.train.evaluate import predict_volume
-    from kit.train.regions import regions_to_labels
+    from kit.models.inference import predict_volume
+    from kit.data.regions import regions_to_labels
 
     prepared = preprocess_inputs(inputs, margin)
     probs = predict_volume(model, prepared.image, roi, overlap, sw_batch_size, amp=amp)
@@ -293,8 +293,8 @@ def load_segmenter(checkpoint: str | os.PathLike, device: str = "auto") -> tuple
         CheckpointError: the file is not a fine-tuned segmentation checkpoint (names it).
     """
     from kit.models.checkpoints import CheckpointError
-    from kit.train.distributed import resolve_device
-    from kit.train.finetune import load_finetuned
+    from kit.devices import resolve_device
+    from kit.models.finetuned import load_finetuned
 
     model, extra = load_finetuned(checkpoint)
     if extra.get("task") != "segmentation":
@@ -355,7 +355,7 @@ def predict_files(
 
 def _channel_order(model_modalities: Sequence[str], manifest_modalities: Sequence[str], where: str) -> list[int]:
     """Positions in the manifest's image list of each contrast the model reads, matched by name."""
-    from kit.models.checkpoints import canonical_modality
+    from kit.models.transfer import canonical_modality
 
     manifest_names = [canonical_modality(m) for m in manifest_modalities]
     order = []

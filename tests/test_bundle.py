@@ -17,7 +17,7 @@ from kit.cli import main
 from kit.data.cache import build_cache
 from kit.data.synth import synth_cohort
 from kit.predict import predict_files
-from kit.train.finetune import FinetuneConfig, finetune
+from kit.finetune import FinetuneConfig, finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 BRATS21 = {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}

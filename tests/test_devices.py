@@ -96,7 +96,8 @@ def test_first_layer_figure_from_a_model_on_the_accelerator():
 
 
 def test_inference_and_scores_take_cpu_volumes_for_a_model_on_the_accelerator():
-    from kit.train.evaluate import classification_scores, predict_volume
+    from kit.finetune.evaluate import classification_scores
+    from kit.models.inference import predict_volume
 
     torch.manual_seed(0)
     seg = torch.nn.Conv3d(2, 3, 3, padding=1)
@@ -129,7 +130,7 @@ def test_notebooks_convert_tensors_only_through_to_numpy():
 
 
 def test_sliding_window_batch_defaults_to_one_window_on_a_cpu():
-    from kit.train.evaluate import predict_volume
+    from kit.models.inference import predict_volume
 
     seen = []
 

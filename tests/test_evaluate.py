@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kit.data.cache import build_cache
-from kit.train.evaluate import (
+from kit.finetune.evaluate import (
     classification_metrics,
     evaluate_classification,
     evaluate_segmentation,
@@ -22,9 +22,9 @@ from kit.train.evaluate import (
     use_whole_volume,
     spacing_from_affine,
 )
-from kit.train.finetune import ClassificationModel, FinetuneConfig, finetune
+from kit.finetune import ClassificationModel, FinetuneConfig, finetune
 from kit.models import create_model
-from kit.train.regions import labels_to_regions
+from kit.data.regions import labels_to_regions
 
 BRATS21 = {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}
 AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])

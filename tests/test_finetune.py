@@ -13,7 +13,7 @@ from kit.data.cache import build_cache
 from kit.data.manifest import load_manifest, parse_manifest
 from kit.models import CheckpointError, create_model, load_checkpoint, save_checkpoint, transfer_input_channels
 from kit.ssl import create_objective
-from kit.train.finetune import (
+from kit.finetune import (
     ClassificationModel,
     DiceBCELoss,
     FinetuneConfig,
@@ -25,7 +25,7 @@ from kit.train.finetune import (
     load_finetuned,
 )
 from kit.train.loop import TrainConfig, train
-from kit.train.regions import labels_to_regions, region_paint_order, regions_to_labels, resolve_regions
+from kit.data.regions import labels_to_regions, region_paint_order, regions_to_labels, resolve_regions
 from kit.train.sampling import ArrayCropDataset
 
 BRATS21 = {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}
@@ -288,7 +288,7 @@ def test_study_inits_carry_the_objective_and_load_its_checkpoint(cache, tmp_path
     """A stage pretrained with another objective fine-tunes like swin_trio's; its init is named and recorded."""
     import pandas as pd
 
-    from kit.train.study import init_name, kept_model_path, run_study
+    from kit.finetune.study import init_name, kept_model_path, run_study
 
     rng = np.random.default_rng(4)
     volumes = [rng.random((2, 36, 36, 36)).astype(np.float32) for _ in range(2)]

@@ -11,7 +11,7 @@ from kit.cli import main
 from kit.models import load_checkpoint
 from kit.models.checkpoints import CheckpointError
 from kit.models.imports import import_weights
-from kit.train.finetune import FinetuneConfig, build_finetune_model
+from kit.finetune import FinetuneConfig, build_finetune_model
 
 PATCH = "swinViT.patch_embed.proj.weight"
 

@@ -14,7 +14,7 @@ from kit.data.cache import build_cache
 from kit.models import CheckpointError
 from kit.predict_cli import add_predict_parser
 from kit.predict import _channel_order, load_segmenter, predict_dataset, predict_files, preprocess_inputs, segment_files
-from kit.train.finetune import FinetuneConfig, finetune
+from kit.finetune import FinetuneConfig, finetune
 
 BRATS21 = {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}
 SHAPE = (34, 30, 26)
@@ -205,7 +205,7 @@ def test_predict_gives_the_same_labels_in_world_space_for_ras_and_lps_files(data
     assert axcodes(nib.load(files["flair"]).affine) != axcodes(nib.load(flipped["flair"]).affine)
     prepared = preprocess_inputs([files["flair"], files["t1ce"]])
     model, _ = load_segmenter(ckpt, device="cpu")
-    from kit.train.evaluate import predict_volume
+    from kit.models.inference import predict_volume
 
     probs = predict_volume(model, prepared.image, 16, 0.5, 1, amp="off")[:, prepared.brain]
     threshold = float(probs[0].median())

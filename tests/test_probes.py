@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kit.models import create_model
-from kit.train.probes import (
+from kit.finetune.probes import (
     SegmentationProbeData,
     encoder_hypercolumn,
     pooled_features,

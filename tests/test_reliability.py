@@ -237,7 +237,7 @@ def test_unknown_model_or_setting_in_a_checkpoint_is_one_line(tmp_path, capsys):
                               "model_config does not fit model 'segresnet_small'")]:
         path = save_checkpoint(tmp_path / "seg.pt", model_config=config, state_dict={"w": torch.ones(1)},
                                extra={"task": "segmentation"})
-        from kit.train.finetune import load_finetuned
+        from kit.finetune import load_finetuned
 
         with pytest.raises(CheckpointError, match=expected):
             load_finetuned(path)
@@ -592,7 +592,7 @@ def test_every_subject_validate_accepts_loads_through_the_cache_with_finite_valu
 @pytest.fixture(scope="module")
 def seg_checkpoint(tmp_path_factory):
     """A real 1-step segmentation fine-tune on two 2 mm subjects (t1, flair)."""
-    from kit.train.finetune import FinetuneConfig, finetune
+    from kit.finetune import FinetuneConfig, finetune
 
     root = tmp_path_factory.mktemp("train")
     entries = []

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from kit.train.finetune import FinetuneConfig, LabelledCropDataset, finetune, load_finetuned
-from kit.train.selection import ModelSelection, binary_cross_entropy
+from kit.finetune import FinetuneConfig, LabelledCropDataset, finetune, load_finetuned
+from kit.finetune.selection import ModelSelection, binary_cross_entropy
 
 from test_finetune import BRATS21, cache, small  # noqa: F401  (module fixture reused)
 
@@ -52,7 +52,7 @@ def test_finetune_selects_the_best_validation_step_and_stops_early(cache):  # no
     if result.summary["stopped_early"]:
         assert result.summary["steps_run"] < 12 and curve[-1]["step"] - best["step"] == 2 * 2
     # the returned model is the selected one: re-validating it gives the best score
-    from kit.train.selection import segmentation_validator
+    from kit.finetune.selection import segmentation_validator
 
     score, _ = segmentation_validator(cache, [2], BRATS21, 16, inference="whole")(result.model)
     assert score[0] == pytest.approx(max(scores), abs=1e-6)

@@ -14,8 +14,8 @@ from kit.data.slices import SliceDataset
 from kit.models import create_model, load_checkpoint
 from kit.ssl import create_objective
 from kit.train import TrainConfig, train
-from kit.train.finetune import FinetuneConfig
-from kit.train.slice_task import evaluate_slice_init, slice_study, slice_targets, train_slice_classifier
+from kit.finetune import FinetuneConfig
+from kit.finetune.slice_task import evaluate_slice_init, slice_study, slice_targets, train_slice_classifier
 
 MODEL = {"widen_factor": 0.125}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit.train.stats import mean_ci, paired_difference, summarise
+from kit.finetune.stats import mean_ci, paired_difference, summarise
 
 
 def test_mean_ci_matches_textbook_t_interval():
@@ -40,7 +40,7 @@ def test_summarise_groups():
 
 
 def test_intervals_are_clipped_to_the_metric_range():
-    from kit.train.stats import metric_range
+    from kit.finetune.stats import metric_range
 
     df = pd.DataFrame({"init": ["a"] * 3, "task": ["t"] * 3, "label_fraction": [1.0] * 3, "seed": [0, 1, 2],
                        "auc": [1.0, 0.98, 0.6], "dice_mean": [0.05, 0.0, 0.3], "hd95_mean": [1.0, 2.0, 30.0]})
@@ -58,7 +58,7 @@ def test_intervals_are_clipped_to_the_metric_range():
 def test_minimal_detectable_difference_matches_the_power_definition():
     from scipy import stats
 
-    from kit.train.stats import minimal_detectable_difference
+    from kit.finetune.stats import minimal_detectable_difference
 
     sd, n = 0.04, 5
     mdd = minimal_detectable_difference(sd, n)
@@ -79,7 +79,7 @@ def test_minimal_detectable_difference_matches_the_power_definition():
 
 
 def test_catch_up_point_is_the_first_fraction_inside_the_pretrained_interval():
-    from kit.train.stats import catch_up_point
+    from kit.finetune.stats import catch_up_point
 
     s = pd.DataFrame({"init": ["scratch", "p"] * 4, "label_fraction": [0.05, 0.05, 0.1, 0.1, 0.2, 0.2, 1.0, 1.0],
                       "mean": [0.30, 0.55, 0.50, 0.60, 0.62, 0.63, 0.70, 0.66],

@@ -10,7 +10,7 @@ import pytest
 
 from kit.data.cache import build_cache
 from kit.train.provenance import leakage_report, record_seen_subjects, seen_subjects
-from kit.train.study import counts_to_fractions, run_study, study_design, study_splits
+from kit.finetune.study import counts_to_fractions, run_study, study_design, study_splits
 
 from test_finetune import BRATS21, write_subject
 
@@ -78,6 +78,7 @@ def test_study_refuses_or_flags_test_subjects_seen_in_pretraining(cohort, tmp_pa
     assert {"hd95_empty", "best_step", "steps_run"} <= set(flagged.columns)
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert list(curves.step) == [1, 2] and "val_dice_mean" in curves
+    assert not (tmp_path / "finetune_runs").exists()  # a finished run's resumable folder is removed
     # resume: nothing runs twice
     again = run_study({"tumor": cohort}, [{**spec, "inits": ["scratch"]}], inits, None, [0], base,
                       tmp_path / "r.csv", test_fraction=3, val_size=1, counts=[1], device="cpu", progress=False,

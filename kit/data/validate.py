@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import itertools
 import json
 import math
 import os
@@ -49,11 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from kit.data.manifest import Manifest, load_manifest
-from kit.data.nifti_checks import corner_shift_mm, data_problem, file_problem, header_problem, spatial_shape
+from kit.data.nifti_checks import corner_shift_mm
+from kit.data.volume_read import Problem, Volume, error_text, fmt_shape, printable, read_volume
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",
@@ -71,23 +70,6 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _MISSING_VALUES = {"", "na", "n/a", "nan", "none", "null"}
 _RESERVED_KEYS = {"subject", "image", "label"}
 _WORKERS = 2  # gzip decoding releases the GIL, so two threads read two files at once
-
-
-@dataclass
-class Problem:
-    """One finding: the file (or folder) concerned, what is wrong, and the subject if any.
-
-    Example:
-        >>> str(Problem("/d/s1/s1_t1.nii.gz", "missing t1 image", "s1"))
-        '/d/s1/s1_t1.nii.gz: missing t1 image'
-    """
-
-    path: str
-    reason: str
-    subject: str | None = None
-
-    def __str__(self) -> str:
-        return printable(f"{self.path}: {self.reason}")
 
 
 @dataclass
@@ -123,18 +105,6 @@ class ValidationResult:
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-def printable(text: str) -> str:
-    """``text`` safe to print under any locale: bytes of non-UTF-8 file names become ``\\xNN``.
-
-    Python decodes such names with surrogate escapes, which a strict UTF-8 stream cannot encode.
-
-    Example:
-        >>> printable("/data/sub-\\udcff01/t1.nii.gz")
-        '/data/sub-\\\\xff01/t1.nii.gz'
-    """
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
 
 class _FileError(Exception):
     """A file-level problem found while reading; the message is the reason."""
@@ -177,109 +147,8 @@ def _same_value(a: Any, b: Any) -> bool:
         return str(a).strip() == str(b).strip()
 
 
-def _error_text(error: Exception, path: str) -> str:
-    """One-line 'Type: message' with the (already reported) path shortened to its basename."""
-    message = " ".join(str(error).replace(path, os.path.basename(path)).split())
-    return f"{type(error).__name__}: {message}"
-
-
-def _fmt_shape(shape) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
 def _fmt_spacing(spacing) -> str:
     return "x".join(f"{float(s):g}" for s in spacing)
-
-
-# ----------------------------------------------------------------------------- reading files
-
-@dataclass
-class _Volume:
-    """What the checks need from one file once its data are decoded and dropped."""
-
-    path: str
-    shape: tuple[int, ...]
-    affine: np.ndarray
-    spacing: tuple[float, ...]
-    label_values: np.ndarray | None = None      # unique integer values (labels only)
-    n_foreground: int = 0                       # labels only
-    bad: bool = False                           # a problem was recorded: skip further checks
-
-
-def _read_volume(path: str, ndim: int, is_label: bool, problems: list, warnings: list,
-                 subject: str) -> _Volume | None:
-    """Read one NIfTI in full and record its file-level problems; None when unreadable."""
-    reason = file_problem(path)  # before nibabel: permissions, empty, gzip naming, impossible sizes
-    if reason is not None:
-        problems.append(Problem(path, reason, subject))
-        return None
-    try:
-        image = nib.load(path)
-    except Exception as error:  # nibabel raises many types for non-images; report, never crash
-        text = _error_text(error, path)
-        if "data code" in text and "not supported" in text:
-            problems.append(Problem(path, f"unsupported NIfTI data type ({text})", subject))
-        else:
-            problems.append(Problem(path, f"unreadable: not a NIfTI image ({text})", subject))
-        return None
-    if not hasattr(image, "dataobj") or not hasattr(image, "affine") or image.affine is None:
-        problems.append(Problem(path, f"unreadable: {type(image).__name__} has no voxel data/affine",
-                                subject))
-        return None
-    reason = header_problem(image, ndim)  # shape rule shared with the cache, dtype, geometry
-    if reason is not None:
-        problems.append(Problem(path, reason, subject))
-        return _Volume(path, tuple(int(s) for s in image.shape), np.eye(4), (), bad=True)
-    try:
-        data = np.asanyarray(image.dataobj)  # decodes everything: truncation shows only here
-    except Exception as error:
-        problems.append(Problem(path, f"truncated or corrupt image data ({_error_text(error, path)})",
-                                subject))
-        return None
-
-    volume = _Volume(path, tuple(int(s) for s in data.shape), np.asarray(image.affine, float),
-                     tuple(float(z) for z in image.header.get_zooms()[:ndim]))
-    if data.ndim > ndim:  # header_problem accepted it: only trailing singleton axes
-        warnings.append(Problem(path, f"shape {_fmt_shape(data.shape)} has trailing singleton "
-                                      f"axes; squeezed to {ndim}D", subject))
-        data = data.reshape(spatial_shape(data.shape, ndim))
-        volume.shape = tuple(int(s) for s in data.shape)
-
-    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
-        finite = np.isfinite(data)
-        n_bad = int(finite.size - np.count_nonzero(finite))
-        if n_bad:
-            n_nan = int(np.count_nonzero(np.isnan(data)))
-            problems.append(Problem(path, f"{n_bad} non-finite voxels (NaN: {n_nan}, inf: "
-                                          f"{n_bad - n_nan}) of {data.size}", subject))
-            volume.bad = True
-            return volume
-    reason = data_problem(data, image, is_label)  # all zero; finite on disk, inf as float32
-    if reason is not None:
-        problems.append(Problem(path, reason, subject))
-        volume.bad = True
-        return volume
-
-    if is_label:
-        if not np.issubdtype(data.dtype, np.integer):
-            fractional = data != np.rint(data)
-            if fractional.any():
-                examples = np.unique(data[fractional])[:5]
-                problems.append(Problem(
-                    path, f"non-integer label values ({int(np.count_nonzero(fractional))} voxels, "
-                          f"e.g. {', '.join(f'{v:g}' for v in examples)}); a label map holds "
-                          "integers", subject))
-                volume.bad = True
-                return volume
-            data = data.astype(np.int64)
-        flat = data.reshape(-1)
-        low, high = int(flat.min()), int(flat.max())
-        if low >= 0 and high < 65536:  # bincount is ~10x faster than unique on 10M voxels
-            volume.label_values = np.flatnonzero(np.bincount(flat))
-        else:
-            volume.label_values = np.unique(flat)
-        volume.n_foreground = int(np.count_nonzero(flat))
-    return volume
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -383,7 +252,7 @@ def _read_phenotypes(manifest: Manifest, root: Path, root_real: str, problems: l
             rows = list(csv.DictReader(handle, delimiter=delimiter))
             columns = rows[0].keys() if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        problems.append(Problem(path, f"unreadable phenotype table ({_error_text(error, path)})"))
+        problems.append(Problem(path, f"unreadable phenotype table ({error_text(error, path)})"))
         return path, None
     if spec.id_column not in columns:
         problems.append(Problem(path, f"phenotype table has no id column '{spec.id_column}' "
@@ -430,15 +299,15 @@ def _check_subject(subject: _Subject, manifest: Manifest, root: Path, root_real:
             problems.append(Problem(reported, f"missing label (pattern '{manifest.label.pattern}')",
                                     subject.id))
 
-    volumes: list[tuple[str, _Volume]] = []
+    volumes: list[tuple[str, Volume]] = []
     for spec, path in zip(manifest.images, image_paths):
         if path is not None:
-            volume = _read_volume(path, ndim, False, problems, warnings, subject.id)
+            volume = read_volume(path, ndim, False, problems, warnings, subject.id)
             if volume is not None:
                 volumes.append((spec.name, volume))
     label_volume = None
     if label_path is not None:
-        label_volume = _read_volume(label_path, ndim, True, problems, warnings, subject.id)
+        label_volume = read_volume(label_path, ndim, True, problems, warnings, subject.id)
         if label_volume is not None:
             volumes.append(("label", label_volume))
 
@@ -448,9 +317,9 @@ def _check_subject(subject: _Subject, manifest: Manifest, root: Path, root_real:
         ref_name, ref = usable[0]
         for name, volume in usable[1:]:
             if volume.shape != ref.shape:
-                problems.append(Problem(volume.path, f"shape {_fmt_shape(volume.shape)} differs from "
+                problems.append(Problem(volume.path, f"shape {fmt_shape(volume.shape)} differs from "
                                                      f"{ref_name} ({os.path.basename(ref.path)}) "
-                                                     f"{_fmt_shape(ref.shape)}", subject.id))
+                                                     f"{fmt_shape(ref.shape)}", subject.id))
                 continue
             shift = corner_shift_mm(volume.affine, ref.affine, ref.shape)
             if shift > AFFINE_TOLERANCE_MM:
@@ -483,7 +352,7 @@ def _check_subject(subject: _Subject, manifest: Manifest, root: Path, root_real:
     return entry, problems, warnings, geometry_key
 
 
-def _check_label(volume: _Volume, manifest: Manifest, row: dict | None, table_path: str | None,
+def _check_label(volume: Volume, manifest: Manifest, row: dict | None, table_path: str | None,
                  subject_id: str, problems: list) -> None:
     allowed = list(manifest.label.values)
     present = {int(v) for v in volume.label_values}
@@ -553,7 +422,7 @@ def validate_dataset(manifest: Manifest | str | Path, root: str | Path, *,
         try:
             return _check_subject(subject, manifest, root, root_real, table, table_path)
         except Exception as error:  # a bug or an odd file must not hide the other subjects
-            return None, [Problem(subject.origin, f"could not be checked ({_error_text(error, subject.origin)})",
+            return None, [Problem(subject.origin, f"could not be checked ({error_text(error, subject.origin)})",
                                   subject.id)], [], None
 
     with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
@@ -584,10 +453,10 @@ def _geometry_warnings(manifest: Manifest, geometries: dict, n_subjects: int) ->
         if not (shape_off or spacing_off):
             continue
         want = ", ".join(part for part in (
-            f"shape {_fmt_shape(expected.shape)}" if expected.shape else "",
+            f"shape {fmt_shape(expected.shape)}" if expected.shape else "",
             f"spacing {_fmt_spacing(expected.spacing)} mm" if expected.spacing else "") if part)
         warnings.append(Problem(paths[0], f"{len(paths)} of {n_subjects} subjects have shape "
-                                          f"{_fmt_shape(shape)}, spacing {_fmt_spacing(spacing)} mm; "
+                                          f"{fmt_shape(shape)}, spacing {_fmt_spacing(spacing)} mm; "
                                           f"manifest {manifest.name} expects {want}"
                                           f"{' in ' + expected.space if expected.space else ''} "
                                           "(resampled or synthetic data?)"))

@@ -1,4 +1,4 @@
-"""kit.models: backbones by name, heads, and checkpoints.
+"""kit.models: backbones by name, heads, checkpoints, weight transfer, inference and fine-tuned networks.
 
 Example:
     >>> from kit.models import create_model, list_models
@@ -22,16 +22,22 @@ from kit.models.checkpoints import (
     CheckpointError,
     KeyMismatchError,
     LoadReport,
-    build_from_checkpoint,
-    canonical_modality,
     load_checkpoint,
     load_weights,
+    model_from_config,
     normalize_state_dict,
     read_state_dict,
     save_checkpoint,
+)
+from kit.models.finetuned import ClassificationModel, load_finetuned
+from kit.models.heads import ClassificationHead, SSLHead, global_pool
+from kit.models.transfer import (
+    build_from_checkpoint,
+    canonical_modality,
+    init_from_checkpoint,
+    output_key_patterns,
     transfer_input_channels,
 )
-from kit.models.heads import ClassificationHead, SSLHead, global_pool
 
 __all__ = [
     "BackboneMixin",
@@ -47,12 +53,17 @@ __all__ = [
     "LoadReport",
     "build_from_checkpoint",
     "canonical_modality",
+    "init_from_checkpoint",
+    "output_key_patterns",
     "load_checkpoint",
     "load_weights",
+    "model_from_config",
     "normalize_state_dict",
     "read_state_dict",
     "save_checkpoint",
     "transfer_input_channels",
+    "ClassificationModel",
+    "load_finetuned",
     "ClassificationHead",
     "SSLHead",
     "global_pool",

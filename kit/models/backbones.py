@@ -9,6 +9,8 @@ checkpoint tools and fine-tuning need:
 - ``encoder_prefixes``: state-dict key prefixes of the encoder (encoder-only transfer);
 - ``first_conv_key`` and ``input_conv_keys``: state-dict keys of the layers that read the raw input
   channels (first is the stem; SwinUNETR also has a skip-path conv on the input);
+- ``output_keys``: fnmatch patterns of the output layer's keys (its shape follows ``out_channels``;
+  a fine-tune re-initialises it), so weight transfer (:mod:`kit.models.transfer`) needs no table;
 - ``config``: plain values such that ``create_model(**model.config)`` rebuilds the same network;
 - ``check_input(x)``: a clear ``ValueError`` for a wrong rank, channel count or spatial size.
 
@@ -110,6 +112,7 @@ class BackboneMixin:
     encoder_prefixes: tuple[str, ...]
     first_conv_key: str
     input_conv_keys: tuple[str, ...]
+    output_keys: tuple[str, ...]
     config: dict[str, Any]
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -163,6 +166,7 @@ class SwinUNETRBackbone(BackboneMixin, SwinUNETR):
             "encoder1.layer.conv1.conv.weight",
             "encoder1.layer.conv3.conv.weight",  # 1x1 residual projection (present when in != feature)
         )
+        self.output_keys = ("out.conv.conv.*",)
         self.config = {"name": "swinunetr", "in_channels": in_channels, "out_channels": out_channels, **cfg}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,6 +200,7 @@ class SegResNetBackbone(BackboneMixin, SegResNet):
         self.encoder_prefixes = ("convInit.", "down_layers.")
         self.first_conv_key = "convInit.conv.weight"
         self.input_conv_keys = ("convInit.conv.weight",)
+        self.output_keys = ("conv_final.2.conv.*",)
         self.config = {"name": "segresnet_small", "in_channels": in_channels, "out_channels": out_channels, **cfg}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

@@ -16,8 +16,11 @@ Fixes for the defects users hit with the public BrainSegFounder code (github.com
 weights are never loaded with a silent ``strict=False`` (:func:`load_weights` raises on any
 missing, unexpected or shape-mismatched key that was not explicitly allowed and reports what it did);
 the ``module.`` / ``_orig_mod.`` / ``swinViT.`` prefix differences between releases are normalised;
-a change of input contrasts transfers the pretrained first layer (:func:`transfer_input_channels`)
-instead of re-initialising it.
+a change of input contrasts transfers the pretrained first layer
+(:func:`kit.models.transfer.transfer_input_channels`) instead of re-initialising it.
+
+Every transfer of weights between checkpoints and networks (another set of input contrasts, encoder
+only, a new output layer) goes through :func:`kit.models.transfer.init_from_checkpoint`.
 
 Example:
     >>> import tempfile
@@ -25,9 +28,8 @@ Example:
     >>> net = create_model("segresnet_small", in_channels=2)
     >>> p = save_checkpoint(Path(tempfile.mkdtemp()) / "ckpt.pt", model_config=net.config, state_dict=net.state_dict(),
     ...                     extra={"modalities": ["t1", "flair"], "step": 10})
-    >>> net4, report = build_from_checkpoint(p, modalities=["flair", "t1ce", "t1", "t2"])
-    >>> net4.in_channels, report.transferred
-    (4, ['convInit.conv.weight'])
+    >>> load_checkpoint(p)["extra"]["modalities"]
+    ['t1', 'flair']
 """
 
 from __future__ import annotations
@@ -56,9 +58,6 @@ __all__ = [
     "read_state_dict",
     "normalize_state_dict",
     "load_weights",
-    "canonical_modality",
-    "transfer_input_channels",
-    "build_from_checkpoint",
     "model_from_config",
 ]
 
@@ -107,7 +106,7 @@ class KeyMismatchError(ValueError):
 
 @dataclass
 class LoadReport:
-    """What :func:`load_weights` / :func:`build_from_checkpoint` did.
+    """What :func:`load_weights` / :func:`kit.models.transfer.init_from_checkpoint` did.
 
     Attributes:
         loaded: model keys whose values came from the weights.
@@ -434,154 +433,6 @@ def load_weights(
     merged.update({k: state[k] for k in loaded})
     model.load_state_dict(merged, strict=True)
     return LoadReport(loaded=loaded, missing=missing, unexpected=unexpected, shape_mismatched=mismatched, notes=notes)
-
-
-# ----------------------------------------------------------------------------- channel transfer
-
-_MODALITY_ALIASES = {
-    "t1w": "t1", "t1n": "t1",
-    "t1c": "t1ce", "t1gd": "t1ce", "t1-ce": "t1ce", "t1_ce": "t1ce",
-    "t2w": "t2",
-    "t2f": "flair", "t2flair": "flair", "t2-flair": "flair", "t2_flair": "flair",
-}  # fmt: skip
-# Closest relative of each contrast, in order of preference: the pre/post-contrast T1 pair and the
-# T2 / FLAIR pair show the same tissue contrast apart from enhancement and CSF suppression.
-_RELATIVES = {"t1ce": ("t1",), "t1": ("t1ce",), "t2": ("flair",), "flair": ("t2",)}
-
-
-def canonical_modality(name: str) -> str:
-    """Lower-case canonical contrast name (``'T1Gd'`` -> ``'t1ce'``, ``'T2-FLAIR'`` -> ``'flair'``).
-
-    Example:
-        >>> canonical_modality("T1w"), canonical_modality("T2_FLAIR")
-        ('t1', 'flair')
-    """
-    key = str(name).strip().lower()
-    return _MODALITY_ALIASES.get(key, key)
-
-
-def transfer_input_channels(weight: torch.Tensor, src_modalities: list[str], dst_modalities: list[str]) -> torch.Tensor:
-    """Map a first-layer weight ``(out, len(src), *kernel)`` to ``(out, len(dst), *kernel)`` by contrast name.
-
-    Each destination channel takes the source filter of the same contrast; a contrast the source
-    lacks takes the filter of its closest relative (t1ce<-t1, t1<-t1ce, t2<-flair, flair<-t2), or else
-    the mean of all source filters. All filters are then multiplied by ``len(src) / len(dst)``.
-
-    Why the rescale: the layer's response to a (z-scored) input is a sum over input channels. For an
-    input that is 1 in every channel, output unit ``o`` receives ``sum_i sum_kernel W[o, i]``. Copying
-    filters into ``len(dst)`` channels, each about as large as the average source filter, multiplies
-    that expected sum by ``len(dst) / len(src)``; scaling by the inverse keeps the activation
-    magnitudes that the following (pretrained) layers and norms were trained on. With the same
-    contrasts in a new order the scale is 1 and the result is a pure permutation.
-
-    Args:
-        weight: ``(out_channels, in_channels, k, k, k)`` (any kernel rank).
-        src_modalities: names of the weight's input channels, in order.
-        dst_modalities: names of the wanted input channels, in order.
-
-    Example:
-        >>> w = torch.stack([torch.full((8, 3, 3, 3), 1.0), torch.full((8, 3, 3, 3), 2.0)], dim=1)  # t1, flair
-        >>> out = transfer_input_channels(w, ["t1", "flair"], ["flair", "t1ce", "t1", "t2"])
-        >>> out.shape, out[0, :, 0, 0, 0].tolist()  # flair, t1ce<-t1, t1, t2<-flair; times 2/4
-        (torch.Size([8, 4, 3, 3, 3]), [1.0, 0.5, 0.5, 1.0])
-    """
-    src = [canonical_modality(m) for m in src_modalities]
-    dst = [canonical_modality(m) for m in dst_modalities]
-    if weight.ndim < 2 or weight.shape[1] != len(src):
-        raise ValueError(
-            f"transfer_input_channels: weight of shape {tuple(weight.shape)} does not have "
-            f"{len(src)} input channels for src_modalities {list(src_modalities)}"
-        )
-    for names, label in ((src, "src_modalities"), (dst, "dst_modalities")):
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"transfer_input_channels: {label} must be non-empty and unique, got {names}")
-    columns = []
-    for name in dst:
-        source = name if name in src else next((r for r in _RELATIVES.get(name, ()) if r in src), None)
-        columns.append(weight[:, src.index(source)] if source is not None else weight.mean(dim=1))
-    return torch.stack(columns, dim=1) * (len(src) / len(dst))
-
-
-# ----------------------------------------------------------------------------- rebuild
-
-
-def build_from_checkpoint(
-    path: str | os.PathLike,
-    in_channels: int | None = None,
-    modalities: list[str] | None = None,
-    encoder_only: bool = False,
-) -> tuple[nn.Module, LoadReport]:
-    """Rebuild the network saved at ``path`` and load its weights, adapting the input contrasts.
-
-    Args:
-        path: a file written by :func:`save_checkpoint`.
-        in_channels: wanted input channels (default: the checkpoint's; implied by ``modalities``).
-        modalities: wanted input contrasts in order. When they differ from the checkpoint's
-            ``extra['modalities']`` (names or order) the input layers (``model.input_conv_keys``) are
-            mapped with :func:`transfer_input_channels` instead of being re-initialised. Without names
-            on either side, a change of channel count gives every input channel the (rescaled) mean
-            source filter, and the report says so.
-        encoder_only: load only ``model.encoder_prefixes`` keys; the rest keeps its initialisation
-            (the report lists it as missing / dropped).
-
-    Returns:
-        ``(model, report)``.
-
-    Example:
-        >>> import tempfile
-        >>> net = create_model("segresnet_small", in_channels=1)
-        >>> out = save_checkpoint(Path(tempfile.mkdtemp()) / "c.pt", model_config=net.config, state_dict=net.state_dict())
-        >>> net, report = build_from_checkpoint(out, encoder_only=True)
-        >>> report.missing[:1]
-        ['up_layers.0.0.norm1.weight']
-    """
-    path = Path(path)
-    ckpt = load_checkpoint(path)
-    config = dict(ckpt["model_config"])
-    src_in = int(config["in_channels"])
-    src_names = ckpt["extra"].get("modalities")
-    if src_names is not None and len(src_names) != src_in:
-        raise CheckpointError(f"{path}: extra['modalities'] {list(src_names)} does not match in_channels={src_in}")
-    if modalities is not None:
-        modalities = list(modalities)
-        if in_channels is not None and int(in_channels) != len(modalities):
-            raise ValueError(f"in_channels={in_channels} contradicts modalities {modalities}")
-        dst_in = len(modalities)
-    else:
-        dst_in = int(in_channels) if in_channels is not None else src_in
-    config["in_channels"] = dst_in
-    model = model_from_config(config, path)
-    state, notes = normalize_state_dict(ckpt["state_dict"], model.state_dict().keys())
-    report_extra = LoadReport(notes=notes)
-
-    same_names = (
-        modalities is None
-        or src_names is None
-        or [canonical_modality(m) for m in modalities] == [canonical_modality(m) for m in src_names]
-    )
-    if dst_in != src_in or not same_names:
-        if src_names is not None and modalities is not None:
-            src_list, dst_list = list(src_names), modalities
-        else:
-            src_list = list(src_names) if src_names is not None else [f"input{i}" for i in range(src_in)]
-            dst_list = [f"new{i}" for i in range(dst_in)]
-            notes.append("input contrast names unknown: every input channel starts from the mean source filter")
-        for key in model.input_conv_keys:
-            if key in state:
-                state[key] = transfer_input_channels(state[key], src_list, dst_list)
-                report_extra.transferred.append(key)
-        notes.append(f"input channels {src_list} -> {dst_list}")
-
-    allow_missing: tuple[str, ...] = ()
-    if encoder_only:
-        prefixes = tuple(model.encoder_prefixes)
-        report_extra.dropped = [k for k in state if not k.startswith(prefixes)]
-        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
-        allow_missing = tuple(k for k in model.state_dict() if not k.startswith(prefixes))
-    report = load_weights(model, state, allow_missing=allow_missing)
-    report.dropped, report.transferred = report_extra.dropped, report_extra.transferred
-    report.notes = notes + report.notes
-    return model, report
 
 
 def model_from_config(model_config: Mapping[str, Any], path: str | os.PathLike) -> nn.Module:

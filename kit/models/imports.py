@@ -17,7 +17,7 @@ Two layouts are read:
 The architecture (feature size, depths, heads) is read off the tensors. The Swin encoder must be
 complete: a missing encoder tensor or one of another shape is an error, never a silent gap. The
 first layer is mapped to the wanted input contrasts with
-:func:`kit.models.checkpoints.transfer_input_channels` (the sum over input channels is kept), the
+:func:`kit.models.transfer.transfer_input_channels` (the sum over input channels is kept), the
 convolutional skip encoders and decoder of SwinUNETR, which these releases do not hold, keep a seeded
 initialisation, and the SSL heads are
 left out; the report lists each group.
@@ -39,13 +39,8 @@ import torch
 
 from kit.interop import FORMATS  # the CLI's choices live there so that `kit --help` needs no torch
 from kit.models.backbones import create_model
-from kit.models.checkpoints import (
-    CheckpointError,
-    normalize_state_dict,
-    read_state_dict,
-    save_checkpoint,
-    transfer_input_channels,
-)
+from kit.models.checkpoints import CheckpointError, normalize_state_dict, read_state_dict, save_checkpoint
+from kit.models.transfer import transfer_input_channels
 
 __all__ = ["FORMATS", "ImportReport", "import_weights", "swin_config_from_state", "default_modalities"]
 

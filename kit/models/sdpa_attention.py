@@ -84,12 +84,7 @@ def use_sdpa_attention(model: nn.Module) -> int:
         >>> use_sdpa_attention(nn.Linear(2, 2))
         0
     """
-    swapped = 0
-    for module in model.modules():
-        if type(module) is WindowAttention:
-            module.__class__ = SDPAWindowAttention
-            swapped += 1
-    return swapped
+    return _swap_class(model, WindowAttention, SDPAWindowAttention)
 
 
 def use_monai_attention(model: nn.Module) -> int:
@@ -99,9 +94,14 @@ def use_monai_attention(model: nn.Module) -> int:
         >>> use_monai_attention(nn.Linear(2, 2))
         0
     """
-    restored = 0
+    return _swap_class(model, SDPAWindowAttention, WindowAttention)
+
+
+def _swap_class(model: nn.Module, old: type, new: type) -> int:
+    """Give every module of exactly class ``old`` the class ``new`` (same parameters); returns the count."""
+    swapped = 0
     for module in model.modules():
-        if type(module) is SDPAWindowAttention:
-            module.__class__ = WindowAttention
-            restored += 1
-    return restored
+        if type(module) is old:
+            module.__class__ = new
+            swapped += 1
+    return swapped

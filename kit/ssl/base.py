@@ -127,20 +127,22 @@ def sample_rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, *map(int, stream)]))
 
 
-def check_batch(x: torch.Tensor, seeds: torch.Tensor) -> list[int]:
+def check_batch(x: torch.Tensor, seeds: torch.Tensor, *, spatial_dims: int = 3, who: str = "SSL") -> list[int]:
     """Validate an SSL batch and return the seeds as Python ints.
 
-    Raises ``ValueError`` unless ``x`` is a floating ``(B, C, D, H, W)`` tensor and ``seeds`` has B integers.
+    Raises ``ValueError`` unless ``x`` is a floating ``(B, C, D, H, W)`` tensor (``(B, C, H, W)`` slices with
+    ``spatial_dims=2``) and ``seeds`` has B integers; ``who`` starts the message.
 
     Example:
         >>> check_batch(torch.zeros(2, 1, 16, 16, 16), torch.tensor([3, 4]))
         [3, 4]
     """
-    if x.ndim != 5 or not x.is_floating_point():
-        raise ValueError(f"SSL batch must be a float tensor (B, C, D, H, W), got {x.dtype} {tuple(x.shape)}")
+    layout = "(B, C, D, H, W)" if spatial_dims == 3 else "of slices (B, C, H, W)"
+    if x.ndim != spatial_dims + 2 or not x.is_floating_point():
+        raise ValueError(f"{who}: batch must be a float tensor {layout}, got {x.dtype} {tuple(x.shape)}")
     seeds = torch.as_tensor(seeds)
     if seeds.ndim != 1 or seeds.shape[0] != x.shape[0] or seeds.is_floating_point():
-        raise ValueError(f"seeds must be an integer tensor of shape ({x.shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")
+        raise ValueError(f"{who}: seeds must be an integer tensor of shape ({x.shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")
     return [int(s) for s in seeds.tolist()]
 
 

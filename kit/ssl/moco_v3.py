@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kit.models.heads import global_pool
-from kit.ssl.base import SSLObjective, gather_across_ranks, register_objective, sample_rng
+from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
 from kit.tensors import to_module_device, to_numpy
 
 __all__ = ["MoCoV3", "build_mlp", "contrastive_loss", "momentum_at", "make_view", "check_slice_batch"]
@@ -74,12 +74,7 @@ def check_slice_batch(x: torch.Tensor, seeds: torch.Tensor) -> list[int]:
         >>> check_slice_batch(torch.zeros(2, 1, 16, 16), torch.tensor([3, 4]))
         [3, 4]
     """
-    if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"moco_v3: batch must be a float tensor of slices (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
-    seeds = torch.as_tensor(seeds)
-    if seeds.ndim != 1 or seeds.shape[0] != x.shape[0] or seeds.is_floating_point():
-        raise ValueError(f"moco_v3: seeds must be an integer tensor of shape ({x.shape[0]},), got {seeds.dtype} {tuple(seeds.shape)}")
-    return [int(s) for s in seeds.tolist()]
+    return check_batch(x, seeds, spatial_dims=2, who="moco_v3")
 
 
 def build_mlp(num_layers: int, input_dim: int, mlp_dim: int, output_dim: int, last_bn: bool = True) -> nn.Sequential:

@@ -10,8 +10,9 @@ Multi-GPU (or multi-process CPU) runs use the same code, launched with torchrun:
     python -m torch.distributed.run --standalone --nproc_per_node 4 my_script.py
 """
 
-from kit.train.distributed import cleanup, is_main, resolve_device, setup_distributed
-from kit.train.loop import CHECKPOINT_NAME, METRICS_JSON, METRICS_JSONL, TrainConfig, resolve_amp, train
+from kit.devices import resolve_amp, resolve_device
+from kit.train.distributed import cleanup, is_main, setup_distributed
+from kit.train.loop import CHECKPOINT_NAME, METRICS_JSON, METRICS_JSONL, TrainConfig, train
 from kit.train.sampling import ArrayCropDataset, GlobalBatchSampler, epoch_permutation, sample_seed
 
 __all__ = [

@@ -13,28 +13,9 @@ import os
 import torch
 import torch.distributed as dist
 
+from kit.devices import resolve_device
+
 __all__ = ["resolve_device", "setup_distributed", "is_main", "rank_and_world", "cleanup"]
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """The torch device for ``device`` in {'auto', 'cpu', 'cuda'} on local process ``local_rank``.
-
-    'auto' picks CUDA when it is available. 'cuda' without a GPU raises instead of silently
-    falling back, because a run configured for a GPU would take hours on a CPU.
-
-    Example:
-        >>> resolve_device("cpu")
-        device(type='cpu')
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' was requested but torch sees no CUDA GPU (use device='auto' or 'cpu')")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def setup_distributed(device: str = "auto") -> tuple[int, int, int, torch.device]:

@@ -1,6 +1,7 @@
 """The one training loop of brainfm-kit, readable top to bottom (in the spirit of nanoGPT's train.py).
 
-``train(objective, dataset, config, run_dir)`` optimises an SSL objective (backbone + heads) with
+``train(objective, dataset, config, run_dir)`` optimises an SSL objective (backbone + heads), or a
+fine-tuning task (network + loss, :class:`kit.finetune.task.FinetuneTask`), with
 AdamW and a warmup-cosine schedule, on CPU or GPU (AMP), with gradient accumulation and data
 parallelism (torchrun + DistributedDataParallel), and leaves in ``run_dir``:
 
@@ -36,15 +37,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from kit.models.checkpoints import (
-    KeyMismatchError,
-    LoadReport,
-    canonical_modality,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    transfer_input_channels,
-)
+from kit.devices import AMP_CHOICES, resolve_amp
+from kit.models.checkpoints import CheckpointError, LoadReport, load_checkpoint, load_weights, save_checkpoint
+from kit.models.transfer import init_from_checkpoint
 from kit.tempfiles import remove_stale_temporaries
 from kit.train.distributed import setup_distributed
 from kit.train.sampling import GlobalBatchSampler
@@ -57,7 +52,6 @@ METRICS_JSON = "metrics.json"
 
 # Config fields that may differ between a run and its restart: they change bookkeeping, not weights.
 RESUME_MAY_DIFFER = ("progress", "num_workers", "log_every", "ckpt_every", "compile")
-_AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass
@@ -116,27 +110,11 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError("TrainConfig.warmup_steps and num_workers must be >= 0")
-        if self.amp not in _AMP_CHOICES:
-            raise ValueError(f"TrainConfig.amp must be one of {_AMP_CHOICES}, got {self.amp!r}")
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"TrainConfig.amp must be one of {AMP_CHOICES}, got {self.amp!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"TrainConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         self.betas = tuple(float(b) for b in self.betas)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; None means full float32.
-
-    Example:
-        >>> resolve_amp("auto", torch.device("cpu")) is None
-        True
-    """
-    if amp not in _AMP_CHOICES:
-        raise ValueError(f"amp must be one of {_AMP_CHOICES}, got {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 def train(
@@ -152,11 +130,16 @@ def train(
     """Train ``objective`` on ``dataset``; resume from ``run_dir/checkpoint.pt`` when it exists.
 
     Args:
-        objective: an SSL objective (kit.ssl.create_objective); ``objective(x, seeds)`` returns
-            {'loss': total, '<term>': ...}; ``objective.model`` is the backbone, whose ``config``
-            dict is stored so that later stages can rebuild it. All its parameters are optimised.
+        objective: an SSL objective (kit.ssl.create_objective) or a fine-tuning task
+            (kit.finetune.task.FinetuneTask); ``objective(batch, seeds)`` returns
+            {'loss': total, '<term>': ...}; ``objective.model`` is the network, whose ``config``
+            dict is stored so that later stages can rebuild it. All its trainable parameters are
+            optimised. After each optimizer step the loop calls ``objective.on_step_end(step)``;
+            an objective whose ``should_stop`` is then True (early stopping on validation) ends
+            the run there, with a final checkpoint marked complete.
         dataset: map-style dataset keyed by ``(index, sample_seed)`` returning a float tensor
-            (C, D, H, W), e.g. kit.train.sampling.ArrayCropDataset.
+            (C, D, H, W) (e.g. kit.train.sampling.ArrayCropDataset) or an ``(input, target)`` pair
+            of tensors (a fine-tuning task's data).
         config: TrainConfig.
         run_dir: folder for checkpoint.pt, metrics.jsonl and metrics.json (created).
         init_checkpoint: checkpoint of a previous stage to initialise the weights from when
@@ -166,7 +149,7 @@ def train(
         callback: ``callback(step, record)`` called on rank 0 after each logged step.
 
     Returns:
-        summary dict: steps, resumed_from (step or None), final (last value of each loss term),
+        summary dict: steps, steps_run, stopped_early, resumed_from (step or None), final (last value of each loss term),
         wall_s (all sessions), samples_per_s (this session), global_batch_size, world_size, paths.
 
     Example:
@@ -206,11 +189,11 @@ def train(
     }
 
     # ---- fresh start or resume ------------------------------------------------------------------
-    start_step, records, elapsed_before, resumed, init_report = 0, [], 0.0, False, None
+    start_step, records, elapsed_before, resumed, init_report, finished = 0, [], 0.0, False, None, False
     if checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path, map_location="cpu")
         extra = checkpoint.get("extra") or {}
-        _check_resumable(checkpoint_path, checkpoint, config, world_size, identity)
+        _check_resumable(checkpoint_path, checkpoint, config, world_size, identity, tuple(objective.checkpoint_extra()))
         objective.model.load_state_dict(checkpoint["state_dict"])  # strict: same run, same keys
         objective.load_checkpoint_extra(extra)  # the heads
         optimizer.load_state_dict(extra["optimizer"])
@@ -219,6 +202,7 @@ def train(
         scheduler.load_state_dict(extra["scheduler"])
         scaler.load_state_dict(extra["scaler"])
         start_step, records, elapsed_before = int(extra["step"]), list(extra["metrics"]), float(extra["elapsed_s"])
+        finished = bool(extra.get("complete"))  # the last step, or the objective asked to stop there
         _set_rng_states(extra["rng"][rank], device)
         resumed = True
     else:
@@ -235,6 +219,8 @@ def train(
         last = records[-1] if records else {}
         return {
             "steps": config.steps,
+            "steps_run": steps_run,
+            "stopped_early": steps_run < config.steps,
             "resumed_from": start_step if resumed else None,
             "final": {k: v for k, v in last.items() if k not in ("step", "lr", "grad_norm", "samples_per_s", "elapsed_s")},
             "wall_s": total_s,
@@ -245,7 +231,8 @@ def train(
             **paths,
         }
 
-    if start_step >= config.steps:  # finished earlier: make sure metrics.json is there and stop
+    steps_run = start_step
+    if finished or start_step >= config.steps:  # finished earlier: make sure metrics.json is there and stop
         summary = summarise(0, 0.0, elapsed_before)
         if is_main and not (run_dir / METRICS_JSON).exists():
             _write_json_atomic(run_dir / METRICS_JSON, {"summary": summary, "records": records})
@@ -296,16 +283,14 @@ def train(
             lr = optimizer.param_groups[0]["lr"]
             term_sums = None
             for micro_step in range(config.grad_accum):
-                x, seeds = next(batches)
-                if x.ndim not in (4, 5):  # 2D slices (moco_v3) or 3D crops
-                    raise ValueError(f"the dataset returned samples shaped {tuple(x.shape[1:])}; expected (C, D, H, W) or (C, H, W)")
-                x = x.to(device, non_blocking=True).float()
+                batch, seeds = next(batches)
+                batch = _to_device(batch, device)
                 last_micro = micro_step == config.grad_accum - 1
                 # Gradients are all-reduced by DDP only on the last micro-step of an optimizer step.
                 no_sync = model.no_sync() if world_size > 1 and not last_micro else contextlib.nullcontext()
                 with no_sync:
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        out = model(x, seeds)
+                        out = model(batch, seeds)
                     scaler.scale(out["loss"] / config.grad_accum).backward()
                 if term_names is None:
                     term_names = ["loss"] + [k for k in out if k != "loss"]
@@ -320,7 +305,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             done = step + 1
-            objective.on_step_end(done)  # e.g. momentum encoders; nothing for swin_trio
+            objective.on_step_end(done)  # e.g. momentum encoders, a fine-tune's validation
+            # A task that selects its model on validation may stop early (kit.finetune): the
+            # checkpoint below then says complete, so a restart does not train on.
+            stop = bool(getattr(objective, "should_stop", False))
+            steps_run = done
             window_steps += 1
 
             if done % config.log_every == 0 or done == config.steps:
@@ -346,19 +335,20 @@ def train(
                         callback(done, record)
             bar.update(1)
 
-            if done % config.ckpt_every == 0 or done == config.steps:
+            if done % config.ckpt_every == 0 or done == config.steps or stop:
                 rng_states = _gather_rng_states(device, world_size)
                 if is_main:
-                    # state_dict = the backbone alone, so fine-tuning rebuilds it with
-                    # kit.models.build_from_checkpoint; the heads go to extra['ssl_state'].
+                    # state_dict = the network alone (an SSL objective's backbone, which later stages
+                    # load with kit.models.init_from_checkpoint); the objective's own state (SSL
+                    # heads, a fine-tune's model selection) goes to extra.
                     save_checkpoint(
                         checkpoint_path,
                         model_config=identity["model_config"],
                         state_dict=objective.model.state_dict(),
                         extra={
-                            **objective.checkpoint_extra(),  # 'ssl_objective', 'ssl_state'
+                            **objective.checkpoint_extra(),  # SSL: 'ssl_objective', 'ssl_state'
                             "step": done,
-                            "complete": done == config.steps,
+                            "complete": done == config.steps or stop,
                             "config": asdict(config),
                             "world_size": world_size,
                             "objective": identity["objective"],
@@ -371,6 +361,8 @@ def train(
                             "rng": rng_states,
                         },
                     )
+            if stop:
+                break
     finally:
         bar.close()
         if log_file is not None:
@@ -379,7 +371,7 @@ def train(
             objective.model.__dict__.pop("encode", None)
 
     session_s = time.perf_counter() - t_session
-    summary = summarise(config.steps - start_step, session_s, elapsed_before + session_s)
+    summary = summarise(steps_run - start_step, session_s, elapsed_before + session_s)
     if is_main:
         _write_json_atomic(run_dir / METRICS_JSON, {"summary": summary, "records": records})
     if world_size > 1:
@@ -388,6 +380,16 @@ def train(
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """A batch on ``device``: SSL crops as float32 (B, C, D, H, W) or 2D (B, C, H, W) tensors; a task's
+    (input, target) pair as given (kit.finetune)."""
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(t.to(device, non_blocking=True) for t in batch)
+    if batch.ndim not in (4, 5):  # 2D slices (moco_v3) or 3D crops
+        raise ValueError(f"the dataset returned samples shaped {tuple(batch.shape[1:])}; expected (C, D, H, W) or (C, H, W)")
+    return batch.to(device, non_blocking=True).float()
 
 
 class _WithSeeds(Dataset):
@@ -412,10 +414,11 @@ def _comparable(value: Any) -> Any:
     return value
 
 
-def _check_resumable(path: Path, checkpoint: dict, config: TrainConfig, world_size: int, identity: dict) -> None:
+def _check_resumable(path: Path, checkpoint: dict, config: TrainConfig, world_size: int, identity: dict,
+                     objective_keys: tuple[str, ...]) -> None:
     """Raise a ValueError naming ``path`` and every setting that differs from the stored run."""
     extra = checkpoint.get("extra") or {}
-    required = ("step", "config", "optimizer", "scheduler", "scaler", "metrics", "rng", "elapsed_s", "ssl_state")
+    required = ("step", "config", "optimizer", "scheduler", "scaler", "metrics", "rng", "elapsed_s", *objective_keys)
     missing = [k for k in required if k not in extra]
     if missing:
         raise ValueError(f"{path} is not a resumable training checkpoint (extra lacks {missing}); "
@@ -444,46 +447,26 @@ def _check_resumable(path: Path, checkpoint: dict, config: TrainConfig, world_si
 def _initialise_from(objective: nn.Module, path: str | os.PathLike, modalities: list[str] | None) -> LoadReport:
     """Load a previous stage's weights into ``objective`` (stage 2 from stage 1).
 
-    The backbone must fit completely (never a silent strict=False), except that the layers reading
-    the input channels are mapped by contrast name when the modalities differ
-    (kit.models.transfer_input_channels). Head tensors of the stored objective are loaded where
-    they fit; the others (another objective's heads, or a head whose shape follows the channel
-    count) keep their initial values, and the returned report lists them.
+    The backbone must fit completely (kit.models.init_from_checkpoint, strict), the input layers
+    mapped by contrast name when the modalities differ. Head tensors of the stored objective are
+    loaded where they fit; the others (another objective's heads, or a head whose shape follows the
+    channel count) keep their initial values, and the returned report lists them.
     """
     path = Path(path)
     checkpoint = load_checkpoint(path, map_location="cpu")
     extra = checkpoint.get("extra") or {}
     backbone = objective.model
-    state = dict(checkpoint["state_dict"])
-    src_modalities = extra.get("modalities")
-    src_in = int(checkpoint["model_config"].get("in_channels", backbone.in_channels))
-    same_names = (
-        src_modalities is None
-        or modalities is None
-        or [canonical_modality(m) for m in src_modalities] == [canonical_modality(m) for m in modalities]
-    )
-    transferred = []
-    if src_in != backbone.in_channels or not same_names:
-        if src_modalities is not None and modalities is not None:
-            src_names, dst_names = list(src_modalities), list(modalities)
-        else:  # no names: every new channel starts from the (rescaled) mean source filter
-            src_names = [f"input{i}" for i in range(src_in)]
-            dst_names = [f"new{i}" for i in range(backbone.in_channels)]
-        for key in backbone.input_conv_keys:
-            if key in state:
-                state[key] = transfer_input_channels(state[key], src_names, dst_names)
-                transferred.append("model." + key)
     try:
-        load_weights(backbone, state)  # raises on anything that does not fit
-    except KeyMismatchError as err:
+        backbone_report = init_from_checkpoint(backbone, checkpoint, modalities=modalities, source=path)
+    except CheckpointError as err:
         raise ValueError(f"init_checkpoint {path}: its backbone does not fit this objective's backbone: {err}") from err
     # Heads: load what fits, on top of the backbone just loaded.
-    heads = {k: v for k, v in (extra.get("ssl_state") or {}).items()}
+    heads = dict(extra.get("ssl_state") or {})
     full = {**{"model." + k: v for k, v in backbone.state_dict().items()}, **heads}
     own_heads = tuple(k for k in objective.state_dict() if not k.startswith("model."))
     report = load_weights(objective, full, allow_missing=own_heads, allow_unexpected=tuple(heads))
-    report.transferred = transferred
-    report.notes.append(f"initialised from {path} (objective {extra.get('ssl_objective', {}).get('name')!r})")
+    report.transferred = ["model." + k for k in backbone_report.transferred]
+    report.notes = backbone_report.notes + report.notes + [f"initialised from {path} (objective {extra.get('ssl_objective', {}).get('name')!r})"]
     return report
 
 

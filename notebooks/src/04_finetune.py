@@ -44,13 +44,13 @@ from kit.data.cache import build_cache
 from kit.data.cohorts import load_cohort
 from kit.pipeline import find_run_dir, profile_config, show_smoke_banner, stage_dir, write_summary
 from kit.tensors import to_numpy
-from kit.train.evaluate import predict_volume, predict_whole_volume, use_whole_volume
-from kit.train.finetune import load_finetuned
-from kit.train.probes import probe_summary, run_probes
-from kit.train.regions import regions_to_labels
-from kit.train.stats import (catch_up_point, comparison_table, paired_difference, plot_label_efficiency,
-                             plot_paired_differences, summarise)
-from kit.train.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
+from kit.models.inference import predict_volume, predict_whole_volume, use_whole_volume
+from kit.finetune import load_finetuned
+from kit.finetune.probes import probe_summary, run_probes
+from kit.data.regions import regions_to_labels
+from kit.finetune.stats import (catch_up_point, comparison_table, paired_difference, plot_label_efficiency,
+                                plot_paired_differences, summarise)
+from kit.finetune.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
 from kit.viz import label_colors_for, plot_subjects
 
 run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab

@@ -37,8 +37,8 @@ from kit.data.cache import open_cache
 from kit.explain import random_baseline, saliency_map, score_saliency, summarise_localisation
 from kit.pipeline import find_run_dir, profile_config, show_smoke_banner, stage_dir, write_summary
 from kit.tensors import to_numpy
-from kit.train.finetune import classification_input, load_finetuned
-from kit.train.study import init_name, kept_model_path
+from kit.finetune import classification_input, load_finetuned
+from kit.finetune.study import init_name, kept_model_path
 from kit.viz import plot_heatmap_over_anatomy
 from kit.viz.results import plot_localisation_bars
 
@@ -71,7 +71,7 @@ print(f"classifiers {list(classifiers)} for {task!r} ({extra['classes']}); {len(
 # listed with their AUC and left out.
 
 # %%
-from kit.train.evaluate import evaluate_classification
+from kit.finetune.evaluate import evaluate_classification
 
 min_auc = float(config.get("min_auc", 0.0))
 test_idx = [by_subject[s] for s in sorted(test_subjects) if s in by_subject]

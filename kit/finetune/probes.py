@@ -15,7 +15,7 @@ is fitted on the frozen features of the labelled subjects and scored on the fixe
 
 ``scratch`` is a randomly initialised, frozen encoder: the random-features baseline any
 pretraining must beat (Hinton's "random features" control). The splits are the fine-tuning
-study's (:func:`kit.train.study.study_design`), so probe and fine-tune rows pair up.
+study's (:func:`kit.finetune.study.study_design`), so probe and fine-tune rows pair up.
 
 Example::
 
@@ -36,8 +36,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kit.train.evaluate import segmentation_metrics, spacing_from_affine
-from kit.train.regions import labels_to_regions, resolve_regions
+from kit.finetune.evaluate import segmentation_metrics, spacing_from_affine
+from kit.data.regions import labels_to_regions, resolve_regions
 
 __all__ = [
     "encoder_hypercolumn",
@@ -97,7 +97,7 @@ def encoder_hypercolumn(backbone: nn.Module, image: Any) -> torch.Tensor:
 def pooled_features(backbone: nn.Module, volume: torch.Tensor) -> np.ndarray:
     """Mean of each encoder level over the non-zero (brain) voxels, concatenated: (F,) float32.
 
-    ``volume`` is the classifier input (C, *size) (kit.train.finetune.classification_input).
+    ``volume`` is the classifier input (C, *size) (kit.finetune.classification_input).
 
     Example:
         >>> from kit.models import create_model
@@ -124,7 +124,8 @@ def probe_encoder(init: str, in_channels: int, modalities: Sequence[str], base_c
         >>> net.training, any(p.requires_grad for p in net.parameters())
         (False, False)
     """
-    from kit.train.finetune import FinetuneConfig, build_finetune_model
+    from kit.finetune.config import FinetuneConfig
+    from kit.finetune.task import build_finetune_model
 
     names = {"backbone", "model", "seed"}
     values = {k: v for k, v in base_config.items() if k in names}
@@ -220,7 +221,7 @@ class SegmentationProbeData:
         return fit_probe(x, y, w, c)
 
     def evaluate(self, probe, regions: Mapping[str, Sequence[int]], with_hd95: bool = False) -> pd.DataFrame:
-        """Per test subject Dice (and HD95 with ``with_hd95``, kit.train.evaluate) of the probe's
+        """Per test subject Dice (and HD95 with ``with_hd95``, kit.finetune.evaluate) of the probe's
         whole-brain prediction; HD95 is off by default because it costs more than the fit."""
         labels = self.cache.labels()
         classes = [int(c) for c in probe.classes_]
@@ -246,7 +247,7 @@ class SegmentationProbeData:
 
 def dice_scores(pred: np.ndarray, target: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     """Dice per region and their mean, with the same empty-mask rule as
-    :func:`kit.train.evaluate.segmentation_metrics` (both empty: 1; one empty: 0), without HD95.
+    :func:`kit.finetune.evaluate.segmentation_metrics` (both empty: 1; one empty: 0), without HD95.
 
     Example:
         >>> a = np.zeros((2, 4, 4, 4), bool); a[0, :2] = True
@@ -263,7 +264,7 @@ def dice_scores(pred: np.ndarray, target: np.ndarray, names: Sequence[str]) -> d
 
 
 def _append(path: Path, row: dict) -> None:
-    from kit.train.study import _append_row
+    from kit.finetune.study import _append_row
 
     _append_row(path, row)
 
@@ -289,7 +290,7 @@ def run_probes(
 
     Args:
         caches, tasks, inits, seeds, test_fraction, val_size, regions, label_values: as in
-            :func:`kit.train.study.run_study` (same splits; ``spec["counts"]`` overrides ``counts``).
+            :func:`kit.finetune.study.run_study` (same splits; ``spec["counts"]`` overrides ``counts``).
         counts: label counts in subjects, e.g. ``[1, 2, 4, "all"]``.
         base_config: ``backbone``, ``model`` and ``input_size`` (classification) of the encoder.
         per_value: voxels sampled per label value and subject (segmentation).
@@ -299,9 +300,9 @@ def run_probes(
         Every row of ``out_csv``: ``init, task, label_fraction, seed, n_train, n_test, <metrics>,
         fit_s`` (+ ``features_s`` the first time an init's features are computed).
     """
-    from kit.train.finetune import class_table, classification_input
-    from kit.train.study import _done_keys, study_design, task_pool
-    from kit.train.evaluate import classification_metrics
+    from kit.finetune.data import class_table, classification_input
+    from kit.finetune.study import _done_keys, study_design, task_pool
+    from kit.finetune.evaluate import classification_metrics
 
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -381,7 +382,7 @@ def probe_summary(results: pd.DataFrame, metrics: Mapping[str, str] | None = Non
         >>> list(probe_summary(df).columns)
         ['init', 'task', 'label_fraction', 'metric', 'mean', 'ci_low', 'ci_high', 'n', 'n_train']
     """
-    from kit.train.stats import summarise
+    from kit.finetune.stats import summarise
 
     parts = []
     for task, rows in results.groupby("task", sort=False):

@@ -1,7 +1,7 @@
 """Model selection and early stopping on a fixed validation split (never the test set).
 
 Fine-tuning with a fixed step budget either stops before convergence or overfits a few labelled
-subjects; both bias a label-efficiency curve. :func:`kit.train.finetune.finetune` therefore
+subjects; both bias a label-efficiency curve. :func:`kit.finetune.finetune` therefore
 evaluates the model every ``val_every`` steps on validation subjects held out from training and
 from the test set, keeps the best weights (:class:`ModelSelection`) and stops after ``patience``
 validations without improvement. Validation uses the same inference as the test evaluation
@@ -114,7 +114,7 @@ def segmentation_validator(cache, indices: Sequence[int], regions: Mapping[str, 
         >>> validate(model)[0]  # doctest: +SKIP
         (0.71,)
     """
-    from kit.train.evaluate import evaluate_segmentation
+    from kit.finetune.evaluate import evaluate_segmentation
 
     indices = [int(i) for i in indices]
 
@@ -133,7 +133,7 @@ def classification_validator(cache, indices: Sequence[int], target: str, classes
     Example:
         >>> validate = classification_validator(cache, [5, 6, 7], "tumor_present", [0, 1], 48)  # doctest: +SKIP
     """
-    from kit.train.evaluate import evaluate_classification
+    from kit.finetune.evaluate import evaluate_classification
 
     indices = [int(i) for i in indices]
 

@@ -7,7 +7,7 @@ map (a slice is positive when it holds a voxel > 0), splits are by *subject*
 (:func:`kit.data.splits.train_test_split` and nested :func:`kit.data.splits.label_fraction_subsets`),
 so one subject's slices never sit on both sides.
 
-Training reuses the fine-tuning machinery of :mod:`kit.train.finetune`: :class:`FinetuneConfig`
+Training reuses the fine-tuning machinery of :mod:`kit.finetune`: :class:`FinetuneConfig`
 (backbone, init, transfer, freeze_encoder, steps, lr ...), :func:`build_finetune_model` (checkpoint
 loading with the key report, first-layer transfer by contrast name) and its step loop; only the
 dataset (slices instead of volumes) and the scoring are new here.
@@ -33,17 +33,11 @@ from torch.utils.data import Dataset
 
 from kit.data.slices import SliceDataset
 from kit.data.splits import label_fraction_subsets, train_test_split
-from kit.train.distributed import resolve_device
-from kit.train.evaluate import classification_metrics
-from kit.train.finetune import (
-    FinetuneConfig,
-    _class_weights,
-    _ClassLoss,
-    _run_steps,
-    build_finetune_model,
-    class_table,
-    is_missing,
-)
+from kit.finetune.evaluate import classification_metrics
+from kit.finetune.config import FinetuneConfig
+from kit.finetune.data import class_table, is_missing
+from kit.finetune.finetune import train_task
+from kit.finetune.task import ClassLoss, build_finetune_model, class_weights
 
 __all__ = ["slice_targets", "SliceClassificationDataset", "train_slice_classifier", "slice_scores",
            "evaluate_slice_init", "slice_study"]
@@ -115,8 +109,8 @@ def train_slice_classifier(config: FinetuneConfig, slices: SliceDataset, rows: S
                            n_classes: int):
     """Train a slice classifier (``config.freeze_encoder`` True: a linear probe) and return ``(model, history, summary)``.
 
-    The model is :class:`kit.train.finetune.ClassificationModel` around ``config.backbone`` built by
-    :func:`kit.train.finetune.build_finetune_model` (from scratch or ``config.init``); the loss is
+    The model is :class:`kit.finetune.ClassificationModel` around ``config.backbone`` built by
+    :func:`kit.finetune.build_finetune_model` (from scratch or ``config.init``); the loss is
     BCE on one logit for two classes, else cross-entropy (``config.class_weights`` applies).
 
     Example:
@@ -124,15 +118,13 @@ def train_slice_classifier(config: FinetuneConfig, slices: SliceDataset, rows: S
     """
     if len(set(int(t) for t in targets)) < 2:
         raise ValueError(f"slice classifier: the training slices hold {len(set(targets))} class(es); need at least two")
-    device = resolve_device(config.device)
     dataset = SliceClassificationDataset(slices, rows, targets, config.augment)
     n_outputs = 1 if n_classes == 2 else n_classes
     model, report = build_finetune_model(config, slices.in_channels, slices.modalities, n_outputs)
     model.check_input(torch.empty(1, slices.in_channels, slices.size, slices.size, device="meta"))
-    loss_fn = _ClassLoss(n_classes, _class_weights(config.class_weights, targets, n_classes))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        history, summary, _ = _run_steps(model, dataset, loss_fn, config, device, None)  # no validation here
+    loss_fn = ClassLoss(n_classes, class_weights(config.class_weights, targets, n_classes))
+    # the one training loop (kit.train.train), without validation here; a temporary run folder
+    history, summary, _ = train_task(model, dataset, loss_fn, config, modalities=list(slices.modalities))
     summary.update(n_train_slices=len(rows), init_report=report.summary() if report is not None else None)
     return model, history, summary
 

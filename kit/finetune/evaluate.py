@@ -19,15 +19,7 @@ from the average; the per-subject ``hd95_empty`` counts the regions so scored an
 sums it, so a reader sees how much of ``hd95_mean`` is the convention. ``empty_hd95=math.nan``
 gives the older reporting (such regions left out of ``hd95_mean``).
 
-Whole-volume inference (:func:`predict_whole_volume`): a volume that fits in memory is padded to
-the network's multiple and run in one forward pass, about 3x cheaper than 32^3 windows with
-overlap 0.25 on a 3 mm brain (52 x 62 x 52 voxels). It is only *equivalent* when the network
-was trained on inputs of about that size: SegResNet normalises with GroupNorm, whose statistics
-are taken over the whole input, so a model trained on 32^3 crops sees different feature
-statistics on a whole brain. Measured on one scratch model (3 mm, 27 training subjects, 20 test
-subjects): mean Dice 0.67 with 32^3 windows, 0.58 on whole volumes. Hence ``inference='auto'``
-uses the whole volume only when it fits in the training window ``roi`` (and in
-``max_whole_voxels``), and sliding windows otherwise; ``'whole'`` forces it (``roi=None`` too).
+Inference itself (sliding windows, whole volumes) lives in :mod:`kit.models.inference`.
 
 Classification metrics: accuracy, ROC AUC (``monai.metrics.compute_roc_auc``), sensitivity and
 specificity at a threshold, for binary scores (probability of the positive class) or class
@@ -43,8 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -55,21 +45,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from kit.tensors import eval_mode, to_numpy
-from kit.train.distributed import resolve_device
-from kit.train.loop import resolve_amp
-from kit.train.regions import labels_to_regions
-
-#: Sliding-window batch of :func:`predict_volume` on a GPU when none is given.
-GPU_SW_BATCH_SIZE = 4
+from kit.data.regions import labels_to_regions
+from kit.devices import resolve_device
+from kit.models.inference import (
+    MAX_WHOLE_VOXELS,
+    eval_autocast,
+    model_device,
+    predict_volume,
+    predict_whole_volume,
+    use_whole_volume,
+)
+from kit.tensors import to_numpy
 
 __all__ = [
     "Evaluation",
     "BRATS_HD95_EMPTY_MM",
     "spacing_from_affine",
-    "predict_volume",
-    "predict_whole_volume",
-    "use_whole_volume",
     "segmentation_metrics",
     "classification_metrics",
     "evaluate_segmentation",
@@ -80,8 +71,6 @@ __all__ = [
 
 # BraTS scoring: HD95 when exactly one of prediction / truth is empty (the image diagonal in mm).
 BRATS_HD95_EMPTY_MM = 373.13
-# 'auto' inference runs the whole volume in one pass up to this many (padded) voxels: ~ 126^3.
-MAX_WHOLE_VOXELS = 2_000_000
 
 
 @dataclass
@@ -108,158 +97,6 @@ def spacing_from_affine(affine: Any) -> tuple[float, float, float]:
     from nibabel.affines import voxel_sizes
 
     return tuple(float(s) for s in voxel_sizes(np.asarray(affine, dtype=float)))
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _inference_mode(model: nn.Module, device: torch.device, amp: str):
-    """Eval mode and autocast (when ``amp`` resolves to a dtype on ``device``); restores the mode."""
-    amp_dtype = resolve_amp(amp, device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    with eval_mode(model), autocast:
-        yield
-
-
-@torch.no_grad()
-def predict_volume(
-    model: nn.Module,
-    image: Any,
-    roi: int | Sequence[int],
-    overlap: float = 0.5,
-    sw_batch_size: int | None = None,
-    *,
-    amp: str = "auto",
-    mode: str = "gaussian",
-    activation: str = "sigmoid",
-) -> torch.Tensor:
-    """Region probabilities of a whole volume by sliding-window inference.
-
-    ``monai.inferers.sliding_window_inference`` runs ``model`` on ``roi`` windows overlapping by
-    ``overlap`` (volumes smaller than ``roi`` are padded) and blends them (``mode`` 'gaussian'
-    weights window centres more than borders, 'constant' averages). The model runs on its own device
-    in eval mode, under autocast when ``amp`` resolves to a dtype there ('auto': bf16 on a CUDA GPU
-    that supports it, float32 on a CPU); kit's SwinUNETR runs its window attention through SDPA.
-
-    Args:
-        model: network ``(B, C, *roi) -> (B, R, *roi)`` logits.
-        image: (C, X, Y, Z) array or tensor (the cached, normalised volume).
-        roi: window size in voxels (one int or 3); must suit the model (e.g. multiples of 32 for swinunetr).
-        overlap: fraction of a window shared with its neighbour along each axis.
-        sw_batch_size: windows per forward pass; None = 4 on a GPU, 1 on a CPU (more windows per
-            pass only help a device with parallelism to spare, and cost memory).
-        amp: 'auto' | 'bf16' | 'fp16' | 'off' (see kit.train.resolve_amp).
-        mode: window blending, 'gaussian' or 'constant'.
-        activation: 'sigmoid' (region channels), 'softmax' or 'none' (logits).
-
-    Returns:
-        float32 CPU tensor (R, X, Y, Z).
-
-    Example:
-        >>> net = nn.Conv3d(2, 3, 1)
-        >>> predict_volume(net, torch.zeros(2, 40, 36, 30), roi=32).shape
-        torch.Size([3, 40, 36, 30])
-    """
-    from monai.inferers import sliding_window_inference
-
-    volume = image.float() if torch.is_tensor(image) else torch.from_numpy(np.array(image, dtype=np.float32))
-    if volume.ndim != 4:
-        raise ValueError(f"predict_volume: expected an image (C, X, Y, Z), got shape {tuple(volume.shape)}")
-    roi_size = (int(roi),) * 3 if np.isscalar(roi) else tuple(int(r) for r in roi)
-    device = _model_device(model)
-    if sw_batch_size is None:
-        sw_batch_size = GPU_SW_BATCH_SIZE if device.type == "cuda" else 1
-    with _inference_mode(model, device, amp):
-        logits = sliding_window_inference(
-            volume[None].to(device), roi_size, int(sw_batch_size), model,
-            overlap=float(overlap), mode=mode, device=device,
-        )
-    if hasattr(logits, "as_tensor"):  # a MONAI MetaTensor: keep the plain tensor
-        logits = logits.as_tensor()
-    logits = logits.float()[0]
-    if activation == "sigmoid":
-        logits = torch.sigmoid(logits)
-    elif activation == "softmax":
-        logits = torch.softmax(logits, dim=0)
-    elif activation != "none":
-        raise ValueError(f"predict_volume: activation must be 'sigmoid', 'softmax' or 'none', got {activation!r}")
-    return logits.detach().cpu()
-
-
-def _padded_shape(shape: Sequence[int], multiple: int, minimum: int) -> tuple[int, ...]:
-    return tuple(max(int(minimum), -(-int(s) // multiple) * multiple) for s in shape)
-
-
-def use_whole_volume(model: nn.Module, shape: Sequence[int], max_voxels: int = MAX_WHOLE_VOXELS,
-                     roi: int | Sequence[int] | None = None) -> bool:
-    """True when a volume of spatial ``shape``, padded to what ``model`` accepts, has at most
-    ``max_voxels`` voxels and, with ``roi`` (the training crop), fits inside it on every side:
-    then one whole-volume pass sees what training saw (see the module docstring on GroupNorm).
-
-    Example:
-        >>> from kit.models import create_model
-        >>> net = create_model("segresnet_small", in_channels=1)
-        >>> use_whole_volume(net, (52, 62, 52)), use_whole_volume(net, (52, 62, 52), roi=32), use_whole_volume(net, (30, 28, 31), roi=32)
-        (True, False, True)
-    """
-    multiple, minimum = int(getattr(model, "downsample", 1)), int(getattr(model, "min_input_size", 1))
-    padded = _padded_shape(shape, multiple, minimum)
-    if roi is not None:
-        window = (int(roi),) * 3 if np.isscalar(roi) else tuple(int(r) for r in roi)
-        if any(p > w for p, w in zip(padded, window)):
-            return False
-    return int(np.prod(padded)) <= int(max_voxels)
-
-
-@torch.no_grad()
-def predict_whole_volume(model: nn.Module, image: Any, *, amp: str = "auto", activation: str = "sigmoid") -> torch.Tensor:
-    """Region probabilities of a whole volume in one forward pass (no windows).
-
-    The volume is zero-padded at the end of each axis to the model's multiple (``model.downsample``,
-    at least ``model.min_input_size``; 1 for other networks), run once, and cropped back. Zero is
-    the cache's background after z-scoring, so the padding looks like air outside the brain.
-
-    Args:
-        model: network ``(B, C, D, H, W) -> (B, R, D, H, W)`` logits.
-        image: (C, X, Y, Z) array or tensor.
-        amp, activation: see :func:`predict_volume`.
-
-    Returns:
-        float32 CPU tensor (R, X, Y, Z).
-
-    Example:
-        >>> from kit.models import create_model
-        >>> net = create_model("segresnet_small", in_channels=2, out_channels=3)
-        >>> predict_whole_volume(net, torch.zeros(2, 20, 27, 17)).shape
-        torch.Size([3, 20, 27, 17])
-    """
-    volume = image.float() if torch.is_tensor(image) else torch.from_numpy(np.array(image, dtype=np.float32))
-    if volume.ndim != 4:
-        raise ValueError(f"predict_whole_volume: expected an image (C, X, Y, Z), got shape {tuple(volume.shape)}")
-    spatial = tuple(int(s) for s in volume.shape[1:])
-    multiple, minimum = int(getattr(model, "downsample", 1)), int(getattr(model, "min_input_size", 1))
-    padded = _padded_shape(spatial, multiple, minimum)
-    pad = []
-    for s, p in zip(reversed(spatial), reversed(padded)):
-        pad += [0, p - s]
-    device = _model_device(model)
-    with _inference_mode(model, device, amp):
-        logits = model(torch.nn.functional.pad(volume, pad)[None].to(device))
-    if hasattr(logits, "as_tensor"):
-        logits = logits.as_tensor()
-    logits = logits.float()[0][(slice(None),) + tuple(slice(0, s) for s in spatial)]
-    if activation == "sigmoid":
-        logits = torch.sigmoid(logits)
-    elif activation == "softmax":
-        logits = torch.softmax(logits, dim=0)
-    elif activation != "none":
-        raise ValueError(f"predict_whole_volume: activation must be 'sigmoid', 'softmax' or 'none', got {activation!r}")
-    return logits.detach().cpu()
 
 
 def _as_bool_masks(masks: Any, what: str) -> torch.Tensor:
@@ -485,8 +322,8 @@ def evaluate_segmentation(
 def classification_scores(model: nn.Module, volumes: torch.Tensor, amp: str = "auto") -> np.ndarray:
     """Scores of a classifier on a batch ``(B, C, *size)``: the positive-class probability (B,) for a
     single-logit (binary) model, else softmax probabilities (B, K)."""
-    device = _model_device(model)
-    with _inference_mode(model, device, amp):
+    device = model_device(model)
+    with eval_autocast(model, device, amp):
         logits = model(volumes.to(device)).float()
     if logits.shape[1] == 1:
         return to_numpy(torch.sigmoid(logits[:, 0]))
@@ -508,12 +345,12 @@ def evaluate_classification(
 ) -> Evaluation:
     """Classification metrics of ``model`` on the cached subjects ``indices``.
 
-    Each volume goes through :func:`kit.train.finetune.classification_input` (the training
+    Each volume goes through :func:`kit.finetune.classification_input` (the training
     preprocessing, without augmentation). Subjects whose ``target`` value is missing are skipped
     (listed in ``summary['skipped']``); a value outside ``classes`` raises.
 
     Args:
-        model: :class:`kit.train.finetune.ClassificationModel` (or any ``(B, C, ...) -> (B, 1 | K)`` logits).
+        model: :class:`kit.finetune.ClassificationModel` (or any ``(B, C, ...) -> (B, 1 | K)`` logits).
         cache: :class:`kit.data.cache.CacheIndex`.
         indices: subjects to evaluate.
         target: entry field holding the class (e.g. 'tumor_present').
@@ -529,7 +366,7 @@ def evaluate_classification(
     """
     import pandas as pd
 
-    from kit.train.finetune import classification_input, is_missing
+    from kit.finetune.data import classification_input, is_missing
 
     if device is not None:
         model.to(resolve_device(device))

@@ -6,9 +6,9 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
 - one fixed, stratified, subject-level test set per task (independent of the study seed);
 - per seed, nested label-fraction subsets of the remaining subjects (:mod:`kit.data.splits`);
 - every initialisation trains on exactly the same subjects with the same seed, so differences
-  are paired (:func:`kit.train.stats.paired_difference`);
+  are paired (:func:`kit.finetune.stats.paired_difference`);
 - a fixed validation split (``val_size`` subjects, disjoint from test and training) for model
-  selection and early stopping (:mod:`kit.train.selection`), never the test set;
+  selection and early stopping (:mod:`kit.finetune.selection`), never the test set;
 - label counts in subjects (``counts: [1, 2, 4, "all"]``), the informative regime of small
   cohorts, or label fractions;
 - a leakage guard: a test subject seen by a pretraining stage (:mod:`kit.train.provenance`) makes
@@ -16,7 +16,9 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
   ``leakage.json`` (``leakage="flag"``, for the published two-stage protocol, whose stage 2
   pretrains on every BraTS subject);
 - one row per run appended to ``results.csv`` as soon as it finishes (and its validation curve to
-  ``curves.csv``), so an interrupted study resumes where it stopped.
+  ``curves.csv``), so an interrupted study resumes where it stopped; the run that was interrupted
+  resumes from its last checkpoint in ``finetune_runs/`` beside the table (``ckpt_every``), which
+  is removed once its row is written.
 
 Task specs are plain dicts::
 
@@ -31,7 +33,10 @@ for gliomas) and stratifies on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
@@ -41,8 +46,10 @@ import numpy as np
 import pandas as pd
 
 from kit.data.splits import label_fraction_subsets, train_test_split
-from kit.train.evaluate import evaluate_classification, evaluate_segmentation
-from kit.train.finetune import FinetuneConfig, class_table, finetune, is_missing
+from kit.finetune.evaluate import evaluate_classification, evaluate_segmentation
+from kit.finetune.config import FinetuneConfig
+from kit.finetune.data import class_table, is_missing
+from kit.finetune.finetune import finetune
 from kit.train.provenance import leakage_report
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
@@ -221,6 +228,11 @@ def _finetune_config(base: Mapping, spec: Mapping, init: str, seed: int, device:
     return FinetuneConfig(**values)
 
 
+def _run_folder_name(key: tuple) -> str:
+    """A folder name for one run of the study: ``(init, task, fraction, seed)`` in safe characters."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "__".join(str(k) for k in key))
+
+
 def _done_keys(path: Path) -> set[tuple]:
     if not path.exists():
         return set()
@@ -287,7 +299,7 @@ def run_study(
             list of plain stage names matches them. Every row records ``objective_of_init(init)``.
         fractions: label fractions, e.g. (0.05, 0.25, 1.0).
         seeds: study seeds.
-        base_config: :class:`kit.train.finetune.FinetuneConfig` fields shared by every run.
+        base_config: :class:`kit.finetune.FinetuneConfig` fields shared by every run.
         out_csv: results file (``init, task, label_fraction, seed, n_train, n_test, metrics...``).
         test_fraction: share of each task's pool held out as the fixed test set (>= 1: a count).
         val_size: validation subjects per task (share or count; 0 = no model selection), fixed
@@ -315,6 +327,7 @@ def run_study(
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     curves_csv = out_csv.with_name("curves.csv")
+    runs_dir = out_csv.parent / "finetune_runs"
     done = _done_keys(out_csv)
     leaks: dict = {}
     for spec in tasks:
@@ -353,11 +366,14 @@ def run_study(
                     config = _finetune_config(base_config, spec, init, seed, device)
                     start = time.perf_counter()
                     train_idx = per_seed[int(seed)][float(fraction)]
+                    # The fine-tune's own run folder: a study killed mid-run resumes that fine-tune
+                    # from its last checkpoint (kit.train.train); removed once the row is written.
+                    run_dir = runs_dir / _run_folder_name(key)
                     result = finetune(
                         config, cache, train_idx,
                         regions=(regions or {}).get(spec["cohort"]) if is_seg else None,
                         label_values=(label_values or {}).get(spec["cohort"]) if is_seg else None,
-                        classes=classes, val_indices=val_idx,
+                        classes=classes, val_indices=val_idx, run_dir=run_dir,
                     )
                     if is_seg:
                         ev = evaluate_segmentation(result.model, cache, test_idx, result.regions, config.crop_shape,
@@ -387,6 +403,9 @@ def run_study(
                         path = save_models(*key)
                         if path is not None:
                             result.save(path, extra={"study_key": list(key), "test_subjects": [cache.entries[i]["subject"] for i in test_idx]})
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        runs_dir.rmdir()  # once empty
                     if progress:
                         shown = {k: round(v, 3) for k, v in metrics.items() if k in ("dice_mean", "auc", "accuracy")}
                         print(f"{spec['name']:>14} {label:>9} fraction {fraction:<5g} seed {seed} "
