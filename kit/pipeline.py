@@ -24,6 +24,7 @@ from pathlib import Path
 
 import kit
 from kit.profiles import PROFILES, profile_config  # noqa: F401  (re-exported: notebooks import them from here)
+from kit.tempfiles import write_text_atomic
 
 STAGES = ("01_curation", "02_stage1", "03_stage2", "04_finetune", "05_saliency")
 NOTEBOOKS = {
@@ -90,10 +91,7 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented JSON via a temporary file and ``os.replace`` (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, plots: list[str] | None = None) -> Path:
@@ -193,11 +191,7 @@ def write_report(run_dir: str | Path) -> Path:
         for plot in summary.get("plots", []):
             lines.append(f"![{Path(plot).stem}]({stage}/{plot})")
         lines.append("")
-    out = run_dir / "report.md"
-    tmp = out.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 class NotebookFailed(RuntimeError):
