@@ -40,7 +40,41 @@ from kit.ssl import create_objective
 from kit.train import TrainConfig, train
 from kit.train.finetune import FinetuneConfig
 from kit.train.slice_task import slice_study
-from kit.train.stats import paired_difference, summarise
+from kit.train.stats import paired_difference, plot_label_efficiency, plot_paired_differences, summarise
+
+
+def summarise_results(results: pd.DataFrame, out: Path) -> None:
+    """summary.csv (mean, 95% CI clipped to [0, 1], n) and auc_differences.csv (paired, vs scratch and
+    curated vs uncurated) from the ablation's results table."""
+    if "n_train_subjects" in results and "n_train" not in results:
+        results = results.assign(n_train=results["n_train_subjects"])  # labelled subjects, for the x-ticks
+    summaries = [summarise(results, metric, by=("init", "task", "label_fraction")).assign(metric=metric)
+                 for metric in ("auc", "accuracy")]
+    differences = [paired_difference(results, "auc", treatment, "scratch").assign(treatment=treatment)
+                   for treatment in dict.fromkeys(results.init) if treatment != "scratch"]
+    differences.append(paired_difference(results, "auc", "moco_v3:curated", "moco_v3:uncurated")
+                       .assign(treatment="moco_v3:curated vs uncurated"))
+    summary_table = pd.concat(summaries, ignore_index=True)
+    summary_table.to_csv(out / "summary.csv", index=False)
+    difference_table = pd.concat(differences, ignore_index=True)
+    difference_table.to_csv(out / "auc_differences.csv", index=False)
+    print(summary_table.to_string(index=False))
+    print(difference_table.to_string(index=False))
+    # the figure: AUC per init vs label fraction (fine-tune, probe), and the paired differences at the fewest labels
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8), constrained_layout=True)
+    for ax, task in zip(axes[:2], ("tumor_present:finetune", "tumor_present:probe")):
+        part = summary_table[(summary_table.task == task) & (summary_table.metric == "auc")]
+        plot_label_efficiency(part, title=f"{task.split(':')[1]}: slice-level AUC (3 seeds)", ax=ax)
+    fewest = difference_table[(difference_table.label_fraction == difference_table.label_fraction.min())
+                              & (difference_table.control == "scratch")].copy()
+    fewest["treatment"] = fewest["task"].str.split(":").str[1] + " " + fewest["treatment"]
+    plot_paired_differences(fewest.assign(label_fraction=0.0),
+                            title=f"minus scratch at label fraction {difference_table.label_fraction.min():g}", ax=axes[2])
+    fig.savefig(out / "ablation.png", dpi=100)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,7 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "slices_ablation")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="recompute summary.csv and auc_differences.csv from OUT/results.csv")
     args = parser.parse_args(argv)
+    if args.summarise_only:
+        summarise_results(pd.read_csv(args.out / "results.csv"), args.out)
+        return {}
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model_cfg = {"widen_factor": args.width}
@@ -96,20 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
                               test_fraction=0.3, axis=params.axis, size=args.size)
         timings["slice_study_s"] = round(time.perf_counter() - start, 1)
     results = results.rename(columns={"fraction": "label_fraction"}).assign(task=lambda d: "tumor_present:" + d["mode"])
-    summaries = [summarise(results, metric, by=("init", "task", "label_fraction")).assign(metric=metric)
-                 for metric in ("auc", "accuracy")]
-    differences = [paired_difference(results, "auc", treatment, "scratch").assign(treatment=treatment)
-                   for treatment in inits if treatment != "scratch"]
-    differences.append(paired_difference(results, "auc", "moco_v3:curated", "moco_v3:uncurated")
-                       .assign(treatment="moco_v3:curated vs uncurated"))
     args.out.mkdir(parents=True, exist_ok=True)
     results.to_csv(args.out / "results.csv", index=False)
-    summary_table = pd.concat(summaries, ignore_index=True)
-    summary_table.to_csv(args.out / "summary.csv", index=False)
-    difference_table = pd.concat(differences, ignore_index=True)
-    difference_table.to_csv(args.out / "auc_differences.csv", index=False)
-    print(summary_table.to_string(index=False))
-    print(difference_table.to_string(index=False))
+    summarise_results(results, args.out)
     run = {
         "what": "MoCo v3 (resnet18_2d) on curated vs uncurated slices vs scratch; tumour present per slice",
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -35,6 +35,7 @@ NOTEBOOKS = {
     "05_saliency": "05_saliency.ipynb",
 }
 
+
 def _cpu_seconds() -> float:
     """CPU seconds used so far by this process and its finished children (the notebook kernels)."""
     import resource
@@ -94,8 +95,9 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
-def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, plots: list[str] | None = None) -> Path:
-    """Record a stage's key figures (plain numbers/strings) and plot paths for ``report.md``.
+def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, plots: list[str] | None = None,
+                  tables: dict[str, list[dict]] | None = None) -> Path:
+    """Record a stage's key figures (plain numbers/strings), tables and plot paths for ``report.md``.
 
     Args:
         run_dir: the run directory.
@@ -103,13 +105,38 @@ def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, pl
         title: one line describing the stage's result.
         figures: key figures, e.g. ``{"subjects": 8, "retained_fraction": 0.61}``.
         plots: PNG paths (absolute or relative to the stage folder).
+        tables: title -> rows (dicts of plain values, e.g. ``DataFrame.to_dict("records")``), drawn
+            as markdown tables (floats to 3 decimals).
 
     Example:
         >>> write_summary(run_dir, "01_curation", "Curation", {"subjects": 8}, ["figures/qc.png"])  # doctest: +SKIP
     """
     folder = stage_dir(run_dir, stage)
     rel = [os.path.relpath(Path(p) if Path(p).is_absolute() else folder / p, folder) for p in plots or []]
-    return write_json_atomic(folder / "summary.json", {"title": title, "figures": figures, "plots": rel})
+    summary = {"title": title, "figures": figures, "plots": rel}
+    if tables:
+        summary["tables"] = tables
+    return write_json_atomic(folder / "summary.json", summary)
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """Markdown lines of a table (columns of the first row; floats to 3 decimals, NaN as blank).
+
+    Example:
+        >>> markdown_table([{"init": "mim", "diff": 0.12345, "ci_low": float("nan")}])
+        ['| init | diff | ci_low |', '| --- | --- | --- |', '| mim | 0.123 |  |']
+    """
+    if not rows:
+        return []
+    columns = list(rows[0])
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if value != value else f"{value:.3f}"
+        return str(value)
+
+    return ([f"| {' | '.join(columns)} |", f"| {' | '.join('---' for _ in columns)} |"]
+            + [f"| {' | '.join(cell(row.get(c)) for c in columns)} |" for row in rows])
 
 
 SMOKE_BANNER = (
@@ -188,6 +215,8 @@ def write_report(run_dir: str | Path) -> Path:
             lines += ["| figure | value |", "| --- | --- |"]
             lines += [f"| {k} | {v} |" for k, v in figures.items()]
             lines.append("")
+        for name, rows in (summary.get("tables") or {}).items():
+            lines += [f"**{name}**", "", *markdown_table(rows), ""]
         for plot in summary.get("plots", []):
             lines.append(f"![{Path(plot).stem}]({stage}/{plot})")
         lines.append("")

@@ -81,7 +81,7 @@ OVERRIDES: dict[str, dict] = {
         "stage1": {**_SMALL_3D, "steps": 8, "batch_size": 2, "lr": 3e-4, "warmup_steps": 2, "ckpt_every": 4,
                    **_MOCO_SMOKE},
         "stage2": {**_SMALL_3D, "steps": 6, "batch_size": 2, "lr": 2e-4, "warmup_steps": 2, "ckpt_every": 3,
-                   **_MOCO_SMOKE},
+                   "compare_objectives": ["mim"], **_MOCO_SMOKE},
         "finetune": {
             "config": {**_SMALL_3D, "steps": 3, "batch_size": 2, "input_size": 32, "lr": 1e-3, "warmup_steps": 1,
                        "sw_overlap": 0.25, "inference": "auto", "val_every": 2},

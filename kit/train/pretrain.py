@@ -34,6 +34,8 @@ __all__ = [
     "prepare_stage",
     "pretrain_stage",
     "stage_for_objective",
+    "comparison_dir",
+    "pretrain_comparison",
 ]
 
 # stage number -> (run-directory folder, cohort of the run's datalist, profile key)
@@ -267,6 +269,7 @@ def prepare_stage(
     seed: int = 0,
     device: str = "auto",
     progress: bool = False,
+    out_dir: str | Path | None = None,
 ) -> PretrainStage:
     """Read the stage's cohort from the run's datalist and prepare its training.
 
@@ -279,6 +282,7 @@ def prepare_stage(
         objective: SSL objective name (default: the profile's); overrides: stage settings to change.
         init_checkpoint: initial weights (default: stage 2 starts from ``RUN/02_stage1/checkpoint.pt``).
         seed, device, progress: as for :func:`prepare_pretraining`.
+        out_dir: the stage's folder (default ``RUN/02_stage1`` or ``RUN/03_stage2``).
 
     Example:
         >>> st = prepare_stage("smoke", 1, "runs/smoke")  # doctest: +SKIP
@@ -298,7 +302,8 @@ def prepare_stage(
     entries, meta = load_cohort(run / "01_curation" / "datalist.json", cohort)
     modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
     setup_distributed(device)
-    out = stage_dir(run, folder)
+    out = stage_dir(run, folder) if out_dir is None else Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     slices = run / "01_curation" / "slices.csv" if config.get("slices") is not None else None  # a 2D stage
     setup = prepare_pretraining(config, entries, modalities, out, seed=seed, device=device, progress=progress,
                                 slices=slices, cohort=cohort)
@@ -330,3 +335,68 @@ def pretrain_stage(
     prepared = prepare_stage(profile, stage, run_dir, objective=objective, overrides=overrides,
                              init_checkpoint=init_checkpoint, seed=seed, device=device, progress=progress)
     return run_pretraining(prepared.setup, init_checkpoint=prepared.init_checkpoint, callback=callback)
+
+
+# ----------------------------------------------------------------------------- objectives compared
+
+
+def comparison_dir(run_dir: str | Path, stage: int, objective: str) -> Path:
+    """Where a compared objective's stage lives: ``RUN/02_stage1/objectives/NAME`` (or ``03_stage2``).
+
+    Example:
+        >>> comparison_dir("runs/w", 2, "mim").as_posix()
+        'runs/w/03_stage2/objectives/mim'
+    """
+    return Path(run_dir) / STAGE_SETTINGS[stage][0] / "objectives" / objective
+
+
+def pretrain_comparison(
+    profile: str,
+    run_dir: str | Path,
+    objectives: list[str] | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+) -> list[dict]:
+    """Stage 1 and stage 2 of each objective a profile compares with its own, on the same data and budget.
+
+    The run's own objective is pretrained by notebooks 02-03; the others named in the profile's
+    ``stage2["compare_objectives"]`` (3D objectives only) go through the same two stages here, each
+    with its own options (:func:`stage_for_objective`), into :func:`comparison_dir`. Each stage
+    resumes from its checkpoint when interrupted; a finished stage is not trained again.
+
+    Args:
+        profile: a profile name; objectives: names to pretrain (default: the profile's list).
+        run_dir: the run directory (notebook 01 done).
+        seed, device, progress: as for :func:`prepare_stage`.
+
+    Returns:
+        One row per objective and stage: ``objective``, ``stage``, ``steps``, ``loss_first``,
+        ``loss_last``, ``wall_s`` (this session), ``checkpoint``.
+
+    Example:
+        >>> rows = pretrain_comparison("workshop", "runs/workshop")  # doctest: +SKIP
+        >>> sorted({r["objective"] for r in rows})  # doctest: +SKIP
+        ['cross_contrast', 'mim']
+    """
+    from kit.pipeline import profile_config
+
+    names = list(profile_config(profile)["stage2"].get("compare_objectives", []) if objectives is None else objectives)
+    rows = []
+    for name in names:
+        if stage_settings(profile, 1, name).get("slices") is not None:
+            raise ValueError(f"pretrain_comparison: {name!r} is a 2D objective; the comparison takes 3D objectives")
+        previous = None
+        for stage in (1, 2):
+            out = comparison_dir(run_dir, stage, name)
+            prepared = prepare_stage(profile, stage, run_dir, objective=name, seed=seed, device=device,
+                                     progress=progress, out_dir=out, init_checkpoint=previous)
+            summary = run_pretraining(prepared.setup, init_checkpoint=prepared.init_checkpoint)
+            records = json.loads((out / "metrics.json").read_text())["records"]
+            rows.append({"objective": name, "stage": stage, "steps": records[-1]["step"],
+                         "loss_first": records[0]["loss"], "loss_last": records[-1]["loss"],
+                         "wall_s": round(float(summary.get("wall_s") or 0.0), 1),
+                         "checkpoint": str(out / "checkpoint.pt")})
+            previous = out / "checkpoint.pt"
+    return rows

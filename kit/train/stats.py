@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import stats
 
 __all__ = ["mean_ci", "metric_range", "summarise", "paired_difference", "minimal_detectable_difference",
-           "catch_up_point", "plot_label_efficiency"]
+           "catch_up_point", "plot_label_efficiency", "comparison_table",
+           "plot_paired_differences"]
 
 # Metrics bounded by construction: a t-interval past these limits is clipped (the mean never is).
 _UNIT_RANGE_PREFIXES = ("dice", "auc", "accuracy", "sensitivity", "specificity", "mass_in", "pointing")
@@ -128,6 +129,37 @@ def paired_difference(
     return pd.DataFrame(rows)
 
 
+def comparison_table(results: pd.DataFrame, metric: str, readout: str, control: str = "scratch") -> pd.DataFrame:
+    """Every initialisation against ``control``: paired differences per task and label count.
+
+    The objectives x label-counts table of a comparison: :func:`paired_difference` for each init in
+    ``results`` other than ``control``, with the init's objective (the part before ``:``), its mean,
+    the median number of labelled subjects, and ``readout`` (e.g. ``'linear probe'``, ``'fine-tune'``).
+
+    Example:
+        >>> df = pd.DataFrame({"init": ["scratch", "mim:stage1+2"] * 2, "task": ["seg"] * 4, "label_fraction": [.1] * 4,
+        ...                    "seed": [0, 0, 1, 1], "n_train": [1] * 4, "dice": [.5, .6, .4, .6]})
+        >>> row = comparison_table(df, "dice", "probe").iloc[0]
+        >>> row.objective, int(row.n_train), round(float(row.mean_diff), 2), int(row.n_pairs)
+        ('mim', 1, 0.15, 2)
+    """
+    parts = []
+    for init in [i for i in dict.fromkeys(results.init) if i != control]:
+        diff = paired_difference(results, metric, init, control)
+        if not len(diff):
+            continue
+        rows = results[results.init == init]
+        means = rows.groupby(["task", "label_fraction"])[metric].mean().rename("treatment_mean")
+        diff = diff.join(means, on=["task", "label_fraction"])
+        if "n_train" in rows:
+            diff = diff.join(rows.groupby(["task", "label_fraction"])["n_train"].median().astype(int),
+                             on=["task", "label_fraction"])
+        diff.insert(0, "objective", init.split(":")[0] if ":" in init else "swin_trio")
+        diff.insert(0, "readout", readout)
+        parts.append(diff)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest true mean difference a two-sided paired t-test on ``n`` pairs detects with ``power``.
 
@@ -240,4 +272,39 @@ def plot_label_efficiency(summary: pd.DataFrame, title: str = "", ax=None):
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_paired_differences(table: pd.DataFrame, title: str = "", ax=None):
+    """Forest plot of :func:`comparison_table` rows: each init's paired difference against the control,
+    with its 95 % interval, one row per init (and label count when the table has several).
+
+    A bar crossing the dashed zero line is a difference the study cannot tell from none; the
+    interval's width is the study's resolution.
+
+    Example:
+        >>> df = pd.DataFrame({"init": ["scratch", "mim:stage1+2"] * 2, "task": ["seg"] * 4, "label_fraction": [.1] * 4,
+        ...                    "seed": [0, 0, 1, 1], "n_train": [1] * 4, "dice": [.5, .6, .4, .6]})
+        >>> ax = plot_paired_differences(comparison_table(df, "dice", "probe"))
+        >>> ax.get_xlabel()
+        'dice difference vs scratch (95% CI)'
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.45 * max(len(table), 2) + 1.2), constrained_layout=True)
+    several = table["label_fraction"].nunique() > 1 if len(table) else False
+    labels = [f"{r.treatment}" + (f" @ {int(r.n_train) if 'n_train' in table else r.label_fraction} labelled" if several else "")
+              for r in table.itertuples()]
+    y = np.arange(len(table))[::-1]
+    mean = table["mean_diff"].to_numpy(float)
+    low = np.where(np.isfinite(table["ci_low"]), mean - table["ci_low"], 0.0)
+    high = np.where(np.isfinite(table["ci_high"]), table["ci_high"] - mean, 0.0)
+    ax.errorbar(mean, y, xerr=[low, high], fmt="o", capsize=4, color="tab:blue")
+    ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, labels)
+    metric = table["metric"].iloc[0] if len(table) else "metric"
+    control = table["control"].iloc[0] if len(table) else "control"
+    ax.set_xlabel(f"{metric} difference vs {control} (95% CI)")
+    ax.set_title(title)
     return ax

@@ -81,18 +81,23 @@ def objective_of_init(name: str) -> str:
 
 
 def pretrained_inits(run_dir: str | Path, objective: str | None = None) -> dict[str, str]:
-    """Initialisations of a run: scratch and the checkpoints of notebooks 02 and 03, named by :func:`init_name`.
+    """Initialisations of a run: scratch and the checkpoints of notebooks 02 and 03, named by :func:`init_name`,
+    plus the stage 1+2 checkpoint of every objective compared in notebook 03 (``RUN/03_stage2/objectives/NAME``).
 
     Example:
         >>> list(pretrained_inits("runs/x", "cross_contrast"))
         ['scratch', 'cross_contrast:stage1', 'cross_contrast:stage1+2']
     """
     run = Path(run_dir)
-    return {
+    inits = {
         "scratch": "scratch",
         init_name("stage1", objective): str(run / "02_stage1" / "checkpoint.pt"),
         init_name("stage1+2", objective): str(run / "03_stage2" / "checkpoint.pt"),
     }
+    # the objectives compared with the run's own (kit.train.pretrain.pretrain_comparison): their stage 1+2
+    for checkpoint in sorted((run / "03_stage2" / "objectives").glob("*/checkpoint.pt")):
+        inits.setdefault(init_name("stage1+2", checkpoint.parent.name), str(checkpoint))
+    return inits
 
 
 def kept_model_path(models_dir: str | Path, task: str, init: str) -> Path:

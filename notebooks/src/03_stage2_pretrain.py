@@ -37,11 +37,12 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 
 from kit.models.checkpoints import load_checkpoint
 from kit.pipeline import find_run_dir, show_smoke_banner, write_summary
-from kit.train.pretrain import prepare_stage, run_pretraining
+from kit.train.pretrain import prepare_stage, pretrain_comparison, run_pretraining
 from kit.viz import plot_first_layer, plot_loss_curves, plot_ssl_preview
 
 run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
@@ -98,6 +99,44 @@ fig = plot_ssl_preview(setup.objective.preview(crop, torch.tensor([seed, seed + 
 fig.savefig(out / "figures" / "ssl_views_after.png", dpi=100)
 plt.show()
 
+# %% [markdown]
+# ## The objectives this run compares
+# The profile may name other SSL objectives to put beside this one (`compare_objectives`; the
+# workshop compares cross-contrast context restoration and masked image modelling). Each gets the
+# same two stages on the same subjects and budget, into `03_stage2/objectives/NAME/`; notebook 04
+# then treats their stage 1+2 checkpoints as further initialisations. Their losses are on different
+# scales (different tasks), so each curve is drawn relative to its first step.
+
+# %%
+compared = [name for name in config.get("compare_objectives", []) if name != config["objective"]]
+comparison = pretrain_comparison(profile, run_dir, compared, seed=seed, device=device) if compared else []
+if comparison:
+    display(pd.DataFrame(comparison).drop(columns="checkpoint").round(4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
+    for ax, stage_no in zip(axes, (1, 2)):
+        for row in [r for r in comparison if r["stage"] == stage_no]:
+            steps_losses = json.loads((Path(row["checkpoint"]).parent / "metrics.json").read_text())["records"]
+            ax.plot([r["step"] for r in steps_losses], [r["loss"] / steps_losses[0]["loss"] for r in steps_losses],
+                    label=row["objective"])
+        ax.set(title=f"stage {stage_no}", xlabel="optimizer step", ylabel="loss / first-step loss")
+        ax.legend()
+    fig.savefig(out / "figures" / "compared_objectives.png", dpi=100)
+    plt.show()
+
+# %% [markdown]
+# ## Has pretraining done its job? Pretext metrics on held-out crops
+# Crops and views the loop never drew (another seed stream), for the trained network and for the same
+# network at its random initialisation: the held-out loss, and for `swin_trio` the rotation accuracy
+# (chance 0.25), the contrastive top-1 (chance 1/batch) and the reconstruction L1 on the masked voxels
+# beside two baselines without a network (the masked input itself; each crop's mean).
+
+# %%
+from kit.ssl.pretext import pretext_table
+
+pretext = pretext_table(out / "checkpoint.pt", setup.dataset, n_crops=4 * config["batch_size"],
+                        batch_size=config["batch_size"], seed=seed)
+display(pd.DataFrame(pretext).round(4))
+
 # %%
 first, last = records[0], records[-1]
 write_summary(
@@ -111,8 +150,12 @@ write_summary(
         **{f"{k}_last": round(last[k], 4) for k in setup.objective.term_names if k in last},
         "samples_per_s": round(float(summary.get("samples_per_s") or 0.0), 2),  # None: finished earlier
         "checkpoint": str(out / "checkpoint.pt"),
+        **{f"held-out {r['metric']}": f"{r['trained']:.3f} (untrained {r['untrained']:.3f})" for r in pretext},
+        **{f"compared {r['objective']} stage {r['stage']} loss": f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}"
+           for r in comparison},
     },
-    ["figures/first_layer.png", "figures/loss_curves.png", "figures/ssl_views_after.png"],
+    ["figures/first_layer.png", "figures/loss_curves.png", "figures/ssl_views_after.png"]
+    + (["figures/compared_objectives.png"] if comparison else []),
 )
 assert (out / "checkpoint.pt").exists()
 print("stage 03 done")

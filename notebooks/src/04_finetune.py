@@ -58,7 +58,8 @@ from kit.train.evaluate import predict_volume, predict_whole_volume, use_whole_v
 from kit.train.finetune import load_finetuned
 from kit.train.probes import probe_summary, run_probes
 from kit.train.regions import regions_to_labels
-from kit.train.stats import catch_up_point, paired_difference, plot_label_efficiency, summarise
+from kit.train.stats import (catch_up_point, comparison_table, paired_difference, plot_label_efficiency,
+                             plot_paired_differences, summarise)
 from kit.train.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
 from kit.viz import label_colors_for, plot_subjects
 
@@ -232,6 +233,35 @@ print(verdict)
 print(catch_note)
 
 # %% [markdown]
+# ## Objectives compared: every init against scratch, linear probe and fine-tune
+# The same paired differences for every initialisation the run has (its own objective and those
+# notebook 03 compared), per label count: the probe on its seeds, the fine-tune on the tasks' seeds.
+# `mdd` is what this number of pairs could have detected; intervals crossing zero are no evidence
+# either way. Written to `comparison.csv`.
+
+# %%
+comparison_parts = []
+if probe_table is not None:
+    for task_name, part in probe_table.groupby("task", sort=False):
+        comparison_parts.append(comparison_table(probe_results[probe_results.task == task_name],
+                                                 part.metric.iloc[0], "linear probe"))
+comparison_parts.append(comparison_table(seg_rows, "dice_mean", "fine-tune"))
+comparison = pd.concat([c for c in comparison_parts if len(c)], ignore_index=True) if any(
+    len(c) for c in comparison_parts) else pd.DataFrame()
+if len(comparison):
+    comparison.to_csv(out / "comparison.csv", index=False)
+    display(comparison.drop(columns=["control", "p_value", "sd_diff"]).round(3))
+    fewest = comparison[comparison.groupby(["readout", "task"]).label_fraction.transform("min") == comparison.label_fraction]
+    panels = list(fewest.groupby(["readout", "task"], sort=False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.5 * fewest.treatment.nunique() + 1.8),
+                             constrained_layout=True, squeeze=False)
+    for ax, ((readout, task_name), part) in zip(axes[0], panels):
+        plot_paired_differences(part, title=f"{readout}, {task_name}, {int(part.n_train.min())} labelled", ax=ax)
+    fig.savefig(out / "figures" / "objectives_vs_scratch.png", dpi=100)
+    figures_written.append("figures/objectives_vs_scratch.png")
+    plt.show()
+
+# %% [markdown]
 # ## Predictions on test cases
 # Ground truth and the 100 % models' predictions (scratch vs stage 1+2), converted back from
 # region channels to BraTS labels, through the tumour's centre.
@@ -271,6 +301,11 @@ if rows:
 figures = {"runs": len(results), "seeds": len(seeds), "objective": objective, "verdict": verdict, "catch_up": catch_note, "leakage": leak_note}
 if curves_path.exists():
     figures_written.append("figures/learning_curves.png")
+for row in comparison.itertuples() if len(comparison) else []:
+    if row.label_fraction == comparison[(comparison.readout == row.readout) & (comparison.task == row.task)].label_fraction.min():
+        figures[f"{row.readout} {row.task} {row.metric} {row.treatment} - scratch @{int(row.n_train)} labelled"] = (
+            f"{row.mean_diff:+.3f}" + ("" if np.isnan(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]")
+            + f" (n={int(row.n_pairs)})")
 if probe_table is not None:
     for row in probe_table.itertuples():
         figures[f"probe {row.task} {row.metric} {row.init} @{row.label_fraction:.3g}"] = (
@@ -280,5 +315,10 @@ for spec, table in zip(config["tasks"], tables):
         if row.label_fraction in (smallest, top):
             figures[f"{spec['name']} {row.metric} {row.init} @{row.label_fraction:g}"] = (
                 f"{row.mean:.3f}" + ("" if np.isnan(row.ci_low) else f" [{row.ci_low:.3f}, {row.ci_high:.3f}]"))
-write_summary(run_dir, "04_finetune", verdict, figures, figures_written)
+# the objectives x label counts table of the report: paired differences against scratch
+columns = ["readout", "task", "treatment", "n_train", "metric", "treatment_mean", "mean_diff", "ci_low", "ci_high",
+           "n_pairs", "mdd"]
+tables = {"Every init against scratch (paired differences, 95% CI; comparison.csv)":
+          comparison[columns].to_dict("records")} if len(comparison) else None
+write_summary(run_dir, "04_finetune", verdict, figures, figures_written, tables=tables)
 print("stage 04 done")
