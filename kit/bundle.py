@@ -29,11 +29,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from kit.tempfiles import atomic_write
 
 __all__ = ["export_bundle", "network_definition", "inference_config"]
 
@@ -232,8 +233,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
     patterns = [_BRATS2021_PATTERN % m for m in extra["modalities"]]
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_write(out, directory=True) as tmp:
         for sub in ("configs", "models", "scripts"):
             (tmp / sub).mkdir()
         (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(extra, network, patterns), indent=2))
@@ -247,8 +247,4 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
             "```bash\npython -m monai.bundle run --bundle_root . --config_file configs/inference.json "
             "--meta_file configs/metadata.json --dataset_dir SUBJECTS --output_dir OUT\n```\n"
         )
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import kit
+from kit.profiles import PROFILES, profile_config  # noqa: F401  (re-exported: notebooks import them from here)
+from kit.tempfiles import write_text_atomic
 
 STAGES = ("01_curation", "02_stage1", "03_stage2", "04_finetune", "05_saliency")
 NOTEBOOKS = {
@@ -32,225 +34,6 @@ NOTEBOOKS = {
     "04_finetune": "04_finetune.ipynb",
     "05_saliency": "05_saliency.ipynb",
 }
-
-# Plain values, nanoGPT style. Cohorts are (cohort, layout, manifest, n): the synthetic cohorts are
-# written in the real datasets' layouts and validated with the real manifests, so real data takes
-# the same path. Stage 1 sees healthy brains with 2 channels (UK Biobank: T1 + FLAIR), stage 2 the
-# tumour cohort with 4 (BraTS order flair, t1ce, t1, t2), as in BrainSegFounder.
-PROFILES: dict[str, dict] = {
-    "smoke": {
-        "description": "CI and tests: every code path on 2 CPU cores in minutes",
-        "cell_timeout_s": 600,
-        "resolution_mm": 4.0,
-        "cohorts": {
-            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 6},
-            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 8},
-            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 4},
-        },
-        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
-        "n_show": 2,
-        "stage1": {
-            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 8, "batch_size": 2, "lr": 3e-4, "warmup_steps": 2,
-            "weight_decay": 0.1, "ckpt_every": 4,
-        },
-        "stage2": {
-            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 6, "batch_size": 2, "lr": 2e-4, "warmup_steps": 2,
-            "weight_decay": 0.1, "ckpt_every": 3, "compare_objectives": ["mim"],
-        },
-        "finetune": {
-            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 3, "batch_size": 2,
-                       "crop": 32, "input_size": 32, "lr": 1e-3, "warmup_steps": 1, "sw_overlap": 0.25,
-                       "transfer": "full", "inference": "auto", "val_every": 2},
-            "tasks": [
-                {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion"},
-                {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor"},
-                {"name": "tumor_present_probe", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "config": {"freeze_encoder": True}, "inits": ["scratch", "stage1+2"]},
-                {"name": "stroke_seg", "task": "segmentation", "cohort": "stroke", "pool": "lesion",
-                 "inits": ["scratch", "stage1"]},
-            ],
-            "fractions": [0.5, 1.0], "seeds": [0], "test_fraction": 0.3, "n_overlays": 2,
-            "val_size": 1, "leakage": "flag",
-            "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, "all"], "seeds": [0, 1],
-                       "cls_counts": [2, "all"], "per_value": 50},
-        },
-        "saliency": {
-            "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 2, "random_n": 20, "dilate_mm": 8.0,
-            "methods": ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "gradcampp", "occlusion"],
-            "method_kwargs": {"smoothgrad": {"n_samples": 4}, "integrated_gradients": {"n_steps": 8},
-                              "occlusion": {"mask_size": 8, "overlap": 0.25}},
-        },
-    },
-    "workshop": {
-        "description": "a class on 2 laptop CPU cores in about 30 min: short live pretraining, linear probes "
-                       "on 5 seeds, a few live fine-tunes; the converged study's figures come from `study`",
-        "cell_timeout_s": 3600,
-        "resolution_mm": 3.0,
-        "cohorts": {
-            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 24},
-            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 60},
-            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 6},
-        },
-        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
-        "n_show": 3,
-        "stage1": {
-            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 60, "batch_size": 4, "lr": 5e-4, "warmup_steps": 5,
-            "weight_decay": 0.1, "ckpt_every": 20,
-        },
-        "stage2": {
-            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 30, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3,
-            "weight_decay": 0.1, "ckpt_every": 15,
-            # the objectives the workshop compares with this one: stage 1 + 2 each, same budget
-            "compare_objectives": ["cross_contrast", "mim"],
-        },
-        "finetune": {
-            # the study's converged recipe, with a smaller step budget (early stopping on validation)
-            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 300, "batch_size": 4,
-                       "crop": 32, "input_size": 48, "lr": 2e-3, "warmup_steps": 10, "pos_fraction": 0.67,
-                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 100,
-                       "patience": 2, "sw_overlap": 0.25, "transfer": "full"},
-            "tasks": [
-                # every objective against scratch at the fewest labels, 3 paired seeds, a short budget
-                # (the study shows convergence with all labels)
-                {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
-                 "inits": ["scratch", "stage1+2"], "counts": [1], "seeds": [0, 1, 2],
-                 "config": {"steps": 100, "val_every": 50}},
-                {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "stage1+2"], "counts": ["all"], "seeds": [0],
-                 "config": {"steps": 150, "lr": 3e-3, "val_every": 25, "patience": 3}},
-            ],
-            "fractions": [1.0], "seeds": [0, 1, 2], "test_fraction": 16, "val_size": 6, "n_overlays": 3,
-            "leakage": "flag",
-            "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4],
-                       "cls_counts": [4, 8, "all"], "per_value": 200},
-        },
-        "saliency": {
-            "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 4, "random_n": 100, "dilate_mm": 6.0,
-            "min_auc": 0.85,
-            "methods": ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "occlusion"],
-            "method_kwargs": {"smoothgrad": {"n_samples": 8}, "integrated_gradients": {"n_steps": 16},
-                              "occlusion": {"mask_size": 8, "overlap": 0.5}},
-        },
-    },
-    "study": {
-        "description": "the converged, powered label-efficiency study on 2 CPU cores (<= 2.5 h): 5 paired seeds, "
-                       "20 test subjects, 1/2/4/all labelled subjects; resumable from results.csv",
-        "cell_timeout_s": 4 * 3600,
-        "resolution_mm": 3.0,
-        "cohorts": {
-            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 32},
-            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 80},
-            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 6},
-        },
-        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
-        "n_show": 3,
-        "stage1": {
-            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 200, "batch_size": 4, "lr": 5e-4, "warmup_steps": 10,
-            "weight_decay": 0.1, "ckpt_every": 50,
-        },
-        "stage2": {
-            "backbone": "segresnet_small", "model": {"init_filters": 8}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 32, "steps": 100, "batch_size": 4, "lr": 2e-4, "warmup_steps": 5,
-            "weight_decay": 0.1, "ckpt_every": 50,
-        },
-        "finetune": {
-            # converged recipe (benchmarks/results/study/recipe.md): lr 2e-3, 2/3 foreground crops
-            # balanced over labels, validation (32^3 windows, overlap 0.25) every 100 steps, best
-            # model kept, stop after 2 validations without gain; classifier on 48^3, balanced classes
-            "config": {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 500, "batch_size": 4,
-                       "crop": 32, "input_size": 48, "lr": 2e-3, "warmup_steps": 10, "pos_fraction": 0.67,
-                       "fg_sampling": "label", "class_weights": "balanced", "inference": "auto", "val_every": 100,
-                       "patience": 2, "sw_overlap": 0.25, "transfer": "full"},
-            "tasks": [
-                {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
-                 "inits": ["scratch", "stage1+2"], "counts": [1, 2, 4, "all"]},
-                {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "stage1+2"], "counts": ["all"],
-                 "config": {"steps": 200, "lr": 3e-3, "val_every": 25, "patience": 4}},
-            ],
-            "fractions": [1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 20, "val_size": 8, "n_overlays": 3,
-            "leakage": "flag",
-            "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4],
-                       "cls_counts": [4, 8, "all"], "per_value": 200},
-        },
-        "saliency": {
-            "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 8, "random_n": 100, "dilate_mm": 6.0,
-            "min_auc": 0.85,
-            "methods": ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "gradcampp", "occlusion"],
-            "method_kwargs": {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"n_steps": 32},
-                              "occlusion": {"mask_size": 8, "overlap": 0.5}},
-        },
-    },
-    "full": {
-        "description": "the paper's recipe on GPUs: SwinUNETR feature_size 48, 96^3 crops, 1 mm",
-        "cell_timeout_s": 24 * 3600,
-        "resolution_mm": 1.0,
-        "cohorts": {
-            "healthy": {"layout": "ukb", "manifest": "ukb", "n": 200},
-            "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 200},
-            "stroke": {"layout": "atlas2", "manifest": "atlas2", "n": 50},
-        },
-        "slice_filter": {"axis": 2, "entropy_threshold": 3.0, "position_window": [0.1, 0.9]},
-        "n_show": 4,
-        # BrainSegFounder: AdamW 4e-4 (stage 1) / 6e-6 (stage 2), wd 0.1, warmup 500, 96^3 crops
-        "stage1": {
-            "backbone": "swinunetr", "model": {"feature_size": 48}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 96, "steps": 20000, "batch_size": 4, "lr": 4e-4, "warmup_steps": 500,
-            "weight_decay": 0.1, "ckpt_every": 500, "num_workers": 4,
-        },
-        "stage2": {
-            "backbone": "swinunetr", "model": {"feature_size": 48}, "objective": "swin_trio",
-            "objective_cfg": {}, "crop": 96, "steps": 5000, "batch_size": 4, "lr": 6e-6, "warmup_steps": 500,
-            "weight_decay": 0.1, "ckpt_every": 500, "num_workers": 4,
-        },
-        "finetune": {
-            "config": {"backbone": "swinunetr", "model": {"feature_size": 48}, "steps": 30000, "batch_size": 2,
-                       "crop": 128, "input_size": 96, "lr": 1e-4, "warmup_steps": 500, "sw_overlap": 0.5,
-                       "weight_decay": 1e-5, "transfer": "full", "num_workers": 4},
-            "tasks": [
-                {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion"},
-                {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor"},
-                {"name": "tumor_type", "task": "classification", "target": "tumor_type", "cohort": "tumor"},
-                {"name": "idh", "task": "classification", "target": "idh", "cohort": "tumor"},
-                {"name": "stroke_seg", "task": "segmentation", "cohort": "stroke", "pool": "lesion",
-                 "inits": ["scratch", "stage1"]},
-            ],
-            "fractions": [0.01, 0.05, 0.1, 0.25, 1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 0.2, "n_overlays": 4,
-        },
-        "saliency": {
-            "task": "tumor_present", "inits": ["scratch", "stage1+2"], "n_cases": 50, "random_n": 200, "dilate_mm": 5.0,
-            "methods": ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "gradcampp", "occlusion"],
-            "method_kwargs": {"smoothgrad": {"n_samples": 25}, "integrated_gradients": {"n_steps": 50},
-                              "occlusion": {"mask_size": 16, "overlap": 0.5}},
-        },
-    },
-}
-
-
-# MoCo v3 on curated 2D slices (tailored curation, Computerized Medical Imaging and Graphics 123, 2025):
-# what a pretraining stage changes when `--objective moco_v3` selects it (applied by
-# kit.train.pretrain.stage_for_objective): a 2D ResNet on the slices notebook 01 keeps, instead of 3D crops.
-# Full: the paper's ResNet-50 and MoCo v3's sizes (AdamW as MoCo v3's ViT recipe: the kit loop has no LARS).
-_MOCO_V3_STAGES = {
-    "smoke": {"backbone": "resnet18_2d", "model": {"widen_factor": 0.25}, "size": 48,
-              "objective_cfg": {"dim": 32, "mlp_dim": 64}, "batch_size": 8, "lr": 1e-3},
-    "workshop": {"backbone": "resnet18_2d", "model": {"widen_factor": 0.5}, "size": 64,
-                 "objective_cfg": {"dim": 128, "mlp_dim": 512}, "batch_size": 32, "lr": 1e-3},
-    "study": {"backbone": "resnet18_2d", "model": {"widen_factor": 0.5}, "size": 64,
-              "objective_cfg": {"dim": 128, "mlp_dim": 512}, "batch_size": 32, "lr": 1e-3},
-    "full": {"backbone": "resnet50_2d", "model": {}, "size": 224,
-             "objective_cfg": {"dim": 256, "mlp_dim": 4096, "temperature": 1.0}, "batch_size": 256, "lr": 1.5e-4},
-}
-for _name, _moco in _MOCO_V3_STAGES.items():
-    _slices = {"axis": PROFILES[_name]["slice_filter"]["axis"], "size": _moco["size"], "channels": "all", "curated": True}
-    for _stage in ("stage1", "stage2"):
-        PROFILES[_name][_stage]["objective_stages"] = {"moco_v3": {
-            **{k: v for k, v in _moco.items() if k != "size"}, "objective": "moco_v3", "slices": _slices}}
 
 
 def _cpu_seconds() -> float:
@@ -270,18 +53,6 @@ def _stage_times(start: float, cpu_start: float, earlier: dict) -> dict:
     if earlier["wall_s"]:
         times["resumed_after_s"] = round(earlier["wall_s"], 1)
     return times
-
-
-def profile_config(profile: str) -> dict:
-    """The settings of a profile (a deep copy, safe to modify in a notebook).
-
-    Example:
-        >>> profile_config("smoke")["resolution_mm"]
-        4.0
-    """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    return json.loads(json.dumps(PROFILES[profile]))
 
 
 def repo_root() -> Path:
@@ -321,10 +92,7 @@ def write_json_atomic(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented JSON via a temporary file and ``os.replace`` (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, plots: list[str] | None = None,
@@ -452,11 +220,7 @@ def write_report(run_dir: str | Path) -> Path:
         for plot in summary.get("plots", []):
             lines.append(f"![{Path(plot).stem}]({stage}/{plot})")
         lines.append("")
-    out = run_dir / "report.md"
-    tmp = out.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 class NotebookFailed(RuntimeError):

@@ -80,9 +80,9 @@ def _notebook_copy(root: Path, run_dir: Path) -> Path:
     if built.exists():
         nb = nbformat.read(built, as_version=4)
     else:
-        from tools.nbbuild import build
+        import jupytext
 
-        nb = build(REPO / "notebooks" / "src" / "01_curation.py")
+        nb = jupytext.read(REPO / "notebooks" / "src" / "01_curation.py", fmt="py:percent")
     params = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
     assert params, f"{built.name}: no cell tagged 'parameters'"
     source = params[0].source

@@ -105,7 +105,7 @@ def test_bad_requests_fail_with_one_line(curated_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "02_stage1/checkpoint.pt" in err and "run stage 1 first" in err
     assert main(["pretrain", "--profile", "smoke", "--stage", "1", "--out", str(run), "--set", "stepz=3"]) == 1
-    assert "unknown setting(s) ['stepz']" in capsys.readouterr().err
+    assert "unknown key 'stepz'; did you mean 'steps'?" in capsys.readouterr().err
     assert main(["pretrain", "--profile", "smoke", "--stage", "1", "--out", str(run), "--objective", "nope"]) == 1
     assert "unknown SSL objective 'nope'" in capsys.readouterr().err
     assert main(["pretrain", "--profile", "smoke", "--stage", "1", "--out", str(tmp_path / "empty")]) == 1

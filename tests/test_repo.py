@@ -6,9 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import pytest
-
-from tools.nbbuild import build
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -46,15 +45,30 @@ def test_notebook_contract(path):
     assert CONTRACT <= names
 
 
+def _cells(notebook) -> list[tuple]:
+    return [(c["cell_type"], "".join(c["source"]), c.get("metadata", {}).get("tags", [])) for c in notebook["cells"]]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_matches_its_source(path):
+    """notebooks/NN.ipynb is paired with notebooks/src/NN.py (py:percent, jupytext.toml): same cells,
+    same tags (the papermill 'parameters' cell), same kernel."""
     src = ROOT / "notebooks" / "src" / f"{path.stem}.py"
-    assert src.exists(), f"{src} missing: notebooks are built from notebooks/src"
-    built = build(src)
+    assert src.exists(), f"{src} missing: notebooks are paired with notebooks/src"
+    paired = jupytext.read(src, fmt="py:percent")
     committed = json.loads(path.read_text())
-    assert [c.source for c in built.cells] == ["".join(c["source"]) for c in committed["cells"]], (
-        f"{path.name} differs from {src.name}: run python tools/nbbuild.py {src.relative_to(ROOT)} {path.relative_to(ROOT)}"
-    )
+    fix = f"run jupytext --sync {src.relative_to(ROOT)} (after editing the .py)"
+    assert _cells(paired) == _cells(committed), f"{path.name} differs from {src.name}: {fix}"
+    assert paired.metadata.get("kernelspec") == committed["metadata"].get("kernelspec"), f"{path.name}: kernel differs; {fix}"
+
+
+def test_sync_check_sees_a_changed_source(tmp_path):
+    """The pairing check above fails when the .py and the .ipynb differ (here: one edited line)."""
+    path = NOTEBOOKS[0]
+    text = (ROOT / "notebooks" / "src" / f"{path.stem}.py").read_text()
+    edited = tmp_path / "edited.py"
+    edited.write_text(text.replace("seed = 0", "seed = 1", 1))
+    assert _cells(jupytext.read(edited, fmt="py:percent")) != _cells(json.loads(path.read_text()))
 
 
 def test_kit_help_does_not_import_torch():

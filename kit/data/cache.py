@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from kit.data import orientation
 from kit.data.nifti_checks import check_volume_files, first_undecodable
+from kit.tempfiles import atomic_write, write_text_atomic
 
 __all__ = ["build_cache", "open_cache", "CacheIndex"]
 
@@ -40,10 +40,8 @@ def _settings_key(modalities: Sequence[str], margin: int, has_label: bool) -> st
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array))
-    os.replace(tmp, path)
 
 
 def _transforms(has_label: bool, margin: int):
@@ -195,9 +193,8 @@ def _crop_start(image) -> list[int]:
 
 
 def _write_index(path: Path, key: str, modalities: Sequence[str], entries: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"format": _FORMAT, "settings": key, "modalities": list(modalities), "entries": entries}, indent=1, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"format": _FORMAT, "settings": key, "modalities": list(modalities),
+                                        "entries": entries}, indent=1, default=str))
 
 
 def open_cache(out_dir: str | Path) -> CacheIndex:

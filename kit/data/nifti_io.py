@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
+
+from kit.tempfiles import atomic_write
 
 __all__ = ["save_image_atomic"]
 
@@ -25,11 +25,6 @@ def save_image_atomic(image, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
+    with atomic_write(path, suffix=f".tmp{suffix}") as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import uuid
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from kit.data.nifti_io import save_image_atomic
+from kit.tempfiles import write_text_atomic
 
 LAYOUTS = ("brats2021", "brats2023", "atlas2", "ukb", "flat")
 #: kit contrast name -> file stem suffix, per layout (a layout writes only the contrasts it has).
@@ -174,10 +173,6 @@ def shifted_affine(affine: np.ndarray, start: np.ndarray) -> np.ndarray:
     return out
 
 
-def _temp_path(path: Path, suffix: str) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
-
-
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path, xform_code: int = NIFTI_MNI_CODE) -> Path:
     """Write ``array`` as NIfTI-1 atomically (temp file in the same folder, then os.replace).
 
@@ -216,14 +211,7 @@ def write_participants(path: str | Path, rows: list[dict]) -> Path:
     writer.writerow(PARTICIPANT_COLUMNS)
     for row in rows:
         writer.writerow([_cell(row.get(c)) for c in PARTICIPANT_COLUMNS])
-    tmp = _temp_path(path, ".tmp")
-    try:
-        tmp.write_text(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def read_participants(path: str | Path) -> list[dict[str, str]]:

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ import numpy as np
 from kit.data.manifest import Manifest, load_manifest
 from kit.data.nifti_checks import corner_shift_mm
 from kit.data.volume_read import Problem, Volume, error_text, fmt_shape, printable, read_volume
+from kit.tempfiles import write_text_atomic
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",
@@ -512,16 +512,4 @@ def write_datalist(result: ValidationResult, out_path: str | Path) -> Path:
     out_path = Path(os.path.abspath(os.path.expanduser(str(out_path))))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(datalist_dict(result), indent=2, allow_nan=False)
-    handle = tempfile.NamedTemporaryFile("w", dir=out_path.parent, prefix=f".{out_path.name}.",
-                                         suffix=".tmp", delete=False, encoding="utf-8")
-    try:
-        with handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, out_path)
-    except BaseException:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
-        raise
-    return out_path
+    return write_text_atomic(out_path, text + "\n", fsync=True)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ import torch
 from torch import nn
 
 from kit.models.backbones import create_model, list_models
-from kit.tempfiles import remove_stale_temporaries, temporary_prefix
+from kit.tempfiles import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -205,13 +204,9 @@ def save_checkpoint(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)  # left by a writer killed mid-write
-    fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_write(path, fsync=True) as tmp:
+        with open(tmp, "wb") as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
         try:
             # Check that the file can be read back the safe way; mmap keeps this cheap for big weights.
             torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
@@ -223,10 +218,6 @@ def save_checkpoint(
                 + f" ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
                 "Store numpy arrays and RNG states as tensors or lists."
             ) from err
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from tqdm.auto import tqdm
 from kit.devices import AMP_CHOICES, resolve_amp
 from kit.models.checkpoints import CheckpointError, LoadReport, load_checkpoint, load_weights, save_checkpoint
 from kit.models.transfer import init_from_checkpoint
-from kit.tempfiles import remove_stale_temporaries
+from kit.tempfiles import remove_stale_temporaries, write_text_atomic
 from kit.train.distributed import setup_distributed
 from kit.train.sampling import GlobalBatchSampler
 
@@ -51,7 +50,8 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_JSON = "metrics.json"
 
 # Config fields that may differ between a run and its restart: they change bookkeeping, not weights.
-RESUME_MAY_DIFFER = ("progress", "num_workers", "log_every", "ckpt_every", "compile")
+RESUME_MAY_DIFFER = ("progress", "num_workers", "log_every", "ckpt_every", "compile", "tensorboard")
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -78,6 +78,9 @@ class TrainConfig:
         compile: ``torch.compile`` the backbone's encoder (``model.encode``, what every SSL objective
             runs) for this run; off by default (the first steps then pay the compilation, about a
             minute for SwinUNETR; the view making and the losses stay eager).
+        tensorboard: also write each logged record (loss terms, lr, grad_norm, samples_per_s) as
+            TensorBoard scalars ``train/NAME`` into ``run_dir/tensorboard`` (rank 0; needs the
+            ``tensorboard`` package, the ``tensorboard`` extra); metrics.jsonl is written either way.
 
     On CUDA the optimizer is the fused AdamW kernel (``fused=True``, when every trained parameter is
     on the GPU); elsewhere PyTorch's default implementation.
@@ -103,6 +106,7 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     compile: bool = False
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "log_every"):
@@ -240,7 +244,7 @@ def train(
 
     # metrics.jsonl restarts from what the checkpoint knows: entries logged after it are dropped.
     if is_main:
-        _write_text_atomic(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomic(run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in records), fsync=True)
 
     model = objective
     if world_size > 1:
@@ -274,6 +278,7 @@ def train(
 
     # ---- the loop -------------------------------------------------------------------------------
     log_file = open(run_dir / METRICS_JSONL, "a", encoding="utf-8") if is_main else None
+    board = _tensorboard_writer(run_dir, start_step if resumed else None) if is_main and config.tensorboard else None
     bar = tqdm(total=config.steps, initial=start_step, disable=not (is_main and config.progress), unit="step")
     objective.train()
     t_session = t_window = time.perf_counter()
@@ -330,6 +335,10 @@ def train(
                     records.append(record)
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                    if board is not None:
+                        for name, value in record.items():
+                            if name != "step":
+                                board.add_scalar(f"train/{name}", value, done)
                     bar.set_postfix(loss=f"{values[0]:.4f}", lr=f"{lr:.2e}")
                     if callback is not None:
                         callback(done, record)
@@ -367,6 +376,8 @@ def train(
         bar.close()
         if log_file is not None:
             log_file.close()
+        if board is not None:
+            board.close()
         if config.compile:
             objective.model.__dict__.pop("encode", None)
 
@@ -390,6 +401,18 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if batch.ndim not in (4, 5):  # 2D slices (moco_v3) or 3D crops
         raise ValueError(f"the dataset returned samples shaped {tuple(batch.shape[1:])}; expected (C, D, H, W) or (C, H, W)")
     return batch.to(device, non_blocking=True).float()
+
+
+def _tensorboard_writer(run_dir: Path, resumed_at: int | None):
+    """A SummaryWriter on ``run_dir/tensorboard``; on resume, events a killed session logged after the
+    checkpoint's step are purged, as metrics.jsonl drops them."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # torch's module imports the tensorboard package
+        raise ImportError("TrainConfig(tensorboard=True) needs the tensorboard package: "
+                          "pip install 'brainfm-kit[tensorboard]'") from err
+    purge = resumed_at + 1 if resumed_at is not None else None
+    return SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=purge)
 
 
 class _WithSeeds(Dataset):
@@ -515,20 +538,5 @@ def _gather_rng_states(device: torch.device, world_size: int) -> list[dict]:
     return gathered
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    _write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n", fsync=True)

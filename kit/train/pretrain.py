@@ -60,13 +60,24 @@ class PretrainSetup:
 
 
 def train_config_from(stage: dict, seed: int, device: str, progress: bool) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a profile's stage dict (unknown keys are ignored).
+    """Build a :class:`TrainConfig` from a profile's stage dict.
+
+    The stage's own keys (``backbone``, ``model``, ``crop``, ``objective``...; see
+    :data:`kit.profiles.STAGE_EXTRA_KEYS`) are not TrainConfig fields and are left out; any other
+    unknown key is refused with the nearest valid name, so a typo does not silently fall back to a default.
 
     Example:
         >>> train_config_from({"steps": 5, "lr": 1e-3, "crop": 32}, seed=0, device="cpu", progress=False).steps
         5
+        >>> train_config_from({"step": 5}, seed=0, device="cpu", progress=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: stage settings: unknown key 'step'; did you mean 'steps'?
     """
-    names = {f.name for f in fields(TrainConfig)}
+    from kit.profiles import STAGE_EXTRA_KEYS, check_keys
+
+    names = [f.name for f in fields(TrainConfig)]
+    check_keys(stage, names + list(STAGE_EXTRA_KEYS), "stage settings")
     values = {k: v for k, v in stage.items() if k in names}
     values.update(seed=seed, device=device, progress=progress)
     if "betas" in values:
@@ -212,14 +223,12 @@ def stage_settings(profile: str, stage: int, objective: str | None = None, overr
         >>> cfg["steps"], cfg["objective"], cfg["objective_cfg"]
         (3, 'swin_trio', {'mix_prob': 0.0})
     """
-    from kit.pipeline import profile_config
+    from kit.profiles import check_keys, profile_config, stage_keys
 
     if stage not in STAGE_SETTINGS:
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
     config = profile_config(profile)[STAGE_SETTINGS[stage][2]]
-    unknown = sorted(set(overrides or {}) - set(config) - {f.name for f in fields(TrainConfig)})
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} for stage {stage}; the profile's are {sorted(config)}")
+    check_keys(overrides or {}, stage_keys(), f"overrides of stage {stage}")
     config.update(overrides or {})
     if objective is not None:
         own = config.get("objective", "swin_trio")

@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from kit.tempfiles import write_text_atomic
+
 __all__ = ["SEEN_FILE", "record_seen_subjects", "seen_subjects", "leakage_report"]
 
 SEEN_FILE = "seen_subjects.json"
@@ -71,9 +73,7 @@ def record_seen_subjects(out_dir: str | os.PathLike, stage: str, subjects: Seque
     stages.append({"stage": str(stage), "cohort": cohort, "subjects": sorted(str(s) for s in subjects)})
     path = Path(out_dir) / SEEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"stages": stages}, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"stages": stages}, indent=1))
     return path
 
 

@@ -1,3 +1,13 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
+
 # %% [markdown]
 # # 01 · Curation: cohorts, validation, quality control and slice filtering
 #
@@ -17,7 +27,7 @@
 # The synthetic subjects come from the MNI152 anatomy shipped with nilearn, each with its own
 # deformation, contrast-specific tissue intensities, bias field and noise. Nothing is downloaded.
 
-# %% [parameters]
+# %% tags=["parameters"]
 profile = "smoke"        # smoke | workshop | full
 run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None         # None: synthetic cohorts; else a folder with ukb/, brats2021/, atlas2/
@@ -97,6 +107,7 @@ print(f"QC pass: {int(qc.qc_pass.sum())}/{len(qc)}")
 fig = plot_qc_volumes(qc)  # intracranial volume (skull-stripped: nonzero voxels) and lesion volume
 fig.savefig(figures / "qc_volumes.png", dpi=100)
 plt.show()
+
 
 # %% [markdown]
 # ## 3 · Looking at the subjects

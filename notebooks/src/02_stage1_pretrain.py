@@ -1,3 +1,13 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
+
 # %% [markdown]
 # # 02 · Stage 1 pretraining on healthy brains
 #
@@ -25,7 +35,7 @@
 # The loop (`kit.train.train`) checkpoints atomically and resumes where it stopped if this
 # notebook is run again after an interruption.
 
-# %% [parameters]
+# %% tags=["parameters"]
 profile = "smoke"
 run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None

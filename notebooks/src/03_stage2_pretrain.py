@@ -1,3 +1,13 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
+
 # %% [markdown]
 # # 03 · Stage 2 pretraining on diseased brains, from the stage-1 checkpoint
 #
@@ -13,7 +23,7 @@
 # before gadolinium), T2 from FLAIR's (both T2-weighted), and all are rescaled so that the layer's
 # response to a normalised input keeps its magnitude.
 
-# %% [parameters]
+# %% tags=["parameters"]
 profile = "smoke"
 run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None

@@ -1,3 +1,13 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
+
 # %% [markdown]
 # # 04 · Fine-tuning and the label-efficiency study
 #
@@ -23,7 +33,7 @@
 # Every run appends a row to `results.csv` (and its validation curve to `curves.csv`) as it
 # finishes; re-running the notebook after an interruption resumes the study.
 
-# %% [parameters]
+# %% tags=["parameters"]
 profile = "smoke"
 run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None

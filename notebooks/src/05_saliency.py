@@ -1,3 +1,13 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+#   language_info:
+#     name: python
+# ---
+
 # %% [markdown]
 # # 05 · Saliency, measured
 #
@@ -16,7 +26,7 @@
 # smooth gradients) and captum (integrated gradients). Maps live on the classifier's input grid;
 # the lesion mask is resampled onto that grid the same way the image is.
 
-# %% [parameters]
+# %% tags=["parameters"]
 profile = "smoke"
 run_dir = None  # None: $KIT_RUN_DIR, else <checkout>/runs/<profile> (kit reproduce --out runs/<profile>)
 data_root = None
@@ -88,6 +98,7 @@ for init, auc in not_explained.items():
 print(f"explained: {list(classifiers) or 'none'} (test AUC {', '.join(f'{k} {v:.3f}' for k, v in test_auc.items())})")
 if not classifiers:
     cases = []
+
 
 # %% [markdown]
 # ## Maps and their localisation
