@@ -3,8 +3,12 @@
 Usage: python tools/nbbuild.py notebooks/src/01_curation.py notebooks/01_curation.ipynb
 Source format: cells separated by lines starting with '# %%' ('# %% [markdown]' for markdown,
 '# %% [parameters]' for the papermill parameters cell). Markdown cells are written as '# ' comments.
+A header may end with cell tags as jupytext writes them, e.g. '# %% tags=["3d"]' (kit reproduce
+leaves out the cells of the other path: tag "3d" in a run of a 2D objective, "2d" otherwise).
 """
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,30 +19,33 @@ def build(src: Path) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    chunks, current, kind = [], [], None
+    chunks, current, kind, tags = [], [], None, []
     for line in src.read_text().splitlines():
         if line.startswith("# %%"):
             if kind is not None:
-                chunks.append((kind, current))
+                chunks.append((kind, current, tags))
             kind = "markdown" if "[markdown]" in line else ("parameters" if "[parameters]" in line else "code")
+            found = re.search(r"tags=(\[.*\])", line)
+            tags = json.loads(found.group(1)) if found else []
             current = []
         elif kind is not None:
             current.append(line)
     if kind is not None:
-        chunks.append((kind, current))
-    for kind, lines in chunks:
+        chunks.append((kind, current, tags))
+    for kind, lines, tags in chunks:
         while lines and not lines[-1].strip():
             lines.pop()
         while lines and not lines[0].strip():
             lines.pop(0)
         if kind == "markdown":
             text = "\n".join(l[2:] if l.startswith("# ") else l.lstrip("#") for l in lines)
-            nb.cells.append(nbformat.v4.new_markdown_cell(text))
+            cell = nbformat.v4.new_markdown_cell(text)
         else:
             cell = nbformat.v4.new_code_cell("\n".join(lines))
-            if kind == "parameters":
-                cell.metadata["tags"] = ["parameters"]
-            nb.cells.append(cell)
+        tags = (["parameters"] if kind == "parameters" else []) + list(tags)
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"cell-{i:02d}"
     return nb
