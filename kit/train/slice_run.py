@@ -178,7 +178,9 @@ def run_slice_finetune(
     uncurated init when the profile asks for it (``uncurated/``), runs
     :func:`kit.train.slice_task.slice_study` with one row per finished run in ``results.csv``
     (rerunning skips finished runs) and keeps the fine-tuned classifiers of every init at all labels,
-    first seed, as ``models/tumor_present_2d__<init>.pt`` (for notebook 05).
+    first seed, as ``models/tumor_present_2d__<init>.pt`` (for notebook 05). ``leakage.json`` lists
+    the test subjects each init's pretraining saw (:func:`kit.train.provenance.leakage_report`:
+    stage 2 pretrains on the whole tumour cohort, as the published two-stage protocol).
 
     Returns:
         :func:`study_table` of ``results.csv``: ``init``, ``task``, ``mode``, ``label_fraction``, ``seed``,
@@ -189,8 +191,9 @@ def run_slice_finetune(
     """
     from kit.data.cache import build_cache
     from kit.data.cohorts import load_cohort
-    from kit.pipeline import stage_dir
+    from kit.pipeline import stage_dir, write_json_atomic
     from kit.train.finetune import FinetuneConfig
+    from kit.train.provenance import leakage_report
     from kit.train.slice_task import slice_study
     from kit.train.study import kept_model_path
 
@@ -217,6 +220,9 @@ def run_slice_finetune(
                           seeds=seeds, test_fraction=settings["test_fraction"], axis=int(spec["axis"]), cohort="tumor",
                           channels=spec.get("channels", "all"), size=int(spec["size"]), modes=settings["modes"],
                           results_path=out / "results.csv", save_models=keep)
+    test = slice_test_split(cache, run / "01_curation" / "slices.csv", settings["test_fraction"], int(spec["axis"]),
+                            cohort="tumor")
+    write_json_atomic(out / "leakage.json", {SLICE_TASK: leakage_report(inits, test)})
     return study_table(results)
 
 
