@@ -523,6 +523,11 @@ def saliency_map(
     if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5) or x.shape[0] != 1:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"saliency_map: x must be a (1, C, X, Y, Z) tensor (2D: (1, C, H, W)), got {shape}")
+    convs = {3 if isinstance(m, nn.Conv3d) else 2 for m in model.modules() if isinstance(m, _CONVS)}
+    if len(convs) == 1 and x.ndim - 2 not in convs:  # e.g. a volume's channel dropped by mistake
+        want = "(1, C, X, Y, Z) volume" if convs == {3} else "(1, C, H, W) slice"
+        raise ValueError(f"saliency_map: {type(model).__name__} convolves in {convs.pop()}D; x must be a {want}, "
+                         f"got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"saliency_map: x must be a float tensor, got {x.dtype}")
     param = next(model.parameters(), None)
