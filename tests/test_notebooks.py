@@ -167,6 +167,7 @@ def test_moco_v3_runs_every_stage_on_the_2d_path(tmp_path):
     assert {(final, "scratch"), (uncurated, "scratch"), (final, uncurated)} == set(zip(differences.treatment,
                                                                                         differences.control))
     assert (differences.n_pairs == 2).all() and (out / "summary.csv").exists()
+    assert (out / "figures" / "slice_inits_vs_scratch.png").stat().st_size > 5000
     assert not (out / "probe_summary.csv").exists() and not (out / "cache_stroke").exists()  # no 3D cells ran
     report = (run / "report.md").read_text()
     assert "moco_v3:stage1+2 minus scratch" in report and "offline" in report

@@ -117,6 +117,19 @@ if is_2d:
         ax.figure.savefig(path, dpi=100)
         figures_written.append(f"figures/{path.name}")
         plt.show()
+    # the seed's comparison at the fewest labels: each pretraining minus scratch, paired, with its 95 % CI
+    diffs = slice_report["differences"]
+    fewest = diffs[(diffs.control == "scratch") & (diffs.label_fraction == diffs.label_fraction.min())]
+    if len(fewest):
+        n_fewest = int(slice_results[slice_results.label_fraction == fewest.label_fraction.min()].n_train.min())
+        panels = list(fewest.groupby("task", sort=False))
+        fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 0.5 * fewest.treatment.nunique() + 1.8),
+                                 constrained_layout=True, squeeze=False)
+        for ax, (task_name, part) in zip(axes[0], panels):
+            plot_paired_differences(part, title=f"{task_name.split(':')[-1]}, {n_fewest} labelled subject(s)", ax=ax)
+        fig.savefig(out / "figures" / "slice_inits_vs_scratch.png", dpi=100)
+        figures_written.append("figures/slice_inits_vs_scratch.png")
+        plt.show()
     slice_report["summary"].to_csv(out / "summary.csv", index=False)
     slice_report["differences"].to_csv(out / "differences.csv", index=False)
     display(slice_report["summary"].round(3))
