@@ -117,7 +117,7 @@ if is_2d:
         ax.figure.savefig(path, dpi=100)
         figures_written.append(f"figures/{path.name}")
         plt.show()
-    # the seed's comparison at the fewest labels: each pretraining minus scratch, paired, with its 95 % CI
+    # the curation paper's comparison at the fewest labels: each pretraining minus scratch, paired, 95 % CI
     diffs = slice_report["differences"]
     fewest = diffs[(diffs.control == "scratch") & (diffs.label_fraction == diffs.label_fraction.min())]
     if len(fewest):
