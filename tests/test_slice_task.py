@@ -147,7 +147,7 @@ def test_slice_study_in_label_counts_resumes_and_keeps_classifiers(tumour_cohort
     results.csv (a rerun trains nothing), and kept classifiers that notebook 05 explains on their test slices."""
     from kit.explain.slices import explain_slices, slice_cases, slice_classifier_auc, slice_test_dataset
     from kit.train.finetune import load_finetuned
-    from kit.train.slice_task import labelled_subsets
+    from kit.train.slice_task import labelled_subsets, subject_split
 
     _, table, cache, _ = tumour_cohort
     results_path, kept = tmp_path / "results.csv", {}
@@ -175,6 +175,7 @@ def test_slice_study_in_label_counts_resumes_and_keeps_classifiers(tumour_cohort
     assert extra["spatial_dims"] == 2 and extra["slices"]["size"] == 32 and len(extra["test_subjects"]) == 2
     test = slice_test_dataset(cache, table, extra)
     assert sorted(set(test.index.subject)) == extra["test_subjects"]
+    assert subject_split(SliceDataset(cache, table, axis=2, size=32), 2)[1] == extra["test_subjects"]
     assert abs(slice_classifier_auc(model, test)["auc"] - extra["test_metrics"]["auc"]) < 1e-6
     cases = slice_cases(test, 5)
     assert cases and all(test.label_slice(r).any() for r in cases)

@@ -145,21 +145,16 @@ def study_table(results: pd.DataFrame, task: str = SLICE_TASK) -> pd.DataFrame:
 
 
 def slice_test_split(cache, slices, test_fraction: float, axis: int = 2, cohort: str | None = None) -> list[str]:
-    """The fixed test subjects of :func:`kit.train.slice_task.slice_study` (split seed 0, stratified by lesion).
+    """The fixed test subjects of :func:`kit.train.slice_task.slice_study` (:func:`kit.train.slice_task.subject_split`).
 
     Example:
         >>> slice_test_split(cache, "runs/x/01_curation/slices.csv", 0.3, cohort="tumor")  # doctest: +SKIP
-        ['BraTS2021_00003', 'BraTS2021_00006']
+        ['BraTS2021_00001', 'BraTS2021_00004']
     """
     from kit.data.slices import SliceDataset
-    from kit.data.splits import train_test_split
+    from kit.train.slice_task import subject_split
 
-    every = SliceDataset(cache, slices, axis=axis, cohort=cohort, size=8)
-    subjects = list(dict.fromkeys(every.index.subject.astype(str)))
-    lesion = every.lesion_present()
-    strata = [int(lesion[(every.index.subject == s).to_numpy()].any()) for s in subjects]
-    share = float(test_fraction) if test_fraction < 1 else float(test_fraction) / len(subjects)
-    return train_test_split(subjects, share, seed=0, strata=strata)[1]
+    return subject_split(SliceDataset(cache, slices, axis=axis, cohort=cohort, size=8), test_fraction)[1]
 
 
 def run_slice_finetune(

@@ -50,7 +50,7 @@ from kit.train.finetune import (
 )
 
 __all__ = ["slice_targets", "SliceClassificationDataset", "train_slice_classifier", "slice_scores",
-           "evaluate_slice_init", "save_slice_classifier", "labelled_subsets", "slice_study"]
+           "evaluate_slice_init", "save_slice_classifier", "subject_split", "labelled_subsets", "slice_study"]
 
 
 def slice_targets(slices: SliceDataset, target: str = "tumor_present", classes: Sequence[Any] | None = None):
@@ -240,6 +240,23 @@ def save_slice_classifier(
     return result.save(path, extra=extra)
 
 
+def subject_split(slices: SliceDataset, test_fraction: float) -> tuple[list[str], list[str], dict[str, int]]:
+    """The slice study's fixed split of ``slices``' subjects: ``(training pool, test subjects, has_lesion)``.
+
+    Split seed 0, stratified by whether a subject has any lesion slice (``has_lesion[subject]`` 0/1);
+    ``test_fraction`` is a share of the subjects, or (>= 1) their number, as the 3D study's.
+
+    Example:
+        >>> pool, test, has_lesion = subject_split(SliceDataset(cache, table, axis=2), 0.3)  # doctest: +SKIP
+    """
+    subjects = list(dict.fromkeys(slices.index.subject.astype(str)))
+    lesion = slices.lesion_present()
+    has_lesion = {s: int(lesion[(slices.index.subject == s).to_numpy()].any()) for s in subjects}
+    share = float(test_fraction) if test_fraction < 1 else float(test_fraction) / len(subjects)
+    pool, test = train_test_split(subjects, share, seed=0, strata=[has_lesion[s] for s in subjects])
+    return pool, test, has_lesion
+
+
 def labelled_subsets(pool: Sequence[str], fractions: Sequence[float], seed: int,
                      has_lesion: Mapping[str, int]) -> dict[float, list[str]]:
     """Nested training subsets of ``pool`` per label fraction, each holding a subject with a lesion slice.
@@ -332,13 +349,7 @@ def slice_study(
         ...                     seeds=(0, 1), results_path="results.csv")  # doctest: +SKIP
     """
     every = SliceDataset(cache, slices, axis=axis, cohort=cohort, channels=channels, size=size)
-    subjects = list(dict.fromkeys(every.index.subject.astype(str)))
-    lesion = every.lesion_present()
-    has_lesion = {s: int(lesion[(every.index.subject == s).to_numpy()].any()) for s in subjects}
-    strata = [has_lesion[s] for s in subjects]
-    # a test size >= 1 is a number of subjects (as the 3D study's test_fraction)
-    share = float(test_fraction) if test_fraction < 1 else float(test_fraction) / len(subjects)
-    train_pool, test = train_test_split(subjects, share, seed=0, strata=strata)
+    train_pool, test, has_lesion = subject_split(every, test_fraction)
     if counts is not None:
         from kit.train.study import counts_to_fractions
 
