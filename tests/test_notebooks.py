@@ -163,6 +163,7 @@ def test_moco_v3_runs_every_stage_on_the_2d_path(tmp_path):
     assert set(results.n_train_subjects) == {1, 6} and set(results.seed) == {0, 1} and len(results) == 12
     assert results.auc.between(0, 1).all()
     assert load_checkpoint(out / "uncurated" / "stage2" / "checkpoint.pt")["extra"]["step"] == 6  # same budget
+    assert not (run / "03_stage2" / "objectives").exists()  # the 3D objectives are not compared on slices
     differences = pd.read_csv(out / "differences.csv")
     assert {(final, "scratch"), (uncurated, "scratch"), (final, uncurated)} == set(zip(differences.treatment,
                                                                                         differences.control))
