@@ -288,10 +288,13 @@ def run_notebook(
     progress: bool = True,
     kernel_name: str = "python3",
     label: str | None = None,
+    drop_tags: tuple[str, ...] = (),
 ) -> None:
     """Execute one notebook with papermill, raising :class:`NotebookFailed` with the cell that failed.
 
     The executed copy is written to ``output`` even when a cell fails, so the traceback can be read.
+    Cells tagged with one of ``drop_tags`` are left out (:func:`cells_to_drop`: the other path of a
+    notebook with a 2D and a 3D path).
     The progress bar is named ``label`` (default: the notebook's name); the kernel logs errors only
     (its "running over TCP without encryption" warning is about remote kernels, not a local run).
     """
@@ -300,9 +303,16 @@ def run_notebook(
     output.parent.mkdir(parents=True, exist_ok=True)
     # headless: viewers that need a browser (itkwidgets) refuse instead of blocking the next cell
     os.environ.setdefault("KIT_HEADLESS", "1")
+    if drop_tags:
+        import nbformat
+
+        nb = nbformat.read(str(notebook), as_version=4)
+        nb.cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & set(drop_tags)]
+        selected = output.parent / f".{notebook.name}"  # the selected cells; the executed copy keeps the name
+        nbformat.write(nb, str(selected))
     try:
         pm.execute_notebook(
-            str(notebook),
+            str(selected if drop_tags else notebook),
             str(output),
             parameters=parameters,
             kernel_name=kernel_name,
@@ -322,6 +332,22 @@ def run_notebook(
             reason = f"{getattr(err, 'ename', kind)}: {evalue if isinstance(evalue, str) else evalue[0]}"
         reason = " ".join(strip_ansi(reason).split())
         raise NotebookFailed(f"{notebook.name} failed at {where}: {reason}. Executed copy: {output}") from err
+    finally:
+        if drop_tags:
+            selected.unlink(missing_ok=True)
+
+
+def cells_to_drop(objective: str | None) -> tuple[str, ...]:
+    """Cell tags of notebooks 04-05 that a run of ``objective`` leaves out: the 3D tasks' cells for an
+    objective trained on 2D slices (``spatial_dims`` 2, e.g. moco_v3), the 2D slice task's otherwise.
+
+    Example:
+        >>> cells_to_drop("moco_v3"), cells_to_drop("swin_trio")
+        (('3d',), ('2d',))
+    """
+    from kit.ssl.base import objective_class
+
+    return ("3d",) if getattr(objective_class(objective or "swin_trio"), "spatial_dims", 3) == 2 else ("2d",)
 
 
 def resolve_stage(name: str | None) -> str | None:
@@ -467,7 +493,8 @@ def reproduce(
             label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {notebook.stem}"
             print(f"{label} ...", file=sys.stderr, flush=True)
             try:
-                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress, label=label)
+                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress, label=label,
+                             drop_tags=cells_to_drop(objective))
             except NotebookFailed as err:
                 run["stages"][stage] = {"status": "failed", "error": str(err), "settings": settings,
                                         **_stage_times(start, cpu_start, earlier_s)}

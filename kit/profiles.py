@@ -210,7 +210,9 @@ SLICES_KEYS = ("axis", "size", "channels", "curated")
 # stage settings that are not kit.train.loop.TrainConfig fields
 STAGE_EXTRA_KEYS = ("backbone", "model", "objective", "objective_cfg", "objective_cfgs", "objective_stages", "crop",
                     "compare_objectives", "slices")
-FINETUNE_KEYS = ("config", "tasks", "fractions", "seeds", "test_fraction", "n_overlays", "val_size", "leakage", "probes")
+FINETUNE_KEYS = ("config", "tasks", "fractions", "seeds", "test_fraction", "n_overlays", "val_size", "leakage", "probes",
+                 "slice_study")
+SLICE_STUDY_KEYS = ("counts", "seeds", "test_fraction", "modes", "uncurated", "config")
 TASK_KEYS = ("name", "task", "cohort", "pool", "target", "inits", "counts", "seeds", "fractions", "config", "val_size")
 PROBES_KEYS = ("tasks", "counts", "seeds", "cls_counts", "per_value")
 SALIENCY_KEYS = ("task", "inits", "n_cases", "random_n", "dilate_mm", "min_auc", "methods", "method_kwargs")
@@ -296,6 +298,7 @@ def validate_profile(name: str, profile: Mapping) -> None:
     check_keys(finetune.get("config") or {}, config_keys, f"{where} finetune.config")
     for i, task in enumerate(finetune.get("tasks") or []):
         check_keys(task.get("config") or {}, config_keys, f"{where} finetune.tasks[{i}].config")
+    check_keys((finetune.get("slice_study") or {}).get("config") or {}, config_keys, f"{where} finetune.slice_study.config")
 
 
 # ----------------------------------------------------------------------------- resolution
@@ -331,6 +334,27 @@ def resolve(name: str, overrides: Mapping) -> dict:
 
 
 PROFILES: dict[str, dict] = {name: resolve(name, overrides) for name, overrides in OVERRIDES.items()}
+
+# Notebook 04's 2D path (an objective with spatial_dims 2): tumour present per slice with label counts in
+# subjects, paired seeds, from scratch, from the run's curated stage 1+2 and (``uncurated``) from the same
+# pretraining on every slice (the tailored-curation ablation); kit.finetune.slice_run reads it.
+_SLICE_STUDIES = {
+    "smoke": {"counts": [1, "all"], "seeds": [0, 1], "test_fraction": 0.3, "modes": ["finetune"], "uncurated": True,
+              "config": {"steps": 12, "batch_size": 8, "lr": 2e-3, "warmup_steps": 2, "class_weights": "balanced"}},
+    "workshop": {"counts": [1, 2, 4, "all"], "seeds": [0, 1, 2], "test_fraction": 16, "modes": ["probe", "finetune"],
+                 "uncurated": True,
+                 "config": {"steps": 100, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "class_weights": "balanced"}},
+    "study": {"counts": [1, 2, 4, "all"], "seeds": [0, 1, 2, 3, 4], "test_fraction": 20, "modes": ["probe", "finetune"],
+              "uncurated": True,
+              "config": {"steps": 150, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "class_weights": "balanced"}},
+    "full": {"counts": [1, 5, 10, "all"], "seeds": [0, 1, 2, 3, 4], "test_fraction": 0.2, "modes": ["probe", "finetune"],
+             "uncurated": True,
+             "config": {"steps": 3000, "batch_size": 64, "lr": 1e-4, "warmup_steps": 100, "class_weights": "balanced",
+                        "num_workers": 4}},
+}
+for _name, _study in _SLICE_STUDIES.items():
+    check_keys(_study, SLICE_STUDY_KEYS, f"profile {_name!r} finetune.slice_study")
+    PROFILES[_name]["finetune"]["slice_study"] = _study
 
 
 def profile_config(profile: str) -> dict:

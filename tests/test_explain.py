@@ -495,3 +495,66 @@ def test_summarise_localisation_means_and_seeded_bootstrap():
     assert again.equals(summary)
     with pytest.raises(ValueError, match="group columns"):
         summarise_localisation(localisation_table(rows), by=["cohort"])
+
+
+# ------------------------------------------------------------------------------------------------
+# 2D slice classifiers (the moco_v3 path): the same methods and metrics on (1, C, H, W) slices
+# ------------------------------------------------------------------------------------------------
+BOX2D = (slice(3, 9), slice(10, 16))
+
+
+class BoxModel2D(nn.Module):
+    """Binary slice classifier whose logit rises with the intensity inside BOX2D only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+        self.fc = nn.Linear(8, 1)
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.rand(self.conv1.weight.shape, generator=gen) / 9)
+            self.conv2.weight.copy_(torch.rand(self.conv2.weight.shape, generator=gen) / 9)
+            self.fc.weight.copy_(torch.rand(self.fc.weight.shape, generator=gen) + 0.5)
+            self.fc.bias.fill_(-2.0)
+        box = torch.zeros(20, 20)
+        box[BOX2D] = 1.0
+        self.register_buffer("box", box[None, None])
+        self.register_buffer("box_half", F.max_pool2d(self.box, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        h = F.relu(self.conv2(F.relu(self.conv1(x * self.box))))
+        return self.fc((h * self.box_half).flatten(2).sum(2) / self.box_half.sum())
+
+
+@pytest.mark.parametrize("method", SALIENCY_METHODS)
+def test_every_method_explains_a_2d_slice_classifier(method):
+    model = BoxModel2D()
+    x = torch.rand((1, 2, 20, 20), generator=torch.Generator().manual_seed(2))
+    options = {**FAST[method], **({"mask_size": 4} if method == "occlusion" else {})}
+    sal = saliency_map(model, x, method, **options)
+    assert sal.shape == (20, 20) and sal.dtype == np.float32
+    box = np.zeros((20, 20), bool)
+    box[BOX2D] = True
+    reach = ndimage.binary_dilation(box, iterations=3)  # CAMs at half resolution, occlusion windows
+    assert mass_in_region(sal, reach) > 0.9, method
+    scores = score_saliency(sal, box, brain_mask=np.ones((20, 20), bool), spacing_mm=(2.0, 2.0), dilate_mm=4.0)
+    assert 0 < scores["mass_in_lesion"] <= scores["mass_in_dilated"] <= 1 and scores["random_share"] == 36 / 400
+
+
+def test_2d_target_layer_and_localisation_helpers():
+    from kit.models import create_model
+    from kit.finetune import ClassificationModel
+
+    net = ClassificationModel(create_model("resnet18_2d", in_channels=2, widen_factor=0.125), n_outputs=1)
+    layer = default_target_layer(net, torch.zeros(1, 2, 64, 64))
+    assert layer.startswith("backbone.layer4") and isinstance(net.get_submodule(layer), nn.Conv2d)
+    assert saliency_map(net, torch.rand(1, 2, 64, 64), "gradcam").shape == (64, 64)
+    lesion = np.zeros((12, 12), bool)
+    lesion[2:5, 2:5] = True
+    assert int(dilate(lesion, 1.0, 1.0).sum()) == 9 + 12  # a disc of radius 1 adds the 4-neighbours
+    base = random_baseline(lesion, None, n=3, rng=0)
+    assert base["share"] == 9 / 144 and len(base["mass"]) == 3
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        dilate(np.zeros(4, bool), 1.0)

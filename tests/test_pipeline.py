@@ -149,3 +149,33 @@ def test_objective_reaches_notebooks_02_on_and_is_recorded(tmp_path, notebooks):
     assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["objective"] == "mim"
     with pytest.raises(ValueError, match="pretrained with objective 'mim'"):
         reproduce("smoke", run, from_stage="02", objective="cross_contrast", notebooks_dir=notebooks, progress=False)
+
+
+def test_cells_of_the_other_path_are_left_out(tmp_path, notebooks):
+    """Notebooks 04-05 hold a 2D and a 3D path in cells tagged '2d' / '3d' (jupytext: '# %% tags=["3d"]');
+    a run of a slice objective (moco_v3) executes the 2D cells only, any other objective the 3D ones."""
+    import jupytext
+
+    text = ('# %% tags=["parameters"]\nprofile = "x"\n\n# %% tags=["3d"]\nSTAGE = "3d"\n\n'
+            '# %% [markdown] tags=["2d"]\n# ## 2D\n\n# %% tags=["2d"]\nSTAGE = "2d"\n\n# %%\nprint(STAGE)\n')
+    cells = jupytext.reads(text, fmt="py:percent").cells
+    assert [c.metadata.get("tags") for c in cells] == [["parameters"], ["3d"], ["2d"], ["2d"], None]
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "x"\nrun_dir = "."\ndata_root = None\ndevice = "cpu"\nseed = 0\n'
+                                       'interactive = False\nobjective = None')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params]
+    for path in ("3d", "2d"):
+        cell = nbformat.v4.new_code_cell(f"STAGE = '02_stage1'\nfrom kit.pipeline import write_summary\n"
+                                         f"write_summary(run_dir, STAGE, 'ran', {{'path': '{path}'}})")
+        cell.metadata["tags"] = [path]
+        nb.cells.append(cell)
+    nbformat.write(nb, notebooks / "02_stage1_pretrain.ipynb")
+    for objective, path in (("moco_v3", "2d"), ("mim", "3d")):
+        run = tmp_path / objective
+        reproduce("smoke", run, objective=objective, notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
+        assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["path"] == path
+        executed = nbformat.read(run / "02_stage1" / "02_stage1_pretrain.ipynb", as_version=4)
+        assert [c.metadata.get("tags") for c in executed.cells[2:]] == [[path]]  # after parameters + injected
+        assert not (run / "02_stage1" / ".02_stage1_pretrain.ipynb").exists()  # the selection is not left behind

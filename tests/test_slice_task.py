@@ -5,6 +5,7 @@ import dataclasses
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -139,3 +140,52 @@ def test_pretraining_stage_on_curated_slices(tumour_cohort, tmp_path):
     assert summary["steps"] == 2 and checkpoint["extra"]["modalities"] == ["flair"]
     with pytest.raises(ValueError, match="slices.csv"):
         prepare_pretraining(stage, entries, ["t1", "flair"], tmp_path / "other", device="cpu")
+
+
+def test_slice_study_in_label_counts_resumes_and_keeps_classifiers(tumour_cohort, tmp_path):
+    """Counts in subjects (the smallest holds a tumour subject), paired seeds, one row per finished run in
+    results.csv (a rerun trains nothing), and kept classifiers that notebook 05 explains on their test slices."""
+    from kit.explain.slices import explain_slices, slice_cases, slice_classifier_auc, slice_test_dataset
+    from kit.finetune import load_finetuned
+    from kit.finetune.slice_task import labelled_subsets, subject_split
+
+    _, table, cache, _ = tumour_cohort
+    results_path, kept = tmp_path / "results.csv", {}
+
+    def keep(init, mode, fraction, seed):
+        if fraction == 1.0 and seed == 0:
+            kept[init] = tmp_path / f"{init}.pt"
+            return kept[init]
+        return None
+
+    study = slice_study(cache, table, {"scratch": "scratch"}, _config(steps=2), counts=[1, "all"], seeds=(0, 1),
+                        test_fraction=2, size=32, modes=("finetune",), results_path=results_path, save_models=keep)
+    assert len(study) == 4 and sorted(study.n_train_subjects) == [1, 1, 6, 6] and (study.n_test_subjects == 2).all()
+    assert len(pd.read_csv(results_path)) == 4
+    # the one labelled subject of each seed has tumour slices (even subjects carry the tumour)
+    pool = sorted(set(table.subject) - set(slice_test_dataset(cache, table, load_finetuned(kept["scratch"])[1]).index.subject))
+    for seed in (0, 1):
+        (only,) = labelled_subsets(pool, [1 / 6, 1.0], seed, {s: int(s[1:]) % 2 == 0 for s in pool})[1 / 6]
+        assert int(only[1:]) % 2 == 0
+    before = results_path.read_text()
+    again = slice_study(cache, table, {"scratch": "scratch"}, _config(steps=2), counts=[1, "all"], seeds=(0, 1),
+                        test_fraction=2, size=32, modes=("finetune",), results_path=results_path)
+    assert results_path.read_text() == before and len(again) == 4  # nothing redone
+    model, extra = load_finetuned(kept["scratch"])
+    assert extra["spatial_dims"] == 2 and extra["slices"]["size"] == 32 and len(extra["test_subjects"]) == 2
+    test = slice_test_dataset(cache, table, extra)
+    assert sorted(set(test.index.subject)) == extra["test_subjects"]
+    assert subject_split(SliceDataset(cache, table, axis=2, size=32), 2)[1] == extra["test_subjects"]
+    assert abs(slice_classifier_auc(model, test)["auc"] - extra["test_metrics"]["auc"]) < 1e-6
+    cases = slice_cases(test, 5)
+    assert cases and all(test.label_slice(r).any() for r in cases)
+    rows, maps = explain_slices({"scratch": model}, test, cases[:1], ["vanilla", "gradcam"], dilate_mm=4.0)
+    assert len(rows) == 2 and rows.mass_in_lesion.between(0, 1).all() and maps[next(iter(maps))].shape == (32, 32)
+    with pytest.raises(ValueError, match="not a slice study's results"):
+        slice_study(cache, table, {"scratch": "scratch"}, _config(steps=1), seeds=(0,), size=32, modes=("probe",),
+                    results_path=_write_csv(tmp_path / "other.csv"))
+
+
+def _write_csv(path):
+    path.write_text("init,task,label_fraction,seed\nscratch,seg,1.0,0\n")
+    return path

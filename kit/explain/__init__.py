@@ -4,6 +4,8 @@
   gradcam, gradcampp, occlusion), :class:`SegmentationScore`, :func:`default_target_layer`.
 - :mod:`kit.explain.localisation`: mass in lesion, pointing game, random baselines, tables with
   bootstrap confidence intervals.
+- :mod:`kit.explain.slices`: the same for the 2D slice classifiers of a run pretrained on slices
+  (test slices, cases, maps on the classifier's grid).
 """
 
 from kit.explain.localisation import (

@@ -5,7 +5,8 @@ Conventions (the same in every function):
 - Saliency maps are ``(X, Y, Z)`` arrays, higher = more important. Only POSITIVE saliency is
   counted as mass (negatives, e.g. occlusion regions whose removal raises the score, are clipped
   to 0).
-- Masks are ``(X, Y, Z)`` bool arrays on the same grid.
+- Masks are ``(X, Y, Z)`` bool arrays on the same grid. A 2D slice classifier's maps and masks are
+  ``(H, W)`` arrays and go through the same functions (areas instead of volumes).
 - With a ``brain_mask``, the lesion (and its dilation) is intersected with the brain, and saliency
   OUTSIDE the brain still counts, as mass outside the lesion (a map that lights up skull or
   background is penalised, not forgiven). The pointing game likewise takes the argmax over the
@@ -57,8 +58,8 @@ _SUMMARY_METRICS = ("mass_in_lesion", "mass_in_dilated", "pointing_hit", "random
 def _check_pair(saliency: np.ndarray, mask: np.ndarray, what: str = "mask") -> tuple[np.ndarray, np.ndarray]:
     saliency = np.asarray(saliency, dtype=np.float64)
     mask = np.asarray(mask)
-    if saliency.ndim != 3:
-        raise ValueError(f"saliency must be (X, Y, Z), got shape {saliency.shape}")
+    if saliency.ndim not in (2, 3):
+        raise ValueError(f"saliency must be (X, Y, Z) or a 2D slice (H, W), got shape {saliency.shape}")
     if mask.shape != saliency.shape:
         raise ValueError(f"{what} shape {mask.shape} does not match saliency shape {saliency.shape}")
     if mask.dtype != bool:
@@ -115,14 +116,14 @@ def _ellipsoid(radius_mm: float, spacing_mm: Sequence[float]) -> np.ndarray:
 
 
 def dilate(mask: np.ndarray, radius_mm: float, spacing_mm: float | Sequence[float] = 1.0) -> np.ndarray:
-    """Dilate a 3D mask by ``radius_mm`` millimetres with an ellipsoidal (in voxels) ball.
+    """Dilate a 3D mask (or a 2D slice mask) by ``radius_mm`` millimetres with an ellipsoidal (in voxels) ball.
 
     The structuring element holds every voxel offset ``(i, j, k)`` with
     ``(i*sx)^2 + (j*sy)^2 + (k*sz)^2 <= r^2``: a sphere in mm, an ellipsoid in voxels when the
     spacing is anisotropic (scipy.ndimage.binary_dilation).
 
     Args:
-        mask: ``(X, Y, Z)`` bool (or 0/1).
+        mask: ``(X, Y, Z)`` (or ``(H, W)``) bool (or 0/1).
         radius_mm: dilation radius in mm (>= 0; 0 returns a copy).
         spacing_mm: voxel size in mm, one number or one per axis.
 
@@ -130,11 +131,13 @@ def dilate(mask: np.ndarray, radius_mm: float, spacing_mm: float | Sequence[floa
         >>> m = np.zeros((9, 9, 5), bool); m[4, 4, 2] = True
         >>> int(dilate(m, 3.0, (1.0, 1.0, 3.0)).sum())   # 29 in-plane + 1 above + 1 below
         31
+        >>> int(dilate(m[:, :, 2], 3.0, (1.0, 1.0)).sum())   # the same disc on one slice
+        29
     """
     mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError(f"dilate: mask must be (X, Y, Z), got shape {mask.shape}")
-    spacing = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,)))
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"dilate: mask must be (X, Y, Z) or (H, W), got shape {mask.shape}")
+    spacing = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing_mm, dtype=float), (mask.ndim,)))
     if any(s <= 0 for s in spacing):
         raise ValueError(f"dilate: spacing_mm must be positive, got {spacing}")
     if radius_mm < 0:
@@ -219,8 +222,8 @@ def random_baseline(
         0.037
     """
     mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise ValueError(f"random_baseline: mask must be (X, Y, Z), got shape {mask.shape}")
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"random_baseline: mask must be (X, Y, Z) or (H, W), got shape {mask.shape}")
     mask = mask.astype(bool)
     brain = np.ones_like(mask) if brain_mask is None else np.asarray(brain_mask).astype(bool)
     if brain.shape != mask.shape:

@@ -1,7 +1,10 @@
-"""Voxel saliency maps of 3D classifiers and segmenters, one function for every method.
+"""Voxel saliency maps of 3D classifiers and segmenters (and pixel maps of 2D slice classifiers),
+one function for every method.
 
 :func:`saliency_map` explains one input ``x`` of shape ``(1, C, X, Y, Z)`` and returns a float32
-numpy map ``(X, Y, Z)`` on the input grid, with HIGHER = MORE IMPORTANT for every method:
+numpy map ``(X, Y, Z)`` on the input grid, with HIGHER = MORE IMPORTANT for every method. A 2D
+classifier's slice ``(1, C, H, W)`` gets a map ``(H, W)`` the same way (MONAI's saliency classes
+work in 2D too; CAMs are then upsampled bilinearly):
 
 - ``vanilla``: |d score / d x| (monai.visualize.VanillaGrad); channels: max of abs.
 - ``smoothgrad``: magnitude of the gradients of noisy copies, sqrt(sum g^2) / n
@@ -83,7 +86,8 @@ _METHOD_KWARGS: dict[str, dict[str, Any]] = {
     "occlusion": {"mask_size": 16, "overlap": 0.6, "mode": "gaussian", "n_batch": 16, "score": "probability"},
 }
 
-_GLOBAL_POOLS = (nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d)
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_CONVS = (nn.Conv3d, nn.Conv2d)  # the CAM layer: the last convolution of a 3D or a 2D network
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,10 +214,10 @@ class SegmentationScore(nn.Module):
 # Target layer for CAM methods
 # ----------------------------------------------------------------------------------------------
 def default_target_layer(model: nn.Module, example_input: torch.Tensor | None = None) -> str:
-    """Name of the last 3D convolution before global pooling: the usual Grad-CAM layer.
+    """Name of the last convolution (3D, or 2D for a slice classifier) before global pooling: the usual Grad-CAM layer.
 
     With ``example_input`` (1, C, X, Y, Z) the model is run once (no gradients) and the choice
-    follows *execution* order: the last ``nn.Conv3d`` whose output still has more than one voxel
+    follows *execution* order: the last ``nn.Conv3d`` (``nn.Conv2d``) whose output still has more than one voxel
     (a conv after global pooling, or a registered but unused decoder, is skipped). Without it the
     *registration* order is used: the last ``nn.Conv3d`` registered before the first
     ``nn.AdaptiveAvgPool3d`` / ``nn.AdaptiveMaxPool3d`` (or the last one if there is none).
@@ -232,10 +236,10 @@ def default_target_layer(model: nn.Module, example_input: torch.Tensor | None = 
         executed: list[str] = []
         handles = []
         for name, module in model.named_modules():
-            if isinstance(module, nn.Conv3d):
+            if isinstance(module, _CONVS):
 
                 def record(_m, _inp, out, name=name):
-                    if isinstance(out, torch.Tensor) and out.ndim == 5 and out.shape[2:].numel() > 1:
+                    if isinstance(out, torch.Tensor) and out.ndim in (4, 5) and out.shape[2:].numel() > 1:
                         executed.append(name)
 
                 handles.append(module.register_forward_hook(record))
@@ -248,18 +252,18 @@ def default_target_layer(model: nn.Module, example_input: torch.Tensor | None = 
         if executed:
             return executed[-1]
         raise ValueError(
-            f"default_target_layer: {type(model).__name__} ran no nn.Conv3d with a spatial output; "
+            f"default_target_layer: {type(model).__name__} ran no nn.Conv3d or nn.Conv2d with a spatial output; "
             "pass target_layer= (a name from model.named_modules())"
         )
     last = None
     for name, module in model.named_modules():
         if isinstance(module, _GLOBAL_POOLS) and last is not None:
             return last
-        if isinstance(module, nn.Conv3d):
+        if isinstance(module, _CONVS):
             last = name
     if last is None:
         raise ValueError(
-            f"default_target_layer: {type(model).__name__} has no nn.Conv3d; pass target_layer= "
+            f"default_target_layer: {type(model).__name__} has no nn.Conv3d or nn.Conv2d; pass target_layer= "
             "(a name from model.named_modules())"
         )
     return last
@@ -272,9 +276,9 @@ def _resolve_layer(model: nn.Module, target_layer: str) -> str:
     # allow the inner model's names for a SegmentationScore wrapper
     if isinstance(model, SegmentationScore) and f"model.{target_layer}" in names:
         return f"model.{target_layer}"
-    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv3d)]
+    convs = [name for name, m in model.named_modules() if isinstance(m, _CONVS)]
     raise ValueError(
-        f"target_layer {target_layer!r} is not a module of {type(model).__name__}; 3D convolutions: {convs[-10:]}"
+        f"target_layer {target_layer!r} is not a module of {type(model).__name__}; its convolutions: {convs[-10:]}"
     )
 
 
@@ -439,7 +443,7 @@ def _occlusion(model, x, target, mask_size, overlap, mode, n_batch, score):
         # MONAI 1.6 returns (B, K, X, Y, Z): the class-K score with a patch around each voxel
         # occluded (lower = more important). Saliency = drop = reference - occluded score.
         occluded, _ = occluder(x.detach())
-    if occluded.ndim != 5 or tuple(occluded.shape[2:]) != tuple(x.shape[2:]):
+    if occluded.ndim != x.ndim or tuple(occluded.shape[2:]) != tuple(x.shape[2:]):
         raise RuntimeError(f"OcclusionSensitivity returned shape {tuple(occluded.shape)} for input {tuple(x.shape)}")
     return (reference - occluded[0, target]).detach()
 
@@ -467,8 +471,8 @@ def saliency_map(
 
     Args:
         model: classifier ``(B, C, X, Y, Z) -> (B, K)`` logits (K=1 binary or K classes), or a
-            :class:`SegmentationScore` around a segmenter.
-        x: input ``(1, C, X, Y, Z)`` float tensor (moved to the model's device; not modified).
+            :class:`SegmentationScore` around a segmenter; or a 2D slice classifier ``(B, C, H, W) -> (B, K)``.
+        x: input ``(1, C, X, Y, Z)`` (2D: ``(1, C, H, W)``) float tensor (moved to the model's device; not modified).
         method: one of :data:`SALIENCY_METHODS` (see the module docstring for each definition).
         target: class index to explain; ``None`` = the predicted class (argmax; 0 when K=1).
         target_layer: module name for ``gradcam`` / ``gradcampp`` (``dict(model.named_modules())``
@@ -485,7 +489,7 @@ def saliency_map(
             sum would saturate).
 
     Returns:
-        float32 array ``(X, Y, Z)``; higher = more important. Gradient methods and CAMs are >= 0;
+        float32 array ``(X, Y, Z)`` (2D: ``(H, W)``); higher = more important. Gradient methods and CAMs are >= 0;
         occlusion can be negative where occluding *raises* the score. Not normalised (the
         localisation metrics are scale-free).
 
@@ -502,6 +506,10 @@ def saliency_map(
         >>> m = saliency_map(net, torch.rand(1, 1, 12, 12, 12), "gradcam")
         >>> m.shape, m.dtype.name
         ((12, 12, 12), 'float32')
+        >>> net2d = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                       nn.Flatten(), nn.Linear(4, 1))
+        >>> saliency_map(net2d, torch.rand(1, 2, 16, 16), "gradcam").shape
+        (16, 16)
     """
     if method not in _METHODS:
         raise ValueError(f"unknown saliency method {method!r}; choose one of {', '.join(SALIENCY_METHODS)}")
@@ -512,9 +520,14 @@ def saliency_map(
             f"it takes {sorted(_METHOD_KWARGS[method])}"
         )
     options = {**_METHOD_KWARGS[method], **kw}
-    if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[0] != 1:
+    if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5) or x.shape[0] != 1:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"saliency_map: x must be a (1, C, X, Y, Z) tensor, got {shape}")
+        raise ValueError(f"saliency_map: x must be a (1, C, X, Y, Z) tensor (2D: (1, C, H, W)), got {shape}")
+    convs = {3 if isinstance(m, nn.Conv3d) else 2 for m in model.modules() if isinstance(m, _CONVS)}
+    if len(convs) == 1 and x.ndim - 2 not in convs:  # e.g. a volume's channel dropped by mistake
+        want = "(1, C, X, Y, Z) volume" if convs == {3} else "(1, C, H, W) slice"
+        raise ValueError(f"saliency_map: {type(model).__name__} convolves in {convs.pop()}D; x must be a {want}, "
+                         f"got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"saliency_map: x must be a float tensor, got {x.dtype}")
     param = next(model.parameters(), None)

@@ -33,7 +33,9 @@ anatomy-hierarchical contrastive, ...): write one module ``kit/ssl/NAME.py`` tha
    targets, outputs, masks as (B, 1 or C, ...) booleans, at any spatial size), plus optional
    per-sample values as (B,) arrays; ``kit.viz.plot_ssl_preview`` draws every volume of it;
 7. sets the class attribute ``uses_total_steps = True`` if it takes a ``total_steps`` option (a
-   schedule over training): kit's pretraining then passes the stage's number of steps.
+   schedule over training): kit's pretraining then passes the stage's number of steps;
+8. sets ``spatial_dims = 2`` if it trains on 2D slices (moco_v3): notebooks 04-05 then run the 2D
+   slice task and slice saliency on its checkpoints instead of the 3D tasks.
 
 Registered here: ``swin_trio`` (rotation + inpainting + contrastive), ``cross_contrast`` (per-contrast
 coarse dropout and restoration), ``mim`` (masked image modelling) and ``anatomy_hierarchy`` (grid-cell
@@ -188,6 +190,8 @@ class SSLObjective(nn.Module):
     term_names: tuple[str, ...] = ()
     #: The loop may pass this to DistributedDataParallel; objectives freeze what they do not use.
     find_unused_parameters: bool = False
+    #: 3: trained on volumes (crops); 2: on 2D slices, so its checkpoints feed the 2D slice task.
+    spatial_dims: int = 3
 
     def __init__(self, model: nn.Module, weights: Mapping[str, float] | None = None) -> None:
         super().__init__()

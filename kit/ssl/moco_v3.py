@@ -235,6 +235,7 @@ class MoCoV3(SSLObjective):
     """
 
     term_names = ("contrast",)
+    spatial_dims = 2  # trained on slices: notebooks 04-05 take the 2D slice path
     uses_total_steps = True  # the momentum schedule spans the run: kit's pretraining passes its steps
 
     def __init__(

@@ -17,7 +17,7 @@ from kit.tensors import to_numpy
 
 __all__ = [
     "BRATS_COLORS", "STROKE_COLORS", "label_colors_for", "plot_orthogonal", "plot_subjects", "plot_entropy",
-    "plot_ssl_preview", "plot_loss_curves", "plot_heatmap_over_anatomy", "plot_first_layer",
+    "plot_ssl_preview", "plot_loss_curves", "plot_heatmap_over_anatomy", "plot_slice_heatmap", "plot_first_layer",
 ]
 
 # RGBA per label value. BraTS 2023 writes enhancing as 3; both share the colour.
@@ -254,6 +254,81 @@ def plot_heatmap_over_anatomy(
         axes[0].set_ylabel(title, fontsize=8)
     elif title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+_PLANE_OF_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+
+def plot_slice_heatmap(
+    image: np.ndarray,
+    heat: np.ndarray,
+    axis: int = 2,
+    brain_mask: np.ndarray | None = None,
+    outline: np.ndarray | None = None,
+    spacing: Sequence[float] = (1.0, 1.0),
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    heat_label: str = "saliency",
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+    radiological: bool = True,
+):
+    """A heat map over one 2D slice (a slice classifier's saliency), masked to the brain, with a colour bar.
+
+    The 2D counterpart of :func:`plot_heatmap_over_anatomy`: the same display conventions and
+    orientation markers as the matching plane of :func:`plot_orthogonal`.
+
+    Args:
+        image: anatomy ``(d0, d1)``: a RAS+ volume's slice along ``axis`` (its two other axes in order).
+        heat: map ``(d0, d1)``; drawn inside ``brain_mask`` only, on a 0..max scale (negatives clipped).
+        axis: the axis the slice was taken along (0 sagittal, 1 coronal, 2 axial).
+        brain_mask: bool ``(d0, d1)``; default the image's nonzero pixels.
+        outline: bool ``(d0, d1)`` drawn as a cyan contour (e.g. the tumour), or None.
+        spacing: pixel size in mm along ``d0`` and ``d1``.
+        ax: axes to draw into (a new figure when None).
+
+    Returns:
+        The matplotlib Figure.
+
+    Example:
+        >>> fig = plot_slice_heatmap(np.random.rand(16, 16), np.random.rand(16, 16), axis=2)
+        >>> len(fig.axes)  # the slice and the colour bar
+        2
+    """
+    image = np.asarray(image, dtype=np.float32)
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0, None)
+    if image.ndim != 2 or heat.shape != image.shape:
+        raise ValueError(f"plot_slice_heatmap: image {image.shape} and heat {heat.shape} must be the same 2D shape")
+    if axis not in _PLANE_OF_AXIS:
+        raise ValueError(f"plot_slice_heatmap: axis must be 0, 1 or 2, got {axis}")
+    brain = (image != 0) if brain_mask is None else np.asarray(brain_mask, dtype=bool)
+    name = _PLANE_OF_AXIS[axis]
+
+    def shown(plane):  # as _display_planes: rows run upwards, the patient's right on the left (radiological)
+        return (plane[::-1, :] if radiological or axis == 0 else plane).T
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 3.6), constrained_layout=True)
+    else:
+        fig = ax.figure
+    aspect = float(spacing[1]) / float(spacing[0])
+    nonzero = image[image != 0]
+    vmin = min(0.0, float(np.percentile(nonzero, 0.5))) if nonzero.size else 0.0
+    vmax = float(np.percentile(nonzero, 99.5)) if nonzero.size else 1.0
+    ax.imshow(shown(np.ma.masked_where(image == 0, image)), cmap=plt.get_cmap("gray").with_extremes(bad="black"),
+              vmin=vmin, vmax=vmax, origin="lower", aspect=aspect, interpolation="nearest")
+    heat = np.where(brain, heat, 0.0)
+    mappable = ax.imshow(shown(np.ma.masked_where(~brain | (heat <= 0), heat)), cmap=cmap, vmin=0,
+                         vmax=float(heat.max()) or 1.0, alpha=alpha, origin="lower", aspect=aspect,
+                         interpolation="nearest")
+    if outline is not None and np.any(outline):
+        ax.contour(shown(np.asarray(outline, dtype=float)), levels=[0.5], colors=["cyan"], linewidths=1.0)
+    _mark_orientation(ax, name, radiological)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{title} ({name})" if title else name, fontsize=9)
+    fig.colorbar(mappable, ax=ax, shrink=0.8, label=heat_label)
     return fig
 
 

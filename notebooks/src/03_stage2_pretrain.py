@@ -108,7 +108,11 @@ plt.show()
 # scales (different tasks), so each curve is drawn relative to its first step.
 
 # %%
-compared = [name for name in config.get("compare_objectives", []) if name != config["objective"]]
+from kit.finetune.slice_run import is_slice_objective
+
+# a run on 2D slices (moco_v3) is evaluated on the slice task, where 3D objectives' checkpoints do not fit
+compared = [name for name in config.get("compare_objectives", []) if name != config["objective"]
+            and is_slice_objective(name) == is_slice_objective(config["objective"])]
 comparison = pretrain_comparison(profile, run_dir, compared, seed=seed, device=device) if compared else []
 if comparison:
     display(pd.DataFrame(comparison).drop(columns="checkpoint").round(4))

@@ -76,12 +76,96 @@ inits.update({**config.get("extra_inits", {}), **extra_inits})
 seeds = [seed + s for s in config["seeds"]]
 print(f"tasks: {[t['name'] for t in config['tasks']]}; fractions {config['fractions']}; seeds {seeds}; inits {list(inits)}")
 
-# %% [markdown]
+# %% [markdown] tags=["2d"]
+# ## The 2D path: slices, for an objective trained on slices
+# This run's objective (`moco_v3`: MoCo v3 on the slices that notebook 01's filter keeps, as in the
+# tailored-curation paper, Computerized Medical Imaging and Graphics 123, 2025) pretrains a 2D ResNet,
+# so its checkpoints are evaluated on the paper's task instead of the 3D ones (`kit reproduce` leaves
+# the 3D cells out of such a run):
+#
+# - **Task**: tumour present vs absent per curated slice of the tumour cohort (positive: the slice
+#   holds a labelled tumour voxel); AUC, accuracy, sensitivity, specificity on the test slices.
+# - **Splits in subjects**: a fixed, stratified test set of subjects; per seed, nested subsets of
+#   the remaining subjects (label counts such as 1 and all), identical for every initialisation, so
+#   differences are paired; one subject's slices are never on both sides.
+# - **Initialisations**: `scratch`; `moco_v3:stage1+2`, the curated pretraining of notebooks 02-03;
+#   `moco_v3:stage1+2 uncurated`, the same two stages with the same steps and batch on *every* slice
+#   of the same subjects (the paper's curation ablation; `benchmarks/slices_ablation.py` runs a
+#   larger CPU instance of it). The paper's ImageNet-pretrained baseline is not included: its
+#   weights would have to be downloaded, and the kit runs offline.
+# - **Modes**: `finetune` (everything trained) and, outside smoke, `probe` (frozen encoder, linear head).
+
+# %% tags=["2d"]
+import json
+
+from kit.finetune.slice_run import SLICE_TASK, is_slice_objective, run_slice_finetune, summarise_slice_study
+
+is_2d = is_slice_objective(objective)  # True for an objective trained on 2D slices (spatial_dims 2)
+if is_2d:
+    slice_results = run_slice_finetune(profile, run, objective, seed=seed, device=device, extra_inits=extra_inits)
+    slice_report = summarise_slice_study(slice_results, final_init)
+    columns = ["init", "task", "label_fraction", "seed", "n_train", "n_test_subjects", "auc", "accuracy",
+               "sensitivity", "specificity"]
+    display(slice_results[[c for c in columns if c in slice_results]].round(3))
+    leaks = json.loads((out / "leakage.json").read_text())[SLICE_TASK]
+    leak_note = ("test subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: "
+                 + "; ".join(f"{k}: {', '.join(v['stages'])}" for k, v in leaks.items())) if leaks else "no test subject seen in pretraining"
+    print(leak_note)
+
+# %% [markdown] tags=["2d"]
+# ### Label efficiency and the paired differences
+# Means over seeds with Student-t 95 % intervals; then pretrained minus scratch (and curated minus
+# uncurated) on the same training subjects and seed, with the interval, the minimal detectable
+# difference (`mdd`: 80 % power) and the catch-up point.
+
+# %% tags=["2d"]
+if is_2d:
+    figures_written = []
+    for task_name, part in slice_report["summary"].groupby("task"):
+        ax = plot_label_efficiency(part, title=f"{task_name}: test AUC per slice")
+        path = out / "figures" / f"label_efficiency_{task_name.replace(':', '_')}.png"
+        ax.figure.savefig(path, dpi=100)
+        figures_written.append(f"figures/{path.name}")
+        plt.show()
+    # the curation paper's comparison at the fewest labels: each pretraining minus scratch, paired, 95 % CI
+    diffs = slice_report["differences"]
+    fewest = diffs[(diffs.control == "scratch") & (diffs.label_fraction == diffs.label_fraction.min())]
+    if len(fewest):
+        n_fewest = int(slice_results[slice_results.label_fraction == fewest.label_fraction.min()].n_train.min())
+        panels = list(fewest.groupby("task", sort=False))
+        fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 0.5 * fewest.treatment.nunique() + 1.8),
+                                 constrained_layout=True, squeeze=False)
+        for ax, (task_name, part) in zip(axes[0], panels):
+            plot_paired_differences(part, title=f"{task_name.split(':')[-1]}, {n_fewest} labelled subject(s)", ax=ax)
+        fig.savefig(out / "figures" / "slice_inits_vs_scratch.png", dpi=100)
+        figures_written.append("figures/slice_inits_vs_scratch.png")
+        plt.show()
+    slice_report["summary"].to_csv(out / "summary.csv", index=False)
+    slice_report["differences"].to_csv(out / "differences.csv", index=False)
+    display(slice_report["summary"].round(3))
+    display(slice_report["differences"].round(4))
+    print(slice_report["verdict"])
+    print(slice_report["catch_up"])
+    figures = {"runs": len(slice_results), "seeds": int(slice_results.seed.nunique()), "objective": objective,
+               "task": "tumour present per slice (2D)", "verdict": slice_report["verdict"],
+               "catch_up": slice_report["catch_up"], "leakage": leak_note,
+               "imagenet_init": "not run: offline (its weights would have to be downloaded)"}
+    labelled = {f: int(n) for f, n in zip(slice_results.label_fraction, slice_results.n_train)}  # subjects
+    for row in slice_report["summary"].itertuples():
+        figures[f"{row.task} {row.metric} {row.init} @{labelled[row.label_fraction]} subj."] = (
+            f"{row.mean:.3f}" + ("" if np.isnan(row.ci_low) else f" [{row.ci_low:.3f}, {row.ci_high:.3f}]"))
+    for row in slice_report["differences"].itertuples():
+        figures[f"{row.task} {row.metric} {row.treatment} - {row.control} @{labelled[row.label_fraction]} subj."] = (
+            f"{row.mean_diff:+.3f}" + ("" if np.isnan(row.ci_low) else f" [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"))
+    write_summary(run_dir, "04_finetune", slice_report["verdict"], figures, figures_written)
+    print("stage 04 done (2D path)")
+
+# %% [markdown] tags=["3d"]
 # ## Data: cached with labels
 # The same cache as pretraining (brain-cropped, z-scored per channel, memory-mapped), now with the
 # label maps, for every cohort a task uses.
 
-# %%
+# %% tags=["3d"]
 caches, regions, label_values, metas = {}, {}, {}, {}
 for cohort in sorted({t["cohort"] for t in config["tasks"]}):
     entries, meta = load_cohort(run / "01_curation" / "datalist.json", cohort)
@@ -92,11 +176,11 @@ for cohort in sorted({t["cohort"] for t in config["tasks"]}):
     metas[cohort] = meta
     print(f"{cohort}: {len(entries)} subjects, channels {modalities}, regions {regions[cohort]}")
 
-# %% [markdown]
+# %% [markdown] tags=["3d"]
 # ## The study
 # The 100 % models of the first seed are kept for the overlays below and for notebook 05.
 
-# %%
+# %% tags=["3d"]
 models_dir = out / "models"
 models_dir.mkdir(exist_ok=True)
 top = max(config["fractions"])
@@ -115,13 +199,13 @@ leak_note = ("test subjects seen in pretraining (published two-stage protocol): 
              + leak_file.read_text().replace("\n", " ")[:300]) if leak_file.exists() else "no test subject seen in pretraining"
 print(leak_note)
 
-# %% [markdown]
+# %% [markdown] tags=["3d"]
 # ## Learning curves
 # Validation metric against step, per initialisation (mean over seeds), with all training labels;
 # the dot marks the step each run kept (model selection). A curve that is still rising at its
 # last step has not converged.
 
-# %%
+# %% tags=["3d"]
 curves_path = out / "curves.csv"
 if curves_path.exists():
     curves = pd.read_csv(curves_path)
@@ -144,11 +228,11 @@ if curves_path.exists():
     fig.savefig(out / "figures" / "learning_curves.png", dpi=100)
     plt.show()
 
-# %% [markdown]
+# %% [markdown] tags=["3d"]
 # ## Results with 95 % intervals
 # Means over seeds with Student-t intervals; with one seed (smoke) there is no interval.
 
-# %%
+# %% tags=["3d"]
 metric_of = {"segmentation": "dice_mean", "classification": "auc"}
 tables, figures_written = [], []
 for spec in config["tasks"]:
@@ -167,13 +251,13 @@ summary_table = pd.concat(tables, ignore_index=True)
 summary_table.to_csv(out / "summary.csv", index=False)
 display(summary_table.round(3))
 
-# %% [markdown]
+# %% [markdown] tags=["3d"]
 # ## Linear probes: what the frozen features know
 # One pass of each frozen encoder over the cohort; then a logistic regression per label count and
 # seed, on the same splits as the fine-tunes. `scratch` is a random frozen encoder: the baseline
 # that pretraining has to beat.
 
-# %%
+# %% tags=["3d"]
 probes_cfg = config.get("probes")
 probe_table = None
 if probes_cfg:
@@ -201,14 +285,14 @@ if probes_cfg:
     figures_written.append("figures/probes.png")
     plt.show()
 
-# %% [markdown]
+# %% [markdown] tags=["3d"]
 # ## Does pretraining help at the smallest label count?
 # Paired difference (pretrained minus scratch) on the same training subjects and seed, with its
 # t-interval, the minimal detectable difference at this number of pairs (`mdd`: 80 % power,
 # two-sided 5 %; a smaller true effect would usually go unseen), and the catch-up point: the
 # fewest labels at which scratch's mean is inside the pretrained interval.
 
-# %%
+# %% tags=["3d"]
 seg_task = next(t["name"] for t in config["tasks"] if t["task"] == "segmentation")
 seg_rows = results[results.task == seg_task]
 smallest = float(seg_rows.label_fraction.min())
@@ -232,14 +316,14 @@ catch_note = (f"catch-up point: scratch within the {final_init} interval from {c
 print(verdict)
 print(catch_note)
 
-# %% [markdown]
+# %% [markdown] tags=["3d"]
 # ## Objectives compared: every init against scratch, linear probe and fine-tune
 # The same paired differences for every initialisation the run has (its own objective and those
 # notebook 03 compared), per label count: the probe on its seeds, the fine-tune on the tasks' seeds.
 # `mdd` is what this number of pairs could have detected; intervals crossing zero are no evidence
 # either way. Written to `comparison.csv`.
 
-# %%
+# %% tags=["3d"]
 comparison_parts = []
 if probe_table is not None:
     for task_name, part in probe_table.groupby("task", sort=False):
@@ -261,12 +345,12 @@ if len(comparison):
     figures_written.append("figures/objectives_vs_scratch.png")
     plt.show()
 
-# %% [markdown]
+# %% [markdown] tags=["3d"]
 # ## Predictions on test cases
 # Ground truth and the 100 % models' predictions (scratch vs stage 1+2), converted back from
 # region channels to BraTS labels, through the tumour's centre.
 
-# %%
+# %% tags=["3d"]
 cache = caches["tumor"]
 seg_spec = next(t for t in config["tasks"] if t["name"] == seg_task)
 test_idx, _ = study_splits(cache, seg_spec, config["fractions"], seeds[:1], config["test_fraction"])
@@ -297,7 +381,7 @@ if rows:
     figures_written.append("figures/predictions.png")
     plt.show()
 
-# %%
+# %% tags=["3d"]
 figures = {"runs": len(results), "seeds": len(seeds), "objective": objective, "verdict": verdict, "catch_up": catch_note, "leakage": leak_note}
 if curves_path.exists():
     figures_written.append("figures/learning_curves.png")
