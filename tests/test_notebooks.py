@@ -73,7 +73,8 @@ def test_finetune_study_outputs(smoke_run):
     for column in ("init", "task", "label_fraction", "seed", "n_train", "n_test"):
         assert column in results
     seg = results[results.task == "tumor_seg"]
-    assert set(seg.init) == {"scratch", "stage1", "stage1+2"} and set(seg.label_fraction) == {0.5, 1.0}
+    # the smoke profile compares mim with its own objective (notebook 03): its stage 1+2 is one more init
+    assert set(seg.init) == {"scratch", "stage1", "stage1+2", "mim:stage1+2"} and set(seg.label_fraction) == {0.5, 1.0}
     assert seg.dice_mean.between(0, 1).all() and {"dice_TC", "dice_WT", "dice_ET", "hd95_mean"} <= set(seg)
     # nested splits: the smaller fraction trains on fewer subjects, every init on the same number
     sizes = seg.groupby("label_fraction").n_train.agg(["min", "max"])
@@ -90,10 +91,18 @@ def test_finetune_study_outputs(smoke_run):
     assert {"init", "task", "step", "val_dice_mean", "best"} <= set(curves)
     probes = pd.read_csv(smoke_run / "04_finetune" / "probe_summary.csv")
     assert list(probes.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
-    assert set(probes.init) == {"scratch", "stage1", "stage1+2"} and set(probes.task) == {"tumor_seg", "tumor_present"}
+    assert set(probes.init) == {"scratch", "stage1", "stage1+2", "mim:stage1+2"}
+    assert set(probes.task) == {"tumor_seg", "tumor_present"}
     assert (probes[probes.task == "tumor_seg"].n == 2).all()  # smoke's 2 test subjects may hold one class: AUC nan
     leak = json.loads((smoke_run / "04_finetune" / "leakage.json").read_text())
     assert "stage1+2" in leak["tumor_seg"] and "03_stage2" in leak["tumor_seg"]["stage1+2"]["stages"]
+    # every init against scratch, probe and fine-tune, in comparison.csv and in the report's table
+    comparison = pd.read_csv(smoke_run / "04_finetune" / "comparison.csv")
+    assert set(comparison.readout) == {"linear probe", "fine-tune"}
+    assert {"stage1", "stage1+2", "mim:stage1+2"} <= set(comparison.treatment) and set(comparison.control) == {"scratch"}
+    assert comparison.dropna(subset=["ci_low"]).eval("ci_low <= mean_diff <= ci_high").all()
+    assert "Every init against scratch" in (smoke_run / "report.md").read_text()
+    assert (smoke_run / "03_stage2" / "objectives" / "mim" / "checkpoint.pt").exists()
 
 
 def test_saliency_outputs(smoke_run):
