@@ -45,4 +45,4 @@ def test_one_optimizer_and_modules_under_600_lines():
     assert optimisers == [Path("train/loop.py")]
     long = {str(p.relative_to(KIT)): n for p in KIT.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
-    assert set(long) <= {"pipeline.py"}, long  # pipeline.py: its profiles move to kit/profiles.py (issue 13)
+    assert not long, long
