@@ -115,6 +115,8 @@ if is_2d:
 # (FLAIR), masked to the brain, with a colour bar; tumour outline in cyan; radiological convention.
 
 # %% tags=["2d"]
+from kit.tensors import to_numpy
+
 if is_2d:
     plots = []
     if cases:
@@ -125,7 +127,7 @@ if is_2d:
         fig, grid = plt.subplots(len(inits), len(show), figsize=(4.4 * len(show), 3.8 * len(inits)),
                                  constrained_layout=True, squeeze=False)
         for ax, (init, method) in zip(grid.ravel(), [(i, m) for i in inits for m in show]):
-            plot_slice_heatmap(image[0].numpy(), maps[(init, method, case)], axis=test.axis, brain_mask=brain,
+            plot_slice_heatmap(to_numpy(image[0]), maps[(init, method, case)], axis=test.axis, brain_mask=brain,
                                outline=lesion, spacing=spacing, ax=ax, title=f"{init} {method}",
                                heat_label="saliency (a.u., 0 = none)")
         fig.suptitle(f"test slice {case}", fontsize=10)
