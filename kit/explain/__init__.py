@@ -11,6 +11,7 @@
 from kit.explain.localisation import (
     LOCALISATION_COLUMNS,
     dilate,
+    localisation_figures,
     localisation_table,
     mass_in_region,
     pointing_game,
@@ -26,6 +27,7 @@ __all__ = [
     "SegmentationScore",
     "default_target_layer",
     "dilate",
+    "localisation_figures",
     "localisation_table",
     "mass_in_region",
     "pointing_game",

@@ -39,6 +39,7 @@ __all__ = [
     "random_baseline",
     "score_saliency",
     "summarise_localisation",
+    "localisation_figures",
 ]
 
 #: Columns of one row of a localisation table (the notebook's saliency.csv), in order.
@@ -369,3 +370,26 @@ def summarise_localisation(
             row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = low, high
         out.append(row)
     return pd.DataFrame(out)
+
+
+def localisation_figures(table, chance: float, min_auc: float, test_auc: dict, not_explained: dict, cases: int,
+                         methods) -> dict:
+    """The report's key figures of notebook 05 (3D and 2D paths): cases, methods, the random-map share,
+    each classifier's test AUC, which were not explained, and per init and method the mean mass in
+    the lesion with its 95 % CI and the pointing-game hit rate (from :func:`summarise_localisation`).
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"init": ["a"], "method": ["vanilla"], "mass_in_lesion_mean": [0.5],
+        ...                   "mass_in_lesion_ci_low": [0.4], "mass_in_lesion_ci_high": [0.6], "pointing_hit_mean": [1.0]})
+        >>> localisation_figures(t, 0.1, 0.85, {"a": 0.9}, {}, 4, ["vanilla"])["a vanilla mass_in_lesion"]
+        '0.500 [0.400, 0.600]'
+    """
+    figures = {"cases": cases, "methods": ", ".join(methods), "random_share": round(chance, 3),
+               "min_auc": min_auc, **{f"{init} test AUC": round(auc, 3) for init, auc in test_auc.items()},
+               "not explained (AUC below min_auc)": ", ".join(not_explained) or "none"}
+    for r in table.itertuples():
+        figures[f"{r.init} {r.method} mass_in_lesion"] = (
+            f"{r.mass_in_lesion_mean:.3f} [{r.mass_in_lesion_ci_low:.3f}, {r.mass_in_lesion_ci_high:.3f}]")
+        figures[f"{r.init} {r.method} pointing_hit"] = f"{r.pointing_hit_mean:.2f}"
+    return figures

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from kit.data.cache import open_cache
-from kit.explain import random_baseline, summarise_localisation
+from kit.explain import localisation_figures, random_baseline, summarise_localisation
 from kit.explain.slices import explain_slices, slice_cases, slice_classifier_auc, slice_on_grid, slice_test_dataset
 from kit.pipeline import find_run_dir, profile_config, show_smoke_banner, stage_dir, write_summary
 from kit.finetune import load_finetuned
@@ -134,14 +134,8 @@ if is_2d:
         fig.savefig(out / "figures" / "saliency_maps.png", dpi=80)
         plots.append("figures/saliency_maps.png")
         plt.show()
-    figures = {"task": "tumour present per slice (2D)", "cases": len(cases), "methods": ", ".join(methods),
-               "random_share": round(chance, 3), "min_auc": min_auc,
-               **{f"{init} test AUC": round(auc, 3) for init, auc in test_auc.items()},
-               "not explained (AUC below min_auc)": ", ".join(not_explained) or "none"}
-    for r in table.itertuples():
-        figures[f"{r.init} {r.method} mass_in_lesion"] = (
-            f"{r.mass_in_lesion_mean:.3f} [{r.mass_in_lesion_ci_low:.3f}, {r.mass_in_lesion_ci_high:.3f}]")
-        figures[f"{r.init} {r.method} pointing_hit"] = f"{r.pointing_hit_mean:.2f}"
+    figures = {"task": "tumour present per slice (2D)",
+               **localisation_figures(table, chance, min_auc, test_auc, not_explained, len(cases), methods)}
     write_summary(run_dir, "05_saliency",
                   f"slice saliency of the 2D tumour-present classifiers on {len(cases)} test slices (chance {chance:.2f})",
                   figures, ["figures/mass_in_lesion.png"] + plots)
@@ -156,7 +150,7 @@ import pandas as pd
 import torch
 
 from kit.data.cache import open_cache
-from kit.explain import random_baseline, saliency_map, score_saliency, summarise_localisation
+from kit.explain import localisation_figures, random_baseline, saliency_map, score_saliency, summarise_localisation
 from kit.pipeline import find_run_dir, profile_config, show_smoke_banner, stage_dir, write_summary
 from kit.tensors import to_numpy
 from kit.finetune import classification_input, load_finetuned
@@ -295,13 +289,7 @@ if cases:
     plt.show()
 
 # %% tags=["3d"]
-figures = {"cases": len(cases), "methods": ", ".join(methods), "random_share": round(chance, 3),
-           "min_auc": min_auc, **{f"{init} test AUC": round(auc, 3) for init, auc in test_auc.items()},
-           "not explained (AUC below min_auc)": ", ".join(not_explained) or "none"}
-for r in table.itertuples():
-    figures[f"{r.init} {r.method} mass_in_lesion"] = (
-        f"{r.mass_in_lesion_mean:.3f} [{r.mass_in_lesion_ci_low:.3f}, {r.mass_in_lesion_ci_high:.3f}]")
-    figures[f"{r.init} {r.method} pointing_hit"] = f"{r.pointing_hit_mean:.2f}"
+figures = localisation_figures(table, chance, min_auc, test_auc, not_explained, len(cases), methods)
 write_summary(run_dir, "05_saliency",
               f"saliency localisation of {task} classifiers on {len(cases)} test tumours (chance {chance:.2f})",
               figures, ["figures/mass_in_lesion.png", "figures/saliency_maps.png"] if cases else ["figures/mass_in_lesion.png"])
