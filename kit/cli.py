@@ -59,9 +59,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import signal
+
     from kit.pipeline import NotebookFailed, reproduce
 
+    # SIGTERM (a closed session, `kill`) ends the run as Ctrl-C does: the stage is marked interrupted with
+    # the time it ran, and the next `kit reproduce` resumes it
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         report = reproduce(
             profile=args.profile,
@@ -83,6 +92,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             raise
         print(f"kit reproduce: {_one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("kit reproduce: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     print(f"report: {report}")
     return 0
 

@@ -36,23 +36,67 @@ NOTEBOOKS = {
 }
 
 
-def _cpu_seconds() -> float:
-    """CPU seconds used so far by this process and its finished children (the notebook kernels)."""
+def _cpu_seconds(live_children: bool = False) -> float:
+    """CPU seconds used so far by this process and its finished children (the notebook kernels);
+    with ``live_children``, also those of children still running (psutil, when installed)."""
     import resource
 
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    if live_children:
+        try:
+            import psutil
+
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    times = child.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:  # it ended meanwhile: counted by RUSAGE_CHILDREN once reaped
+                    pass
+        except ImportError:
+            pass
+    return total
 
 
-def _stage_times(start: float, cpu_start: float, earlier: dict) -> dict:
+def _stage_times(start: float, cpu_start: float, earlier: dict, live_children: bool = False) -> dict:
     """A stage's cost for run.json: wall and CPU seconds (all sessions of a resumed stage), and the
     machine's 1-minute load at the end, so that a stage run beside other jobs is visible as such."""
     times = {"wall_s": round(time.perf_counter() - start + earlier["wall_s"], 1),
-             "cpu_s": round(_cpu_seconds() - cpu_start + earlier["cpu_s"], 1),
+             "cpu_s": round(_cpu_seconds(live_children) - cpu_start + earlier["cpu_s"], 1),
              "cpus": os.cpu_count(), "load_1min_end": round(os.getloadavg()[0], 2)}
     if earlier["wall_s"]:
         times["resumed_after_s"] = round(earlier["wall_s"], 1)
     return times
+
+
+class _StageClock:
+    """Writes a running stage's times into run.json every ``every_s`` seconds, so that a stage killed
+    outright (kill -9, a closed session) still counts the time it ran when it is resumed."""
+
+    def __init__(self, run_json: Path, run: dict, stage: str, start: float, cpu_start: float, earlier: dict,
+                 every_s: float = 30.0):
+        import threading
+
+        self._args = (run_json, run, stage, start, cpu_start, earlier)
+        self._stop = threading.Event()
+        self._every_s = every_s
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _tick(self) -> None:
+        run_json, run, stage, start, cpu_start, earlier = self._args
+        while not self._stop.wait(self._every_s):
+            entry = run["stages"].get(stage) or {}
+            if entry.get("status") == "running":
+                run["stages"][stage] = {**entry, **_stage_times(start, cpu_start, earlier, live_children=True)}
+                write_json_atomic(run_json, run)
+
+    def __enter__(self) -> "_StageClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def repo_root() -> Path:
@@ -493,8 +537,13 @@ def reproduce(
             label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {notebook.stem}"
             print(f"{label} ...", file=sys.stderr, flush=True)
             try:
-                run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress, label=label,
-                             drop_tags=cells_to_drop(objective))
+                with _StageClock(run_json, run, stage, start, cpu_start, earlier_s):
+                    run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress,
+                                 label=label, drop_tags=cells_to_drop(objective))
+            except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see kit.cli): resumable, with the time it ran
+                run["stages"][stage] = {"status": "interrupted", "settings": settings,
+                                        **_stage_times(start, cpu_start, earlier_s)}
+                raise
             except NotebookFailed as err:
                 run["stages"][stage] = {"status": "failed", "error": str(err), "settings": settings,
                                         **_stage_times(start, cpu_start, earlier_s)}

@@ -179,3 +179,48 @@ def test_cells_of_the_other_path_are_left_out(tmp_path, notebooks):
         executed = nbformat.read(run / "02_stage1" / "02_stage1_pretrain.ipynb", as_version=4)
         assert [c.metadata.get("tags") for c in executed.cells[2:]] == [[path]]  # after parameters + injected
         assert not (run / "02_stage1" / ".02_stage1_pretrain.ipynb").exists()  # the selection is not left behind
+
+
+def test_stage_clock_writes_a_running_stage_time(tmp_path):
+    """A stage killed outright (kill -9) still has the time it ran in run.json, written by the clock."""
+    import time as _time
+
+    from kit.pipeline import _StageClock
+
+    run_json = tmp_path / "run.json"
+    run = {"stages": {"04_finetune": {"status": "running", "settings": {}}}}
+    start = _time.perf_counter()
+    with _StageClock(run_json, run, "04_finetune", start, 0.0, {"wall_s": 100.0, "cpu_s": 0.0}, every_s=0.05):
+        _time.sleep(0.4)
+    entry = json.loads(run_json.read_text())["stages"]["04_finetune"]
+    assert entry["status"] == "running" and 100.2 <= entry["wall_s"] < 110
+    assert entry["resumed_after_s"] == 100.0
+
+
+def test_sigterm_marks_the_stage_interrupted_and_resume_adds_its_time(tmp_path, notebooks):
+    import signal
+    import time as _time
+
+    # sleeps on its first run only, so the test can stop it there and resume it
+    _notebook(notebooks / "01_curation.ipynb", [
+        "import pathlib, time\nmarker = pathlib.Path(run_dir) / 'ran_once'\nfirst = not marker.exists()\n"
+        "marker.touch()\ntime.sleep(120 if first else 0)", "STAGE = '01_curation'", WRITE_SUMMARY])
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kit.cli", "reproduce", "--profile", "smoke", "--out", str(run),
+           "--notebooks", str(notebooks), "--to", "01", "--quiet", "--cell-timeout", "300"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = _time.time() + 120
+    while not (run / "ran_once").exists() and _time.time() < deadline:
+        _time.sleep(0.2)
+    _time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; run the same command again to resume" in err
+    first = json.loads((run / "run.json").read_text())["stages"]["01_curation"]
+    assert first["status"] == "interrupted" and first["wall_s"] >= 2.0
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    second = json.loads((run / "run.json").read_text())["stages"]["01_curation"]
+    assert second["status"] == "done" and second["resumed_after_s"] == first["wall_s"]
+    assert second["wall_s"] > first["wall_s"]
