@@ -75,6 +75,30 @@ def init_name(stage: str, objective: str | None = None) -> str:
     return f"{objective}:{stage}"
 
 
+def init_allowed(name: str, allowed: Sequence[str] | None) -> bool:
+    """Whether a task's ``inits`` list takes the initialisation ``name`` (None: every init).
+
+    A plain stage name matches that stage of every objective; a name with an objective matches
+    only that one (``'swin_trio:stage1+2'`` is the run's default objective, named ``'stage1+2'``).
+
+    Example:
+        >>> [init_allowed(n, ["scratch", "stage1+2"]) for n in ("stage1+2", "mim:stage1+2", "stage1")]
+        [True, True, False]
+        >>> [init_allowed(n, ["swin_trio:stage1+2"]) for n in ("stage1+2", "mim:stage1+2")]
+        [True, False]
+    """
+    if allowed is None:
+        return True
+    for entry in allowed:
+        if ":" in entry:
+            objective, stage = entry.split(":", 1)
+            if name == init_name(stage, objective):
+                return True
+        elif name == entry or name.split(":")[-1] == entry:
+            return True
+    return False
+
+
 def objective_of_init(name: str) -> str:
     """The objective an initialisation was pretrained with (``'none'`` for scratch).
 
@@ -340,8 +364,7 @@ def run_study(
         test_idx, val_idx, per_seed = design["test"], design["val"], design["per_seed"]
         task_fractions = design["fractions"]
         test_subjects = [str(cache.entries[i]["subject"]) for i in test_idx]
-        task_inits = {k: v for k, v in inits.items()
-                      if spec.get("inits") is None or k in spec["inits"] or k.split(":")[-1] in spec["inits"]}
+        task_inits = {k: v for k, v in inits.items() if init_allowed(k, spec.get("inits"))}
         task_leaks = leakage_report(task_inits, test_subjects)
         if task_leaks:
             leaks[spec["name"]] = task_leaks
@@ -356,10 +379,7 @@ def run_study(
             classes = class_table([cache.entries[i][spec["target"]] for i in task_pool(cache, spec)[0]])
         for seed in spec.get("seeds", seeds):
             for fraction in sorted(task_fractions):
-                for label, init in inits.items():
-                    allowed = spec.get("inits")
-                    if allowed is not None and label not in allowed and label.split(":")[-1] not in allowed:
-                        continue  # e.g. stroke (T1 only) is not studied from the tumour stage
+                for label, init in task_inits.items():
                     key = (label, spec["name"], float(fraction), int(seed))
                     if key in done:
                         continue
