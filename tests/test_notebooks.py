@@ -89,6 +89,8 @@ def test_finetune_study_outputs(smoke_run):
     assert (results.n_val >= 1).all() and (results.best_step <= results.steps_run).all()
     curves = pd.read_csv(smoke_run / "04_finetune" / "curves.csv")
     assert {"init", "task", "step", "val_dice_mean", "best"} <= set(curves)
+    finetuned = pd.read_csv(smoke_run / "04_finetune" / "finetune_summary.csv")
+    assert list(finetuned.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
     probes = pd.read_csv(smoke_run / "04_finetune" / "probe_summary.csv")
     assert list(probes.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
     assert set(probes.init) == {"scratch", "stage1", "stage1+2", "mim:stage1+2"}

@@ -248,7 +248,7 @@ for spec in config["tasks"]:
     figures_written.append(f"figures/{path.name}")
     plt.show()
 summary_table = pd.concat(tables, ignore_index=True)
-summary_table.to_csv(out / "summary.csv", index=False)
+summary_table.to_csv(out / "finetune_summary.csv", index=False)
 display(summary_table.round(3))
 
 # %% [markdown] tags=["3d"]
