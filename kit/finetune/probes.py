@@ -315,10 +315,12 @@ def run_probes(
             is_seg = spec["task"] == "segmentation"
             design = study_design(cache, spec, None, seeds, test_fraction, min_subjects=1 if is_seg else 2,
                                   val_size=spec.get("val_size", val_size), counts=spec.get("counts", counts))
-            keys = [(init_name, spec["name"], float(f), int(s)) for s in seeds for f in design["fractions"]]
+            per_seed = design["per_seed"]
+            keys = [(init_name, spec["name"], float(f), int(s)) for s in distinct_sets(per_seed, seeds)
+                    for f in design["fractions"] if s in distinct_sets(per_seed, seeds, f)]
             if all(k in done for k in keys):
                 continue
-            test_idx, per_seed = design["test"], design["per_seed"]
+            test_idx = design["test"]
             pool = sorted({i for subsets in per_seed.values() for v in subsets.values() for i in v})
             modalities = list(cache.modalities)
             backbone = probe_encoder(init, len(modalities), modalities, base_config)
@@ -368,6 +370,30 @@ def run_probes(
                     print(f"probe {spec['name']:>14} {init_name:>9} n_train {len(train_idx):>3} seed {seed}: {shown}",
                           flush=True)
     return pd.read_csv(out_csv) if out_csv.exists() else pd.DataFrame()
+
+
+def distinct_sets(per_seed: Mapping, seeds: Sequence[int], fraction: float | None = None) -> list[int]:
+    """The seeds whose training set differs from every earlier seed's (at ``fraction``; None: at any).
+
+    A probe's fit is deterministic given its training set, so seeds that draw the same set (every
+    seed at "all" labelled subjects) would only repeat one number and fake a zero-width interval:
+    they are fitted once.
+
+    Example:
+        >>> per_seed = {0: {0.5: [1], 1.0: [1, 2]}, 1: {0.5: [2], 1.0: [1, 2]}}
+        >>> distinct_sets(per_seed, [0, 1], 1.0), distinct_sets(per_seed, [0, 1], 0.5), distinct_sets(per_seed, [0, 1])
+        ([0], [0, 1], [0, 1])
+    """
+    fractions = [fraction] if fraction is not None else sorted({f for s in seeds for f in per_seed[s]})
+    kept = set()
+    for f in fractions:
+        seen = set()
+        for s in seeds:
+            subset = tuple(sorted(per_seed[s][f]))
+            if subset not in seen:
+                seen.add(subset)
+                kept.add(s)
+    return [s for s in seeds if s in kept]
 
 
 def probe_summary(results: pd.DataFrame, metrics: Mapping[str, str] | None = None) -> pd.DataFrame:

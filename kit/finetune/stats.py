@@ -206,7 +206,8 @@ def catch_up_point(summary: pd.DataFrame, pretrained: str, control: str = "scrat
 
     Returns:
         ``{"label_fraction", "n_train", "control_mean", "pretrained_mean", "ci_low", "ci_high"}``, or
-        None when scratch never catches up within the fractions studied (or no fraction has both).
+        None when scratch never catches up within the fractions studied (or no fraction has both,
+        with an interval: a single seed has none).
 
     Example:
         >>> s = pd.DataFrame({"init": ["scratch", "p"] * 3, "label_fraction": [.1, .1, .5, .5, 1, 1],
@@ -219,7 +220,8 @@ def catch_up_point(summary: pd.DataFrame, pretrained: str, control: str = "scrat
     b = summary[summary.init == control].set_index("label_fraction")
     for fraction in sorted(set(a.index) & set(b.index)):
         low = a.loc[fraction, "ci_low"]
-        low = a.loc[fraction, "mean"] if not np.isfinite(low) else low
+        if not np.isfinite(low):  # one seed: no interval to be within, so nothing to conclude here
+            continue
         if b.loc[fraction, "mean"] >= low:
             return {"label_fraction": float(fraction),
                     "n_train": int(a.loc[fraction, "n_train"]) if "n_train" in a else None,

@@ -106,3 +106,25 @@ def leakage_report(inits: Mapping[str, str], test_subjects: Sequence[str]) -> di
         if stages:
             out[name] = {"stages": stages, "subjects": sorted(test & {s for st in stages for s in seen[st]})}
     return out
+
+
+def describe_leakage(leaks: Mapping[str, Mapping[str, dict]]) -> str:
+    """One line for a report from ``leakage.json`` (task -> :func:`leakage_report`): how many test
+    subjects each task's inits saw, and in which stages.
+
+    Example:
+        >>> describe_leakage({"tumor_seg": {"stage1+2": {"stages": ["03_stage2"], "subjects": ["a", "b"]},
+        ...                                 "mim:stage1+2": {"stages": ["03_stage2"], "subjects": ["a", "b"]}}})
+        'test subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: tumor_seg: 2 in 03_stage2 (stage1+2, mim:stage1+2)'
+        >>> describe_leakage({})
+        'no test subject seen in pretraining'
+    """
+    parts = []
+    for task, per_init in leaks.items():
+        groups: dict[tuple, list[str]] = {}
+        for init, entry in per_init.items():
+            groups.setdefault((len(entry["subjects"]), ", ".join(entry["stages"])), []).append(init)
+        parts += [f"{task}: {n} in {stages} ({', '.join(inits)})" for (n, stages), inits in groups.items()]
+    if not parts:
+        return "no test subject seen in pretraining"
+    return "test subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: " + "; ".join(parts)

@@ -61,6 +61,7 @@ from kit.data.regions import regions_to_labels
 from kit.finetune.stats import (catch_up_point, comparison_table, paired_difference, plot_label_efficiency,
                                 plot_paired_differences, summarise)
 from kit.finetune.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
+from kit.train.provenance import describe_leakage
 from kit.viz import label_colors_for, plot_subjects
 
 run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
@@ -107,9 +108,7 @@ if is_2d:
     columns = ["init", "task", "label_fraction", "seed", "n_train", "n_test_subjects", "auc", "accuracy",
                "sensitivity", "specificity"]
     display(slice_results[[c for c in columns if c in slice_results]].round(3))
-    leaks = json.loads((out / "leakage.json").read_text())[SLICE_TASK]
-    leak_note = ("test subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: "
-                 + "; ".join(f"{k}: {', '.join(v['stages'])}" for k, v in leaks.items())) if leaks else "no test subject seen in pretraining"
+    leak_note = describe_leakage(json.loads((out / "leakage.json").read_text()))
     print(leak_note)
 
 # %% [markdown] tags=["2d"]
@@ -195,8 +194,7 @@ results = run_study(
 )
 display(results.head(20))
 leak_file = out / "leakage.json"
-leak_note = ("test subjects seen in pretraining (published two-stage protocol): "
-             + leak_file.read_text().replace("\n", " ")[:300]) if leak_file.exists() else "no test subject seen in pretraining"
+leak_note = describe_leakage(json.loads(leak_file.read_text()) if leak_file.exists() else {})
 print(leak_note)
 
 # %% [markdown] tags=["3d"]
@@ -311,8 +309,10 @@ else:
     verdict = f"no paired {final_init} vs scratch result"
 seg_summary = next(t for t, spec in zip(tables, config["tasks"]) if spec["name"] == seg_task)
 catch = catch_up_point(seg_summary, final_init) if final_init in set(seg_summary.init) else None
+with_interval = seg_summary[(seg_summary.init == final_init) & seg_summary.ci_low.notna()]
 catch_note = (f"catch-up point: scratch within the {final_init} interval from {catch['n_train']} labelled subjects"
-              if catch else "catch-up point: not reached within the label counts studied")
+              if catch else "catch-up point: not reached within the label counts studied" if len(with_interval)
+              else "catch-up point: not measured (one seed per label count: no interval)")
 print(verdict)
 print(catch_note)
 
@@ -382,7 +382,7 @@ if rows:
     plt.show()
 
 # %% tags=["3d"]
-figures = {"runs": len(results), "seeds": len(seeds), "objective": objective, "verdict": verdict, "catch_up": catch_note, "leakage": leak_note}
+figures = {"runs": len(results), "seeds": [int(s) for s in sorted(set(results.seed))], "objective": objective, "verdict": verdict, "catch_up": catch_note, "leakage": leak_note}
 if curves_path.exists():
     figures_written.append("figures/learning_curves.png")
 for row in comparison.itertuples() if len(comparison) else []:
