@@ -124,7 +124,7 @@ def describe_leakage(leaks: Mapping[str, Mapping[str, dict]]) -> str:
         groups: dict[tuple, list[str]] = {}
         for init, entry in per_init.items():
             groups.setdefault((len(entry["subjects"]), ", ".join(entry["stages"])), []).append(init)
-        parts += [f"{task}: {n} in {stages} ({', '.join(inits)})" for (n, stages), inits in groups.items()]
+        parts.append(f"{task}: " + ", ".join(f"{n} in {stages} ({', '.join(inits)})" for (n, stages), inits in groups.items()))
     if not parts:
         return "no test subject seen in pretraining"
     return "test subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: " + "; ".join(parts)

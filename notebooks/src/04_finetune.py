@@ -44,6 +44,7 @@ extra_inits = {}  # more initialisations {name: kit checkpoint}, e.g. published 
 objective = None  # the objective notebooks 02-03 pretrained with; None: the profile's (swin_trio)
 
 # %%
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
