@@ -53,3 +53,22 @@ def test_subject_level_and_errors():
         label_fraction_subsets(IDS, (0.0, 0.5), seed=0)
     with pytest.raises(ValueError, match="test_fraction"):
         train_test_split(IDS, 1.0)
+
+
+def test_paired_seeds_draw_different_smallest_sets_and_keep_their_own_when_unique():
+    from kit.data.splits import label_fraction_subsets, paired_seed_subsets
+
+    ids = [f"s{i}" for i in range(22)]
+    fractions = (1 / 22, 2 / 22, 4 / 22, 1.0)
+    per_seed = paired_seed_subsets(ids, fractions, seeds=range(5))
+    smallest = [tuple(per_seed[s][1 / 22]) for s in range(5)]
+    assert len(set(smallest)) == 5
+    independent = [tuple(label_fraction_subsets(ids, fractions, s)[1 / 22]) for s in range(5)]
+    for s in range(5):  # a seed keeps its own draw unless an earlier seed drew the same subject
+        if independent[s] not in independent[:s]:
+            assert smallest[s] == independent[s]
+        assert set(per_seed[s][1 / 22]) <= set(per_seed[s][2 / 22]) <= set(per_seed[s][4 / 22])
+    assert paired_seed_subsets(ids, fractions, seeds=range(5)) == per_seed  # deterministic
+    # a pool too small for distinct sets still gives every seed a set
+    tiny = paired_seed_subsets(["a", "b"], (0.5, 1.0), seeds=range(4))
+    assert all(len(v[0.5]) == 1 for v in tiny.values())

@@ -129,3 +129,44 @@ def label_fraction_subsets(
         float(f): sorted(order[: min(n, max(int(min_subjects), math.ceil(f * n - 1e-9)))])
         for f in sorted(fractions)
     }
+
+
+def paired_seed_subsets(
+    train_ids: Sequence[str],
+    fractions: Sequence[float],
+    seeds: Sequence[int],
+    strata: Sequence | None = None,
+    min_subjects: int = 1,
+    max_tries: int = 100,
+) -> dict[int, dict[float, list[str]]]:
+    """:func:`label_fraction_subsets` for every study seed, with a different smallest subset per seed.
+
+    With one labelled subject out of 22, five independent draws repeat a subject about a third of
+    the time, and a repeated set is a repeated experiment (a linear probe on it is the very same
+    fit), so the seeds would count one labelled set twice. A seed whose smallest subset an earlier
+    seed already drew is redrawn (deterministically, from ``seed + 100003 * k``) until it differs,
+    while the pool allows; a seed that collides with no earlier one keeps its own draw.
+
+    Returns:
+        ``{seed: {fraction: sorted subject ids}}``, nested per seed.
+
+    Example:
+        >>> ids = [f"s{i}" for i in range(6)]
+        >>> per_seed = paired_seed_subsets(ids, (1 / 6, 1.0), seeds=range(6))
+        >>> len({tuple(v[1 / 6]) for v in per_seed.values()})  # six seeds, six different single subjects
+        6
+    """
+    if not fractions:
+        return {int(seed): {} for seed in seeds}
+    smallest = float(min(fractions))
+    out: dict[int, dict[float, list[str]]] = {}
+    seen: set[tuple] = set()
+    for seed in seeds:
+        for attempt in range(max_tries):
+            subsets = label_fraction_subsets(train_ids, fractions, int(seed) + 100003 * attempt, strata, min_subjects)
+            key = tuple(subsets[smallest])
+            if key not in seen or len(key) == len(train_ids):
+                break
+        seen.add(key)
+        out[int(seed)] = subsets
+    return out

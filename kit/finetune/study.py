@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit.data.splits import label_fraction_subsets, train_test_split
+from kit.data.splits import paired_seed_subsets, train_test_split
 from kit.finetune.evaluate import evaluate_classification, evaluate_segmentation
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import class_table, is_missing
@@ -196,7 +196,8 @@ def study_design(cache, spec: Mapping, fractions: Sequence[float] | None, seeds:
 
     The test set is drawn first from the task's pool (split seed 0, stratified), so it does not
     depend on ``val_size``; the validation set next, from the rest (also fixed across seeds);
-    the training subsets last, per study seed, from what remains.
+    the training subsets last, per study seed, from what remains (no two seeds share their smallest
+    subset while the pool allows: :func:`kit.data.splits.paired_seed_subsets`).
 
     Args:
         fractions: label fractions in (0, 1]; ignored when ``counts`` is given.
@@ -223,10 +224,8 @@ def study_design(cache, spec: Mapping, fractions: Sequence[float] | None, seeds:
     if counts is not None:
         fractions = counts_to_fractions(counts, len(train_ids))
     train_strata = [strata_of[s] for s in train_ids] if strata_of else None
-    per_seed = {}
-    for seed in seeds:
-        subsets = label_fraction_subsets(train_ids, fractions, seed, train_strata, min_subjects)
-        per_seed[int(seed)] = {f: [subject[s] for s in ids_] for f, ids_ in subsets.items()}
+    per_seed = {seed: {f: [subject[s] for s in ids_] for f, ids_ in subsets.items()}
+                for seed, subsets in paired_seed_subsets(train_ids, fractions, seeds, train_strata, min_subjects).items()}
     return {"test": [subject[s] for s in test_ids], "val": [subject[s] for s in val_ids], "pool": len(train_ids),
             "fractions": [float(f) for f in sorted(fractions)], "per_seed": per_seed}
 
