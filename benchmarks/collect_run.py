@@ -39,6 +39,20 @@ def linked_files(report: Path) -> list[str]:
     return _LINK.findall(report.read_text())
 
 
+def relative_paths(folder: Path, run: Path) -> None:
+    """Rewrite the run's absolute paths in the copied text files: a path inside the run becomes
+    relative to it (``02_stage1/checkpoint.pt``), the run folder itself ``RUN``, its parent ``RUN_PARENT``
+    (a committed result must not carry the machine's folders)."""
+    run_abs = str(run.resolve())
+    parent = str(run.resolve().parent)
+    for path in folder.rglob("*"):
+        if path.suffix in (".md", ".json", ".csv") and path.is_file():
+            text = path.read_text()
+            new = text.replace(run_abs + "/", "").replace(run_abs, "RUN").replace(parent + "/", "RUN_PARENT/")
+            if new != text:
+                path.write_text(new)
+
+
 def collect(run: Path, out: Path, profile_json: Path | None = None) -> list[str]:
     """Copy the run's report, its linked figures and tables into ``out``; returns the copied paths."""
     report = run / "report.md"
@@ -69,6 +83,7 @@ def collect(run: Path, out: Path, profile_json: Path | None = None) -> list[str]
         if profile_json is not None:
             shutil.copy2(profile_json, staging / profile_json.name)
             wanted.append(profile_json.name)
+        relative_paths(staging, run)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

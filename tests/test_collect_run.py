@@ -24,7 +24,8 @@ def test_copies_report_links_and_tables_and_replaces_the_old_folder(tmp_path):
     (run / "04_finetune" / "results.csv").write_text("init,dice\nscratch,0.5\n")
     (run / "04_finetune" / "models").mkdir()
     (run / "04_finetune" / "models" / "m.pt").write_bytes(b"weights")
-    write_summary(run, "04_finetune", "fine-tuned", {"n": 1}, plots=["figures/curve.png"])
+    write_summary(run, "04_finetune", "fine-tuned", {"n": 1, "checkpoint": str(run / "02_stage1" / "checkpoint.pt")},
+                  plots=["figures/curve.png"])
     write_report(run)
     out = tmp_path / "results" / "workshop"
     (out / "old").mkdir(parents=True)
@@ -35,7 +36,9 @@ def test_copies_report_links_and_tables_and_replaces_the_old_folder(tmp_path):
     assert _collect_module().main(["--run", str(run), "--out", str(out), "--keep", "partial"]) == 0
     assert (out / "04_finetune" / "figures" / "curve.png").read_bytes() == b"png"
     assert (out / "04_finetune" / "results.csv").exists() and (out / "04_finetune" / "summary.json").exists()
-    assert "![curve](04_finetune/figures/curve.png)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "![curve](04_finetune/figures/curve.png)" in report
+    assert "| checkpoint | 02_stage1/checkpoint.pt |" in report and str(tmp_path) not in report  # relative paths only
     assert json.loads((out / "run.json").read_text())["profile"] == "workshop"
     assert not (out / "old").exists() and not (out / "04_finetune" / "models").exists()
     assert (out / "partial" / "README.md").read_text() == "kept"
