@@ -222,7 +222,9 @@ if curves_path.exists():
             line = ax.plot(mean.index, mean.values, marker=".", label=init)[0]
             best = group[group.best == 1].groupby("seed").step.max()
             ax.scatter(best.values, [mean.get(s, np.nan) for s in best.values], color=line.get_color(), zorder=3)
-        ax.set(xlabel="step", ylabel=value, title=f"{spec['name']}: validation, all labels", ylim=(0, 1))
+        n_labelled = int(top_rows.n_train.median()) if "n_train" in top_rows else None
+        ax.set(xlabel="step", ylabel=value, ylim=(0, 1),
+               title=f"{spec['name']}: validation, {n_labelled} labelled, mean of {top_rows.seed.nunique()} seed(s)")
         ax.legend(fontsize=8)
     fig.savefig(out / "figures" / "learning_curves.png", dpi=100)
     plt.show()
