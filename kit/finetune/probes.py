@@ -316,8 +316,9 @@ def run_probes(
             design = study_design(cache, spec, None, seeds, test_fraction, min_subjects=1 if is_seg else 2,
                                   val_size=spec.get("val_size", val_size), counts=spec.get("counts", counts))
             per_seed = design["per_seed"]
-            keys = [(init_name, spec["name"], float(f), int(s)) for s in distinct_sets(per_seed, seeds)
-                    for f in design["fractions"] if s in distinct_sets(per_seed, seeds, f)]
+            fitted = {f: set(distinct_sets(per_seed, seeds, f)) for f in design["fractions"]}
+            keys = [(init_name, spec["name"], float(f), int(s)) for s in seeds for f in design["fractions"]
+                    if s in fitted[f]]
             if all(k in done for k in keys):
                 continue
             test_idx = design["test"]
