@@ -201,6 +201,30 @@ def test_finetune_classification_saves_and_reloads(cache, tmp_path):
         finetune(config, cache, [0, 1])  # tumour subjects only
 
 
+def test_avgmax_head_sees_a_small_lesion_and_reloads(cache, tmp_path):
+    from kit.models.heads import ClassificationHead
+
+    # one hot voxel in 4^3: the mean moves by 1/64 of it, the maximum by all of it
+    head = ClassificationHead(1, 1, pool="avgmax")
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([[0.0, 1.0]]))
+        head.fc.bias.zero_()
+    quiet, hot = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
+    hot[0, 0, 1, 2, 3] = 8.0
+    assert head(quiet).item() == 0.0 and head(hot).item() == 8.0
+    with pytest.raises(ValueError, match="pool must be one of"):
+        ClassificationHead(4, 1, pool="max")
+    with pytest.raises(ValueError, match="head_pool"):
+        small(task="classification", target="tumor_present", head_pool="sum")
+    config = small(task="classification", target="tumor_present", input_size=16, steps=2, head_pool="avgmax")
+    result = finetune(config, cache, [0, 1, 2, 3])
+    assert result.model.head.fc.in_features == 2 * result.model.backbone.feature_dim
+    model, extra = load_finetuned(result.save(tmp_path / "cls.pt"))
+    assert extra["head"]["pool"] == "avgmax"
+    x = torch.randn(2, 2, 16, 16, 16)
+    assert torch.equal(model(x), result.model(x))
+
+
 # ----------------------------------------------------------------------------- SSL initialisation
 
 

@@ -95,3 +95,32 @@ def test_flagged_leak_is_written_beside_the_results(cohort, tmp_path):
               tmp_path / "r.csv", test_fraction=3, device="cpu", progress=False, leakage="flag")
     leak = json.loads((tmp_path / "leakage.json").read_text())
     assert leak["tumor_seg"]["stage1+2"]["subjects"] == sorted(test)
+
+
+def test_parallel_workers_and_per_count_config_match_one_process(cohort, tmp_path):
+    """Two worker processes give the rows one process gives; count_config lengthens only its count."""
+    spec = {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion", "inits": ["scratch"],
+            "count_config": {"all": {"steps": 3}}}
+    base = {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 2, "batch_size": 1, "crop": 16,
+            "val_every": 1, "inference": "whole", "augment": False}
+    kw = dict(test_fraction=3, val_size=1, counts=[1, "all"], device="cpu", progress=False,
+              regions={"tumor": BRATS21}, leakage="flag")
+    inits = {"scratch": "scratch"}
+    one = run_study({"tumor": cohort}, [spec], inits, None, [0], base, tmp_path / "one" / "r.csv", **kw)
+    two = run_study({"tumor": cohort}, [spec], inits, None, [0], base, tmp_path / "two" / "r.csv", workers=2, **kw)
+    key = ["label_fraction", "seed"]
+    one, two = one.sort_values(key).reset_index(drop=True), two.sort_values(key).reset_index(drop=True)
+    assert list(one.steps_run) == [2, 3] and list(two.steps_run) == [2, 3]
+    assert list(one.n_train) == list(two.n_train) == [1, 4]
+    np.testing.assert_allclose(two.dice_mean, one.dice_mean, atol=0.02)
+    curves = pd.read_csv(tmp_path / "two" / "curves.csv")
+    assert sorted(curves.groupby("label_fraction").step.max()) == [2, 3]
+    assert not (tmp_path / "two" / "finetune_runs").exists()
+
+
+def test_count_config_must_name_a_count_of_the_task():
+    from kit.finetune.study import count_overrides
+
+    assert count_overrides({"count_config": {"1": {"lr": 1e-3}}}, [1, 4, "all"], 8) == {0.125: {"lr": 1e-3}}
+    with pytest.raises(ValueError, match=r"count_config names counts \['2'\]"):
+        count_overrides({"name": "t", "count_config": {2: {"steps": 9}}}, [1, "all"], 8)

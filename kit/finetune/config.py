@@ -62,6 +62,9 @@ class FinetuneConfig:
         class_weights: classification loss weights: None, 'balanced' (inverse class frequency in
             the training subjects) or one weight per class.
         dropout: dropout before the classification head's linear layer.
+        head_pool: the classification head's global pooling, 'avg' or 'avgmax' (mean and maximum
+            concatenated; for detection targets such as tumour presence, see
+            :class:`kit.models.heads.ClassificationHead`).
         sw_overlap, sw_batch_size: sliding-window inference settings used at evaluation (0.5 =
             BrainSegFounder's validation overlap).
         inference: segmentation inference at validation and evaluation: 'sliding' (windows of
@@ -107,6 +110,7 @@ class FinetuneConfig:
     input_size: Any = 96
     class_weights: Any = None
     dropout: float = 0.0
+    head_pool: str = "avg"
     sw_overlap: float = 0.5
     sw_batch_size: int = 1
     inference: str = "sliding"
@@ -134,6 +138,8 @@ class FinetuneConfig:
             raise ValueError("FinetuneConfig.warmup_steps, num_workers, val_every, patience and ckpt_every must be >= 0")
         if self.fg_sampling not in ("voxel", "label"):
             raise ValueError(f"FinetuneConfig.fg_sampling must be 'voxel' or 'label', got {self.fg_sampling!r}")
+        if self.head_pool not in ("avg", "avgmax"):
+            raise ValueError(f"FinetuneConfig.head_pool must be 'avg' or 'avgmax', got {self.head_pool!r}")
         if self.inference not in ("sliding", "whole", "auto"):
             raise ValueError(f"FinetuneConfig.inference must be 'sliding', 'whole' or 'auto', got {self.inference!r}")
         if not 0.0 <= self.pos_fraction <= 1.0:

@@ -97,7 +97,8 @@ class FinetuneResult:
                          roi=list(cfg.crop_shape), sw_overlap=cfg.sw_overlap, inference=cfg.inference)
         else:
             extra.update(target=cfg.target, classes=list(self.classes), input_size=list(cfg.input_shape),
-                         head={"n_outputs": int(self.model.n_outputs), "dropout": float(self.model.dropout)})
+                         head={"n_outputs": int(self.model.n_outputs), "dropout": float(self.model.dropout),
+                               "pool": self.model.pool})
         return extra
 
     def save(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:

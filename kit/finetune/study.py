@@ -34,12 +34,14 @@ for gliomas) and stratifies on it.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +55,7 @@ from kit.finetune.finetune import finetune
 from kit.train.provenance import leakage_report
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
-           "objective_of_init", "pretrained_inits", "kept_model_path"]
+           "objective_of_init", "pretrained_inits", "kept_model_path", "count_overrides"]
 
 RESULT_KEYS = ("init", "task", "label_fraction", "seed")
 
@@ -290,6 +292,96 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+
+def count_overrides(spec: Mapping, counts: Sequence | None, pool: int) -> dict[float, dict]:
+    """A task's config overrides per label count (``spec["count_config"]``), keyed by label fraction.
+
+    A longer schedule for the all-label cell, for example: with 34 subjects, 500 steps are 15 passes
+    over each, against 500 for a single labelled subject.
+
+    Args:
+        spec: a task spec; ``count_config`` maps a count in ``counts`` (an int or ``"all"``) to config overrides.
+        counts: the task's label counts (None: fractions, which take no per-count overrides).
+        pool: training subjects in the task's pool (what ``"all"`` means).
+
+    Example:
+        >>> count_overrides({"count_config": {"all": {"steps": 900}}}, [1, 4, "all"], 34)
+        {1.0: {'steps': 900}}
+        >>> count_overrides({}, [1, "all"], 34)
+        {}
+    """
+    table = spec.get("count_config") or {}
+    if not table:
+        return {}
+    given = [str(c) for c in (counts or [])]
+    unknown = sorted(str(c) for c in table if str(c) not in given)
+    if unknown:
+        raise ValueError(f"task {spec.get('name')!r}: count_config names counts {unknown} that are not among its counts {given}")
+    fraction_of = dict(zip(given, counts_to_fractions(list(counts), pool)))
+    return {float(fraction_of[str(c)]): dict(overrides) for c, overrides in table.items()}
+
+
+@dataclass
+class _Job:
+    """One fine-tune of the study: what a worker process needs to run it and write nothing but its model."""
+
+    key: tuple
+    config: FinetuneConfig
+    cache: object
+    train_idx: list
+    val_idx: list
+    test_idx: list
+    regions: Mapping | None
+    label_values: Sequence | None
+    classes: list | None
+    target: str | None
+    run_dir: Path
+    save_path: Path | None
+    n_seen: int
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_job(job: _Job) -> dict:
+    """Fine-tune, test and (optionally) save one run; returns its results row and validation curve."""
+    start = time.perf_counter()
+    config, cache = job.config, job.cache
+    is_seg = config.task == "segmentation"
+    # The fine-tune's own run folder: a study killed mid-run resumes that fine-tune from its
+    # last checkpoint (kit.train.train); the parent removes it once the row is written.
+    result = finetune(config, cache, job.train_idx, regions=job.regions, label_values=job.label_values,
+                      classes=job.classes, val_indices=job.val_idx, run_dir=job.run_dir)
+    if is_seg:
+        ev = evaluate_segmentation(result.model, cache, job.test_idx, result.regions, config.crop_shape,
+                                   overlap=config.sw_overlap, sw_batch_size=config.sw_batch_size,
+                                   amp=config.amp, inference=config.inference)
+    else:
+        ev = evaluate_classification(result.model, cache, job.test_idx, job.target, result.classes,
+                                     config.input_shape, amp=config.amp)
+    metrics = {k: v for k, v in ev.summary.items() if isinstance(v, (int, float)) and k != "n"}
+    summary = result.summary
+    label, task, fraction, seed = job.key
+    row = {"init": label, "objective": objective_of_init(label), "task": task, "label_fraction": float(fraction),
+           "seed": int(seed), "n_train": len(job.train_idx), "n_test": int(ev.summary.get("n", len(job.test_idx))),
+           "n_val": len(job.val_idx), **metrics, "steps_run": summary.get("steps_run"),
+           "best_step": summary.get("best_step"), "test_seen_in_pretraining": job.n_seen,
+           "train_s": round(summary.get("wall_s", 0.0), 1), "wall_s": round(time.perf_counter() - start, 1)}
+    if job.save_path is not None:
+        result.save(job.save_path, extra={"study_key": list(job.key),
+                                          "test_subjects": [cache.entries[i]["subject"] for i in job.test_idx]})
+    return {"row": row, "val_history": list(result.val_history)}
+
+
 def run_study(
     caches: Mapping[str, object],
     tasks: Sequence[Mapping],
@@ -308,6 +400,7 @@ def run_study(
     val_size: float = 0,
     counts: Sequence | None = None,
     leakage: str = "refuse",
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Run (or resume) the study and return the full results table.
 
@@ -336,6 +429,10 @@ def run_study(
         save_models: ``f(init, task, fraction, seed) -> path or None``; the trained model of a run
             is saved there (e.g. the 100 % models notebook 05 explains).
         progress: print one line per finished run.
+        workers: fine-tunes run at once on the CPU, each in its own process with ``cpu_count // workers``
+            threads (small 3D convolutions use two threads poorly: two one-thread runs finish about
+            1.3x sooner on 2 cores); 1, or a GPU, runs them one after another in this process. Every
+            run is seeded, so its result does not depend on ``workers`` beyond floating-point order.
 
     Returns:
         The results table (every row of ``out_csv``).
@@ -353,6 +450,7 @@ def run_study(
     runs_dir = out_csv.parent / "finetune_runs"
     done = _done_keys(out_csv)
     leaks: dict = {}
+    jobs: list[_Job] = []
     for spec in tasks:
         cache = caches[spec["cohort"]]
         is_seg = spec["task"] == "segmentation"
@@ -376,57 +474,49 @@ def run_study(
         classes = None
         if not is_seg:
             classes = class_table([cache.entries[i][spec["target"]] for i in task_pool(cache, spec)[0]])
+        by_count = count_overrides(spec, task_counts, design["pool"])
         for seed in spec.get("seeds", seeds):
             for fraction in sorted(task_fractions):
                 for label, init in task_inits.items():
                     key = (label, spec["name"], float(fraction), int(seed))
                     if key in done:
                         continue
-                    config = _finetune_config(base_config, spec, init, seed, device)
-                    start = time.perf_counter()
-                    train_idx = per_seed[int(seed)][float(fraction)]
-                    # The fine-tune's own run folder: a study killed mid-run resumes that fine-tune
-                    # from its last checkpoint (kit.train.train); removed once the row is written.
-                    run_dir = runs_dir / _run_folder_name(key)
-                    result = finetune(
-                        config, cache, train_idx,
+                    run_spec = {**spec, "config": {**spec.get("config", {}), **by_count.get(float(fraction), {})}}
+                    jobs.append(_Job(
+                        key=key, config=_finetune_config(base_config, run_spec, init, seed, device), cache=cache,
+                        train_idx=list(per_seed[int(seed)][float(fraction)]), val_idx=list(val_idx), test_idx=list(test_idx),
                         regions=(regions or {}).get(spec["cohort"]) if is_seg else None,
                         label_values=(label_values or {}).get(spec["cohort"]) if is_seg else None,
-                        classes=classes, val_indices=val_idx, run_dir=run_dir,
-                    )
-                    if is_seg:
-                        ev = evaluate_segmentation(result.model, cache, test_idx, result.regions, config.crop_shape,
-                                                   overlap=config.sw_overlap, sw_batch_size=config.sw_batch_size,
-                                                   amp=config.amp, inference=config.inference)
-                    else:
-                        ev = evaluate_classification(result.model, cache, test_idx, spec["target"], result.classes,
-                                                     config.input_shape, amp=config.amp)
-                    metrics = {k: v for k, v in ev.summary.items() if isinstance(v, (int, float)) and k != "n"}
-                    summary = result.summary
-                    row = {"init": label, "objective": objective_of_init(label), "task": spec["name"],
-                           "label_fraction": float(fraction), "seed": int(seed),
-                           "n_train": len(train_idx), "n_test": int(ev.summary.get("n", len(test_idx))),
-                           "n_val": len(val_idx), **metrics, "steps_run": summary.get("steps_run"),
-                           "best_step": summary.get("best_step"),
-                           "test_seen_in_pretraining": len(task_leaks.get(label, {}).get("subjects", [])),
-                           "train_s": round(summary.get("wall_s", 0.0), 1),
-                           "wall_s": round(time.perf_counter() - start, 1)}
-                    _append_row(out_csv, row)
-                    for record in result.val_history:  # the learning curve (validation metric vs step)
-                        _append_row(curves_csv, {"init": label, "task": spec["name"], "label_fraction": float(fraction),
-                                                 "seed": int(seed), "n_train": len(train_idx),
-                                                 **{k: v for k, v in record.items() if k != "best"},
-                                                 "best": int(bool(record.get("best")))})
-                    done.add(key)
-                    if save_models is not None:
-                        path = save_models(*key)
-                        if path is not None:
-                            result.save(path, extra={"study_key": list(key), "test_subjects": [cache.entries[i]["subject"] for i in test_idx]})
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                    with contextlib.suppress(OSError):
-                        runs_dir.rmdir()  # once empty
-                    if progress:
-                        shown = {k: round(v, 3) for k, v in metrics.items() if k in ("dice_mean", "auc", "accuracy")}
-                        print(f"{spec['name']:>14} {label:>9} fraction {fraction:<5g} seed {seed} "
-                              f"n_train {len(train_idx):>3}: {shown} ({row['wall_s']:.0f} s)", flush=True)
+                        classes=classes, target=spec.get("target"), run_dir=runs_dir / _run_folder_name(key),
+                        save_path=save_models(*key) if save_models is not None else None,
+                        n_seen=len(task_leaks.get(label, {}).get("subjects", []))))
+
+    def record(job: _Job, out: dict) -> None:
+        # only this (the parent) process writes the tables, so parallel runs never interleave rows
+        _append_row(out_csv, out["row"])
+        for rec in out["val_history"]:  # the learning curve (validation metric vs step)
+            _append_row(curves_csv, {**{k: out["row"][k] for k in ("init", "task", "label_fraction", "seed", "n_train")},
+                                     **{k: v for k, v in rec.items() if k != "best"}, "best": int(bool(rec.get("best")))})
+        done.add(job.key)
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            runs_dir.rmdir()  # once empty
+        if progress:
+            row = out["row"]
+            shown = {k: round(v, 3) for k, v in row.items() if k in ("dice_mean", "auc", "accuracy")}
+            print(f"{row['task']:>14} {row['init']:>9} fraction {row['label_fraction']:<5g} seed {row['seed']} "
+                  f"n_train {row['n_train']:>3}: {shown} ({row['wall_s']:.0f} s)", flush=True)
+
+    workers = max(1, int(workers))
+    if workers == 1 or len(jobs) < 2 or any(job.config.device not in ("cpu", "auto") for job in jobs) or _cuda_available():
+        for job in jobs:
+            record(job, _run_job(job))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # spawn: a forked child would inherit the parent's torch thread pool and any open notebook state
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+            pending = {pool.submit(_run_job, job): job for job in jobs}
+            for future in as_completed(pending):
+                record(pending[future], future.result())
     return pd.read_csv(out_csv) if out_csv.exists() else pd.DataFrame(columns=list(RESULT_KEYS))

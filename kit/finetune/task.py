@@ -148,7 +148,7 @@ def build_finetune_model(
         if checkpoint is not None:
             report = init_from_checkpoint(backbone, checkpoint, modalities=modalities, keys=config.transfer,
                                           strict=False, source=path)
-        model = ClassificationModel(backbone, n_outputs, config.dropout) if classification else backbone
+        model = ClassificationModel(backbone, n_outputs, config.dropout, config.head_pool) if classification else backbone
     if config.freeze_encoder:
         freeze_encoder(model)
     return model, report

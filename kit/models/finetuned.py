@@ -46,12 +46,13 @@ class ClassificationModel(nn.Module):
         torch.Size([2, 1])
     """
 
-    def __init__(self, backbone: nn.Module, n_outputs: int, dropout: float = 0.0) -> None:
+    def __init__(self, backbone: nn.Module, n_outputs: int, dropout: float = 0.0, pool: str = "avg") -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = ClassificationHead(backbone.feature_dim, int(n_outputs), dropout=dropout)
+        self.head = ClassificationHead(backbone.feature_dim, int(n_outputs), dropout=dropout, pool=pool)
         self.n_outputs = int(n_outputs)
         self.dropout = float(dropout)
+        self.pool = pool
         self.in_channels = backbone.in_channels
         self.encoder_prefixes = tuple(f"backbone.{p}" for p in backbone.encoder_prefixes)
         for name, param in backbone.named_parameters():
@@ -106,7 +107,8 @@ def load_finetuned(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[
     backbone = model_from_config(checkpoint["model_config"], path)
     if task == "classification":
         head = extra.get("head") or {}
-        model = ClassificationModel(backbone, int(head.get("n_outputs", 1)), float(head.get("dropout", 0.0)))
+        model = ClassificationModel(backbone, int(head.get("n_outputs", 1)), float(head.get("dropout", 0.0)),
+                                    str(head.get("pool", "avg")))
     else:
         model = backbone
     try:

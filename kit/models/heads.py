@@ -119,22 +119,40 @@ class SSLHead(nn.Module):
         }
 
 
+POOLS = ("avg", "avgmax")
+
+
 class ClassificationHead(nn.Module):
-    """Global average pooling, dropout and a linear layer: ``(B, F, d, h, w) -> (B, n_classes)`` logits.
+    """Global pooling, dropout and a linear layer: ``(B, F, d, h, w) -> (B, n_classes)`` logits.
+
+    ``pool="avg"`` averages each feature over the volume. ``pool="avgmax"`` also takes its maximum
+    and concatenates both (2F inputs to the linear layer). Use it for detection targets such as
+    tumour presence: a lesion that fills 1 % of the brain moves a channel's mean by about 1 % but
+    its maximum fully, so from scratch the average alone gives the head almost no signal.
 
     Example:
         >>> head = ClassificationHead(64, n_classes=2, dropout=0.1)
         >>> head(torch.randn(3, 64, 4, 4, 4)).shape
         torch.Size([3, 2])
+        >>> ClassificationHead(64, 1, pool="avgmax").fc.in_features
+        128
     """
 
-    def __init__(self, feature_dim: int, n_classes: int, dropout: float = 0.0) -> None:
+    def __init__(self, feature_dim: int, n_classes: int, dropout: float = 0.0, pool: str = "avg") -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ClassificationHead: dropout must be in [0, 1), got {dropout}")
+        if pool not in POOLS:
+            raise ValueError(f"ClassificationHead: pool must be one of {POOLS}, got {pool!r}")
+        self.pool = pool
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(feature_dim, n_classes)
+        self.fc = nn.Linear(feature_dim * (2 if pool == "avgmax" else 1), n_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, n_classes)`` from a feature map ``(B, F, ...)`` or pooled features ``(B, F)``."""
-        return self.fc(self.dropout(global_pool(features)))
+        """Logits ``(B, n_classes)`` from a feature map ``(B, F, ...)`` (or pooled ``(B, F)`` features with ``pool='avg'``)."""
+        pooled = global_pool(features)
+        if self.pool == "avgmax":
+            if features.ndim < 3:
+                raise ValueError("ClassificationHead(pool='avgmax') needs a feature map (B, F, ...), got pooled features")
+            pooled = torch.cat([pooled, features.flatten(2).amax(dim=2)], dim=1)
+        return self.fc(self.dropout(pooled))

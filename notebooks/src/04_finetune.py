@@ -192,6 +192,7 @@ results = run_study(
     caches, config["tasks"], inits, config["fractions"], seeds, config["config"], out / "results.csv",
     test_fraction=config["test_fraction"], regions=regions, label_values=label_values, device=device,
     save_models=keep_model, val_size=config.get("val_size", 0), leakage=config.get("leakage", "refuse"),
+    workers=config.get("workers", 1),
 )
 display(results.head(20))
 leak_file = out / "leakage.json"
