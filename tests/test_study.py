@@ -124,3 +124,28 @@ def test_count_config_must_name_a_count_of_the_task():
     assert count_overrides({"count_config": {"1": {"lr": 1e-3}}}, [1, 4, "all"], 8) == {0.125: {"lr": 1e-3}}
     with pytest.raises(ValueError, match=r"count_config names counts \['2'\]"):
         count_overrides({"name": "t", "count_config": {2: {"steps": 9}}}, [1, "all"], 8)
+
+
+def test_resume_reruns_only_the_runs_whose_settings_changed(cohort, tmp_path):
+    spec = {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion", "inits": ["scratch"]}
+    base = {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 2, "batch_size": 1, "crop": 16,
+            "val_every": 1, "inference": "whole", "augment": False}
+    kw = dict(test_fraction=3, val_size=1, counts=[1, "all"], device="cpu", progress=False,
+              regions={"tumor": BRATS21}, leakage="flag")
+    out = tmp_path / "r.csv"
+    first = run_study({"tumor": cohort}, [spec], {"scratch": "scratch"}, None, [0], base, out, **kw)
+    assert first.settings_id.nunique() == 2
+    # the all-label cell gets a longer schedule: only its row is redone, the 1-subject row is kept as is
+    longer = {**spec, "count_config": {"all": {"steps": 3}}}
+    second = run_study({"tumor": cohort}, [longer], {"scratch": "scratch"}, None, [0], base, out, **kw)
+    second = second.sort_values("label_fraction").reset_index(drop=True)
+    assert len(second) == 2 and list(second.steps_run) == [2, 3]
+    kept = first.sort_values("label_fraction").iloc[0]
+    assert second.iloc[0].settings_id == kept.settings_id and second.iloc[0].wall_s == kept.wall_s
+    assert second.iloc[1].settings_id != first.sort_values("label_fraction").iloc[1].settings_id
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert sorted(curves.groupby("label_fraction").step.apply(list).tolist()) == [[1, 2], [1, 2, 3]]
+    # a table from before settings ids is trusted (nothing reruns)
+    pd.read_csv(out).drop(columns="settings_id").to_csv(out, index=False)
+    third = run_study({"tumor": cohort}, [spec], {"scratch": "scratch"}, None, [0], base, out, **kw)
+    assert list(third.sort_values("label_fraction").steps_run) == [2, 3]

@@ -18,7 +18,10 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
 - one row per run appended to ``results.csv`` as soon as it finishes (and its validation curve to
   ``curves.csv``), so an interrupted study resumes where it stopped; the run that was interrupted
   resumes from its last checkpoint in ``finetune_runs/`` beside the table (``ckpt_every``), which
-  is removed once its row is written.
+  is removed once its row is written. Each row carries the :func:`settings_id` of its recipe and
+  subjects: after a change to one task's ``config`` (or its split), a resumed study reruns only
+  the runs whose id changed and keeps the others, never mixing two recipes in one table;
+- ``workers`` fine-tunes at once on the CPU, each in its own process (one thread each on 2 cores).
 
 Task specs are plain dicts::
 
@@ -34,6 +37,8 @@ for gliomas) and stratifies on it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -41,7 +46,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +60,8 @@ from kit.finetune.finetune import finetune
 from kit.train.provenance import leakage_report
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
-           "objective_of_init", "pretrained_inits", "kept_model_path", "count_overrides"]
+           "objective_of_init", "pretrained_inits", "kept_model_path", "count_overrides",
+           "settings_id"]
 
 RESULT_KEYS = ("init", "task", "label_fraction", "seed")
 
@@ -258,11 +264,47 @@ def _run_folder_name(key: tuple) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "__".join(str(k) for k in key))
 
 
-def _done_keys(path: Path) -> set[tuple]:
+def _done_keys(path: Path) -> dict[tuple, str | None]:
+    """The runs a results table holds: key -> the settings id it ran with (None: a table from before ids)."""
     if not path.exists():
-        return set()
+        return {}
     done = pd.read_csv(path)
-    return {(str(r.init), str(r.task), float(r.label_fraction), int(r.seed)) for r in done.itertuples()}
+    ids = done["settings_id"] if "settings_id" in done else pd.Series([None] * len(done))
+    return {(str(r.init), str(r.task), float(r.label_fraction), int(r.seed)): (None if pd.isna(i) else str(i))
+            for r, i in zip(done.itertuples(), ids)}
+
+
+def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str], test: Sequence[str]) -> str:
+    """A short id of what defines one run's result: its fine-tuning settings and its subjects.
+
+    A resumed study keeps a finished row only when the id matches, so a changed recipe (a task's
+    ``config``, its validation split, its label counts) reruns exactly the runs it changes and
+    keeps the rest. Where and how fast it runs (device, workers, progress) is left out, and so is
+    the initialisation's checkpoint path (a moved run folder keeps its rows; the init's name is
+    part of the row's key).
+
+    Example:
+        >>> a = settings_id(FinetuneConfig(steps=10), ["s1"], ["s2"], ["s3"])
+        >>> a == settings_id(FinetuneConfig(steps=10, device="cpu"), ["s1"], ["s2"], ["s3"]), len(a)
+        (True, 12)
+        >>> a == settings_id(FinetuneConfig(steps=20), ["s1"], ["s2"], ["s3"])
+        False
+    """
+    values = {k: v for k, v in asdict(config).items() if k not in ("device", "progress", "num_workers", "log_every", "init")}
+    text = json.dumps({"config": values, "train": sorted(map(str, train)), "val": sorted(map(str, val)),
+                       "test": sorted(map(str, test))}, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _drop_rows(path: Path, keys: set[tuple]) -> None:
+    """Remove the rows of ``keys`` (init, task, fraction, seed) from a table, atomically."""
+    if not path.exists() or not keys:
+        return
+    table = pd.read_csv(path)
+    stale = [(str(r.init), str(r.task), float(r.label_fraction), int(r.seed)) in keys for r in table.itertuples()]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    table[[not x for x in stale]].to_csv(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def _append_row(path: Path, row: dict) -> None:
@@ -285,8 +327,6 @@ def _append_row(path: Path, row: dict) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
-    import json
-
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
@@ -338,6 +378,7 @@ class _Job:
     run_dir: Path
     save_path: Path | None
     n_seen: int
+    run_id: str = ""
 
 
 def _cuda_available() -> bool:
@@ -375,7 +416,8 @@ def _run_job(job: _Job) -> dict:
            "seed": int(seed), "n_train": len(job.train_idx), "n_test": int(ev.summary.get("n", len(job.test_idx))),
            "n_val": len(job.val_idx), **metrics, "steps_run": summary.get("steps_run"),
            "best_step": summary.get("best_step"), "test_seen_in_pretraining": job.n_seen,
-           "train_s": round(summary.get("wall_s", 0.0), 1), "wall_s": round(time.perf_counter() - start, 1)}
+           "train_s": round(summary.get("wall_s", 0.0), 1), "wall_s": round(time.perf_counter() - start, 1),
+           "settings_id": job.run_id}
     if job.save_path is not None:
         result.save(job.save_path, extra={"study_key": list(job.key),
                                           "test_subjects": [cache.entries[i]["subject"] for i in job.test_idx]})
@@ -451,6 +493,7 @@ def run_study(
     done = _done_keys(out_csv)
     leaks: dict = {}
     jobs: list[_Job] = []
+    stale: set[tuple] = set()
     for spec in tasks:
         cache = caches[spec["cohort"]]
         is_seg = spec["task"] == "segmentation"
@@ -479,17 +522,33 @@ def run_study(
             for fraction in sorted(task_fractions):
                 for label, init in task_inits.items():
                     key = (label, spec["name"], float(fraction), int(seed))
-                    if key in done:
-                        continue
                     run_spec = {**spec, "config": {**spec.get("config", {}), **by_count.get(float(fraction), {})}}
+                    config = _finetune_config(base_config, run_spec, init, seed, device)
+                    train_idx = list(per_seed[int(seed)][float(fraction)])
+                    run_id = settings_id(config, [cache.entries[i]["subject"] for i in train_idx],
+                                         [cache.entries[i]["subject"] for i in val_idx], test_subjects)
+                    if key in done:
+                        if done[key] in (None, run_id):  # None: a row from before settings ids, trusted
+                            continue
+                        stale.add(key)
                     jobs.append(_Job(
-                        key=key, config=_finetune_config(base_config, run_spec, init, seed, device), cache=cache,
-                        train_idx=list(per_seed[int(seed)][float(fraction)]), val_idx=list(val_idx), test_idx=list(test_idx),
+                        key=key, config=config, cache=cache, run_id=run_id,
+                        train_idx=train_idx, val_idx=list(val_idx), test_idx=list(test_idx),
                         regions=(regions or {}).get(spec["cohort"]) if is_seg else None,
                         label_values=(label_values or {}).get(spec["cohort"]) if is_seg else None,
                         classes=classes, target=spec.get("target"), run_dir=runs_dir / _run_folder_name(key),
                         save_path=save_models(*key) if save_models is not None else None,
                         n_seen=len(task_leaks.get(label, {}).get("subjects", []))))
+
+    if stale:
+        # rows of another recipe must not be mixed with this one's: they run again
+        _drop_rows(out_csv, stale)
+        _drop_rows(curves_csv, stale)
+        for key in stale:
+            shutil.rmtree(runs_dir / _run_folder_name(key), ignore_errors=True)
+        if progress:
+            print(f"run_study: {len(stale)} finished run(s) were made with other settings and run again: "
+                  f"{sorted({k[1] for k in stale})}", flush=True)
 
     def record(job: _Job, out: dict) -> None:
         # only this (the parent) process writes the tables, so parallel runs never interleave rows
@@ -497,7 +556,7 @@ def run_study(
         for rec in out["val_history"]:  # the learning curve (validation metric vs step)
             _append_row(curves_csv, {**{k: out["row"][k] for k in ("init", "task", "label_fraction", "seed", "n_train")},
                                      **{k: v for k, v in rec.items() if k != "best"}, "best": int(bool(rec.get("best")))})
-        done.add(job.key)
+        done[job.key] = job.run_id
         shutil.rmtree(job.run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             runs_dir.rmdir()  # once empty
