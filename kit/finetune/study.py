@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from kit.data.splits import paired_seed_subsets, train_test_split
+from kit.devices import resolve_device
 from kit.finetune.evaluate import evaluate_classification, evaluate_segmentation
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import class_table, is_missing
@@ -264,14 +265,18 @@ def _run_folder_name(key: tuple) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "__".join(str(k) for k in key))
 
 
+def _row_key(row) -> tuple:
+    """A results row's key: ``(init, task, label_fraction, seed)``."""
+    return str(row.init), str(row.task), float(row.label_fraction), int(row.seed)
+
+
 def _done_keys(path: Path) -> dict[tuple, str | None]:
     """The runs a results table holds: key -> the settings id it ran with (None: a table from before ids)."""
     if not path.exists():
         return {}
     done = pd.read_csv(path)
     ids = done["settings_id"] if "settings_id" in done else pd.Series([None] * len(done))
-    return {(str(r.init), str(r.task), float(r.label_fraction), int(r.seed)): (None if pd.isna(i) else str(i))
-            for r, i in zip(done.itertuples(), ids)}
+    return {_row_key(r): (None if pd.isna(i) else str(i)) for r, i in zip(done.itertuples(), ids)}
 
 
 def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str], test: Sequence[str]) -> str:
@@ -301,9 +306,9 @@ def _drop_rows(path: Path, keys: set[tuple]) -> None:
     if not path.exists() or not keys:
         return
     table = pd.read_csv(path)
-    stale = [(str(r.init), str(r.task), float(r.label_fraction), int(r.seed)) in keys for r in table.itertuples()]
+    keep = [_row_key(r) not in keys for r in table.itertuples()]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    table[[not x for x in stale]].to_csv(tmp, index=False)
+    table[keep].to_csv(tmp, index=False)
     os.replace(tmp, path)
 
 
@@ -330,7 +335,6 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
-
 
 
 def count_overrides(spec: Mapping, counts: Sequence | None, pool: int) -> dict[float, dict]:
@@ -379,12 +383,6 @@ class _Job:
     save_path: Path | None
     n_seen: int
     run_id: str = ""
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _worker_init(threads: int) -> None:
@@ -472,8 +470,9 @@ def run_study(
             is saved there (e.g. the 100 % models notebook 05 explains).
         progress: print one line per finished run.
         workers: fine-tunes run at once on the CPU, each in its own process with ``cpu_count // workers``
-            threads (small 3D convolutions use two threads poorly: two one-thread runs finish about
-            1.3x sooner on 2 cores); 1, or a GPU, runs them one after another in this process. Every
+            threads (small 3D convolutions use two threads poorly: two one-thread runs give 1.43x the
+            throughput on 2 cores, ``benchmarks/bench_study_workers.py``); 1, or a GPU, runs them one
+            after another in this process. Every
             run is seeded, so its result does not depend on ``workers`` beyond floating-point order.
 
     Returns:
@@ -567,7 +566,7 @@ def run_study(
                   f"n_train {row['n_train']:>3}: {shown} ({row['wall_s']:.0f} s)", flush=True)
 
     workers = max(1, int(workers))
-    if workers == 1 or len(jobs) < 2 or any(job.config.device not in ("cpu", "auto") for job in jobs) or _cuda_available():
+    if workers == 1 or len(jobs) < 2 or any(resolve_device(job.config.device).type != "cpu" for job in jobs):
         for job in jobs:
             record(job, _run_job(job))
     else:
