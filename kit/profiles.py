@@ -125,8 +125,8 @@ OVERRIDES: dict[str, dict] = {
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
                  "inits": ["scratch", "stage1+2"], "counts": [1], "seeds": [0, 1, 2],
                  "config": {"steps": 250, "val_every": 125}},
-                # the classifiers notebook 05 explains (the study's classifier recipe, which is unstable across
-                # seeds from scratch: benchmarks/results/study/partial/README.md)
+                # the classifiers notebook 05 explains (the study's first, average-pooled recipe, unstable across
+                # seeds from scratch: benchmarks/results/study/partial/README.md; the study now pools avg+max)
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
                  "inits": ["scratch", "swin_trio:stage1+2"], "counts": ["all"], "seeds": [0],
                  "config": {"steps": 200, "lr": 3e-3, "val_every": 25, "patience": 4}},

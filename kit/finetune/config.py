@@ -11,6 +11,7 @@ import torch
 
 from kit.devices import resolve_amp
 from kit.models.finetuned import TASKS
+from kit.models.heads import POOLS
 
 __all__ = ["TASKS", "TRANSFERS", "FinetuneConfig", "triple"]
 
@@ -138,8 +139,8 @@ class FinetuneConfig:
             raise ValueError("FinetuneConfig.warmup_steps, num_workers, val_every, patience and ckpt_every must be >= 0")
         if self.fg_sampling not in ("voxel", "label"):
             raise ValueError(f"FinetuneConfig.fg_sampling must be 'voxel' or 'label', got {self.fg_sampling!r}")
-        if self.head_pool not in ("avg", "avgmax"):
-            raise ValueError(f"FinetuneConfig.head_pool must be 'avg' or 'avgmax', got {self.head_pool!r}")
+        if self.head_pool not in POOLS:
+            raise ValueError(f"FinetuneConfig.head_pool must be one of {POOLS}, got {self.head_pool!r}")
         if self.inference not in ("sliding", "whole", "auto"):
             raise ValueError(f"FinetuneConfig.inference must be 'sliding', 'whole' or 'auto', got {self.inference!r}")
         if not 0.0 <= self.pos_fraction <= 1.0:
