@@ -306,7 +306,7 @@ def run_probes(
 
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_keys(out_csv)
+    done = set(_done_keys(out_csv))  # probe rows are matched on their key alone
     for init_name, init in inits.items():
         for spec in tasks:
             if spec.get("inits") is not None and init_name not in spec["inits"]:
