@@ -4,7 +4,10 @@
   share of the cells dropped (cross-contrast context restoration, one mask per contrast).
 - :func:`patch_mask` / :func:`expand_mask`: a fixed share of ``p^3`` patches masked (masked image
   modelling), expanded to any resolution of the network.
-- :func:`patch_normalise`: targets normalised per patch and channel (MAE's ``norm_pix_loss``).
+- :func:`patch_normalise`: targets normalised per patch, over all its channels together (MAE's and
+  SparK's ``norm_pix_loss``) or per channel.
+- :func:`masked_group_norm`: GroupNorm whose statistics come from the visible voxels only (SparK's
+  sparse normalisation, emulated densely), masked voxels set to 0.
 - :func:`masked_mean`: per-sample mean over masked voxels, averaged over the batch, so the loss of a
   global batch is the mean of equal-sized local batches' losses (DDP == one process).
 
@@ -23,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["grid_edges", "cell_dropout_mask", "patch_mask", "expand_mask", "patch_normalise", "masked_mean"]
+__all__ = ["grid_edges", "cell_dropout_mask", "patch_mask", "expand_mask", "patch_normalise", "masked_group_norm",
+           "masked_mean"]
 
 
 def grid_edges(n: int, cells: int) -> np.ndarray:
@@ -99,15 +103,26 @@ def expand_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return out.to(mask.dtype)
 
 
-def patch_normalise(x: torch.Tensor, patch: int, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalise ``x`` (B, C, X, Y, Z) per ``patch^3`` patch and channel: ``(x - mean) / sqrt(var + eps)``.
+def patch_normalise(
+    x: torch.Tensor, patch: int, eps: float = 1e-6, per_channel: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise ``x`` (B, C, X, Y, Z) per ``patch^3`` patch: ``(x - mean) / sqrt(var + eps)``.
+
+    By default the mean and (biased) variance of a patch are taken over its ``C * patch^3`` values, all
+    channels together, as MAE's and SparK's ``norm_pix_loss`` do on the flattened patch of all
+    channels (github.com/facebookresearch/mae ``models_mae.py``; github.com/keyu-tian/SparK
+    ``pretrain/spark.py``): the target keeps how the contrasts of a patch differ from each other.
+    ``per_channel=True`` takes them per patch and channel (each contrast's own pattern in the patch).
 
     Returns ``(normalised, mean, std)``, mean and std broadcast to ``x``'s shape (to undo it for figures).
 
     Example:
         >>> x = torch.rand(1, 2, 8, 8, 8)
         >>> z, mean, std = patch_normalise(x, 4)
-        >>> abs(float(z[0, 0, :4, :4, :4].mean())) < 1e-5 and torch.allclose(z * std + mean, x, atol=1e-5)
+        >>> abs(float(z[0, :, :4, :4, :4].mean())) < 1e-5 and torch.allclose(z * std + mean, x, atol=1e-5)
+        True
+        >>> z = patch_normalise(x, 4, per_channel=True)[0]
+        >>> abs(float(z[0, 1, :4, :4, :4].mean())) < 1e-5
         True
     """
     b, c, *spatial = x.shape
@@ -115,12 +130,46 @@ def patch_normalise(x: torch.Tensor, patch: int, eps: float = 1e-6) -> tuple[tor
         raise ValueError(f"patch_normalise: spatial size {tuple(spatial)} is not a multiple of the patch {patch}")
     g = [s // patch for s in spatial]
     p = x.reshape(b, c, g[0], patch, g[1], patch, g[2], patch)
-    mean = p.mean(dim=(3, 5, 7), keepdim=True)
-    var = p.var(dim=(3, 5, 7), keepdim=True, unbiased=False)
+    dims = (3, 5, 7) if per_channel else (1, 3, 5, 7)
+    mean = p.mean(dim=dims, keepdim=True)
+    var = p.var(dim=dims, keepdim=True, unbiased=False)
     std = (var + eps).sqrt()
     z = (p - mean) / std
     full = lambda t: t.expand_as(p).reshape(x.shape)  # noqa: E731
     return z.reshape(x.shape), full(mean), full(std)
+
+
+def masked_group_norm(norm: torch.nn.GroupNorm, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``norm`` applied to ``x`` (B, C, ...) with statistics over the voxels where ``keep`` (B, 1, ...) is true.
+
+    Per sample and group, mean and biased variance come from the kept voxels of the group's channels
+    only (at least one must be kept); the affine of ``norm`` follows; voxels not kept are set to 0.
+    This is SparK's sparse normalisation (github.com/keyu-tian/SparK ``pretrain/encoder.py``,
+    ``SparseBatchNorm``: statistics of the active positions, output scattered back into zeros) for
+    a GroupNorm. Computed in float32, returned in ``x``'s dtype.
+
+    Example:
+        >>> gn = torch.nn.GroupNorm(2, 4)
+        >>> x = torch.randn(1, 4, 4, 4, 4); keep = torch.rand(1, 1, 4, 4, 4) > 0.5
+        >>> y = masked_group_norm(gn, x, keep)
+        >>> y2 = masked_group_norm(gn, torch.where(keep, x, 100.0), keep)  # hidden values do not matter
+        >>> torch.equal(y, y2), bool((y[0, :, ~keep[0, 0]] == 0).all())
+        (True, True)
+    """
+    b, c = x.shape[:2]
+    g = norm.num_groups
+    k = keep.to(torch.float32).expand(b, c, *x.shape[2:]).reshape(b, g, -1)
+    v = x.float().reshape(b, g, -1).masked_fill(k == 0, 0.0)  # hidden values never enter the statistics
+    n = k.sum(dim=2, keepdim=True)
+    if bool((n == 0).any()):
+        raise ValueError("masked_group_norm: a sample has no kept voxel to take statistics from")
+    mean = v.sum(dim=2, keepdim=True) / n
+    var = (((v - mean) * k) ** 2).sum(dim=2, keepdim=True) / n
+    y = ((v - mean) / torch.sqrt(var + norm.eps) * k).reshape(x.shape)
+    if norm.affine:
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        y = (y * norm.weight.view(shape) + norm.bias.view(shape)) * keep.to(y.dtype)
+    return y.to(x.dtype)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
