@@ -278,11 +278,15 @@ class _CellInfo:
 
 
 def _failing_cell(executed: Path) -> _CellInfo | None:
-    """The cell that stopped an executed notebook copy: an error output, else papermill's status.
+    """The cell that stopped an executed notebook copy: an error output, else papermill's status,
+    else the last cell that started.
 
-    papermill records each cell's state in ``cell.metadata.papermill.status`` (pending, running,
-    completed, failed) and saves the copy as it goes, so a cell killed by a timeout, which has no
-    error output, is still the one left ``running`` or marked ``failed``.
+    papermill records each cell's state in ``cell.metadata.papermill`` (``status``: pending, running,
+    completed, failed; ``start_time``) and saves the copy as it goes. A cell stopped by a timeout has
+    an error output only when the kernel's KeyboardInterrupt reply arrives before nbclient stops
+    listening (a race), and papermill then marks it ``completed`` (nbclient's ``CellTimeoutError`` is
+    not the ``CellExecutionError`` papermill marks ``failed``); execution stops at it, so it is the
+    last cell with a ``start_time``.
     """
     import nbformat
 
@@ -308,7 +312,9 @@ def _failing_cell(executed: Path) -> _CellInfo | None:
             meta = cell.metadata.get("papermill", {})
             if meta.get("status") == state or (state == "failed" and meta.get("exception")):
                 return info(index, cell)
-    return None
+    started = [(index, cell) for index, cell in enumerate(code_cells, start=1)
+               if cell.metadata.get("papermill", {}).get("start_time")]
+    return info(*started[-1]) if started else None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -369,7 +375,7 @@ def run_notebook(
         cell = _failing_cell(output)
         where = f"code cell {cell.index} ({cell.first_line!r})" if cell else "a cell"
         kind = type(err).__name__
-        if "Timeout" in kind or "timed out" in str(err).lower():
+        if isinstance(err, TimeoutError) or "Timeout" in kind or "timed out" in str(err).lower():
             reason = f"timed out after {cell_timeout_s} s per cell"
         else:
             evalue = getattr(err, "evalue", None) or str(err).strip().splitlines()[-1:] or [kind]

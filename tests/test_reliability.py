@@ -154,6 +154,21 @@ def test_timeout_names_the_running_cell(tmp_path, notebooks):
     assert "code cell 3 ('import time')" in str(err.value) and "timed out after 3 s" in str(err.value)
 
 
+def test_timeout_names_the_cell_when_the_kernel_leaves_no_error_output(tmp_path, notebooks):
+    """The race of issue #24: the kernel's KeyboardInterrupt reply sometimes misses nbclient, and papermill
+    then marks the timed-out cell 'completed' with no error output. A cell that ignores SIGINT makes that
+    case certain; the message must still name the cell."""
+    _notebook(notebooks / "01_curation.ipynb",
+              ["x = 1", "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)", "y = 2"])
+    with pytest.raises(NotebookFailed) as err:
+        reproduce("smoke", tmp_path / "run", notebooks_dir=notebooks, progress=False, cell_timeout_s=2)
+    executed = nbformat.read(tmp_path / "run" / "01_curation" / "01_curation.ipynb", as_version=4)
+    stuck = executed.cells[-2]
+    assert stuck.metadata.papermill["status"] == "completed" and not stuck.outputs  # the case the fix is for
+    assert "01_curation.ipynb failed at code cell 3 ('import signal, time')" in str(err.value)
+    assert "timed out after 2 s per cell" in str(err.value)
+
+
 def test_error_messages_carry_no_ansi_codes(tmp_path, notebooks):
     _notebook(notebooks / "01_curation.ipynb", ["raise ValueError('\\x1b[31mred\\x1b[0m refusal')"])
     run = tmp_path / "run"
