@@ -9,8 +9,7 @@ from monai.losses import ContrastiveLoss
 
 from kit.models import create_model
 from kit.ssl import create_objective, list_objectives
-from kit.ssl.cross_contrast import SCHEMES, contrast_dropout_views
-from kit.ssl.masking import cell_dropout_mask, grid_edges
+from kit.ssl.cross_contrast import SCHEMES, block_grid, contrast_dropout_views
 
 
 def test_registered():
@@ -20,6 +19,7 @@ def test_registered():
 @pytest.mark.parametrize("scheme, side, count", [("large", 16, 86), ("small", 4, 6000)])
 def test_published_schemes_at_96_drop_that_many_blocks_per_contrast(scheme, side, count):
     x = torch.rand(1, 4, 96, 96, 96)
+    assert block_grid(x.shape[2:], scheme) == (side, [96 // side] * 3)  # the published blocks by default
     out = contrast_dropout_views(x, [7], scheme=scheme, n_views=1)
     masks = out["masks"][0].numpy()
     for c in range(4):
@@ -38,22 +38,30 @@ def test_published_schemes_at_96_drop_that_many_blocks_per_contrast(scheme, side
     assert abs(masks[0][masks[1]].mean() - masks[0].mean()) < 0.05  # P(hidden in 0 | hidden in 1) ~ P(hidden in 0)
 
 
-@pytest.mark.parametrize("scheme", sorted(SCHEMES))
-def test_schemes_scale_with_the_crop(scheme):
-    cells, fraction = SCHEMES[scheme]
-    out = contrast_dropout_views(torch.rand(3, 2, 32, 32, 32), [1, 2, 3], scheme=scheme)
-    masks = out["masks"].numpy()
+@pytest.mark.parametrize("scheme, block, per_axis, dropped", [("large", 8, 4, 25), ("small", 4, 8, 222)])
+def test_blocks_have_a_size_in_voxels_at_32(scheme, block, per_axis, dropped):
+    # 32^3: blocks of several voxels (8 = a quarter of the side, or the published 4), not 1-2 voxel cells
+    assert block_grid((32, 32, 32), scheme) == (block, [per_axis] * 3)
+    assert dropped == round(SCHEMES[scheme][1] * per_axis**3)
+    masks = contrast_dropout_views(torch.rand(3, 2, 32, 32, 32), [1, 2, 3], scheme=scheme)["masks"].numpy()
     assert masks.shape == (6, 2, 32, 32, 32)
-    n_cells = min(cells, 32) ** 3
     for m in masks.reshape(-1, 32, 32, 32):
-        assert abs(m.mean() - fraction) < 0.05  # ~40 % at any size (cells of unequal size at 32)
-    # block sides follow the 6 (or 24) cells per axis of the grid
-    edges = grid_edges(32, cells)
-    assert len(edges) - 1 == min(cells, 32) and np.diff(edges).min() >= 32 // min(cells, 32)
-    m = cell_dropout_mask((32, 32, 32), cells, fraction, np.random.default_rng(0))
-    labelled = sum(int(m[edges[i]:edges[i + 1], edges[j]:edges[j + 1], edges[k]:edges[k + 1]].all())
-                   for i in range(len(edges) - 1) for j in range(len(edges) - 1) for k in range(len(edges) - 1))
-    assert labelled == round(fraction * n_cells)
+        cells = m.reshape(per_axis, block, per_axis, block, per_axis, block).sum(axis=(1, 3, 5))
+        assert set(np.unique(cells).tolist()) <= {0, block**3} and int((cells > 0).sum()) == dropped
+        assert 0.38 <= m.mean() <= 0.44  # the published share, about 40 %
+
+
+def test_block_size_is_explicit_in_voxels_and_too_small_crops_are_refused():
+    m = contrast_dropout_views(torch.rand(1, 1, 32, 48, 32), [4], block_size=16, n_views=1)["masks"][0, 0].numpy()
+    cells = m.reshape(2, 16, 3, 16, 2, 16).sum(axis=(1, 3, 5))  # 2 x 3 x 2 blocks of 16^3
+    assert set(np.unique(cells).tolist()) <= {0, 16**3} and int((cells > 0).sum()) == round(86 / 216 * 12)
+    assert block_grid((40, 40, 40), "large", 16) == (16, [2, 2, 2])  # 2 near-equal blocks of 20 voxels per axis
+    obj = create_objective("cross_contrast", create_model("segresnet_small", 2), block_size=16)
+    assert obj.config["block_size"] == 16
+    with pytest.raises(ValueError, match=r"at least 2 blocks of 16 voxels per axis; use block_size <= 12"):
+        obj(torch.rand(1, 2, 24, 24, 24), torch.tensor([0]))
+    with pytest.raises(ValueError, match="block_size"):
+        create_objective("cross_contrast", create_model("segresnet_small", 2), block_size=0)
 
 
 def test_dropped_voxels_are_zero_and_the_rest_untouched_and_views_differ():

@@ -7,9 +7,21 @@ is usually visible in another, and the network restores all contrasts from what 
 publishes two dropout schemes at 96^3 with about 40 % of the voxels removed: 86 blocks of 16^3, or
 6,000 blocks of 4^3. Those counts are exactly 86 of the 216 cells of a 6^3 grid of 16^3 blocks
 (39.8 %) and 6,000 of the 13,824 cells of a 24^3 grid of 4^3 blocks (43.4 %), so we drop that share
-of grid cells (without replacement, i.e. non-overlapping blocks); on another crop size the grid keeps
-6 (``'large'``) or 24 (``'small'``) cells per axis, so blocks scale with the crop (a 32^3 crop:
-blocks of 5-6 voxels, or of 1-2 voxels). Dropped voxels are set to 0 (the mean of z-scored
+of grid cells (without replacement, i.e. non-overlapping blocks).
+
+**Blocks have a size in voxels** (``block_size``), not a number per axis: the crop is tiled with
+``side // block_size`` blocks per axis (exactly ``block_size`` voxels when it divides the side,
+else near-equal blocks of ``block_size`` to ``2 * block_size - 1`` voxels), and the scheme's share of
+them is dropped. By default (``block_size=None``) a block is the published side (16 ``'large'``, 4
+``'small'``) capped at a quarter of the crop's shortest side: at 96^3 the published 86 x 16^3 and
+6,000 x 4^3 blocks; at **32^3**, **8^3 blocks (4 per axis, 25 of 64 dropped, 39.1 %) and 4^3 blocks
+(8 per axis, 222 of 512, 43.4 %)**. Why not the published blocks' physical size: the paper's crops
+are 1 mm, ours 3 mm, so its 4 mm blocks would be 1.3 voxels, holes that the smooth resampled
+intensities let the decoder fill by interpolation (a degenerate task), and its 16 mm blocks 5.3
+voxels; 8 voxels (24 mm) matches the encoder stride of ``segresnet_small`` (one deepest-map voxel per
+block, as MIM's 8^3 patches) and keeps at least 4 blocks per axis so the ~40 % share is many blocks,
+not 3 of 8 octants; 4 voxels (12 mm) is the smallest block the 3 mm data holds as a real hole. A
+crop with fewer than 2 blocks per axis is refused. Dropped voxels are set to 0 (the mean of z-scored
 intensities). Every draw of sample ``i``, view ``v``, contrast ``c`` comes from
 ``sample_rng(seeds[i], TAG, v, c)``.
 
@@ -53,12 +65,32 @@ from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, registe
 from kit.ssl.masking import cell_dropout_mask, masked_mean
 from kit.tensors import eval_mode, to_module_device, to_numpy
 
-__all__ = ["SCHEMES", "contrast_dropout_views", "CrossContrast"]
+__all__ = ["SCHEMES", "block_grid", "contrast_dropout_views", "CrossContrast"]
 
 _TAG = 0x63636378  # "cccx": this objective's stream tag
 
-#: scheme -> (cells per axis, share of cells dropped); at 96^3: 86 x 16^3 blocks, 6000 x 4^3 blocks.
-SCHEMES: dict[str, tuple[int, float]] = {"large": (6, 86 / 216), "small": (24, 6000 / 24**3)}
+#: scheme -> (published block side in voxels, share of blocks dropped); at 96^3: 86 x 16^3, 6000 x 4^3 blocks.
+SCHEMES: dict[str, tuple[int, float]] = {"large": (16, 86 / 216), "small": (4, 6000 / 24**3)}
+
+
+def block_grid(spatial: Sequence[int], scheme: str = "large", block_size: int | None = None) -> tuple[int, list[int]]:
+    """``(block side in voxels, blocks per axis)`` of a crop of ``spatial`` (X, Y, Z) voxels.
+
+    ``block_size=None``: the scheme's published side, capped at a quarter of the shortest side.
+    Raises ``ValueError`` when an axis holds fewer than 2 blocks.
+
+    Example:
+        >>> block_grid((96, 96, 96)), block_grid((32, 32, 32)), block_grid((32, 32, 32), "small")
+        ((16, [6, 6, 6]), (8, [4, 4, 4]), (4, [8, 8, 8]))
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"cross_contrast: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
+    sides = [int(s) for s in spatial]
+    block = min(SCHEMES[scheme][0], max(1, min(sides) // 4)) if block_size is None else int(block_size)
+    if block < 1 or any(s < 2 * block for s in sides):
+        raise ValueError(f"cross_contrast: a crop of {tuple(sides)} voxels needs at least 2 blocks of {block} voxels "
+                         f"per axis; use block_size <= {min(sides) // 2} or a larger crop")
+    return block, [s // block for s in sides]
 
 
 @torch.no_grad()
@@ -68,15 +100,18 @@ def contrast_dropout_views(
     scheme: str = "large",
     n_views: int = 2,
     fill: float = 0.0,
+    block_size: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Views of a batch where every contrast has its own coarse dropout mask.
 
     Args:
         x: (B, C, X, Y, Z) float crops, one channel per contrast.
         seeds: (B,) per-sample seeds.
-        scheme: ``'large'`` (6^3 grid, 86/216 of the cells) or ``'small'`` (24^3 grid, 6000/13824).
+        scheme: ``'large'`` (86/216 of 16^3 blocks at 96^3) or ``'small'`` (6000/13824 of 4^3 blocks).
         n_views: views per sample.
         fill: value written into dropped voxels.
+        block_size: block side in voxels (:func:`block_grid`; None: the scheme's, capped at a quarter
+            of the crop).
 
     Returns:
         ``views`` (N, C, X, Y, Z) with N = n_views * B, view-major (rows ``v*B:(v+1)*B`` are view v);
@@ -84,14 +119,13 @@ def contrast_dropout_views(
         the intact crops.
 
     Example:
-        >>> out = contrast_dropout_views(torch.rand(1, 4, 24, 24, 24), [3])
-        >>> out["views"].shape, [round(float(m), 2) for m in out["masks"][0].float().mean(dim=(1, 2, 3))]
-        (torch.Size([2, 4, 24, 24, 24]), [0.4, 0.4, 0.4, 0.4])
+        >>> out = contrast_dropout_views(torch.rand(1, 4, 32, 32, 32), [3])  # 25 of 64 blocks of 8^3
+        >>> out["views"].shape, [round(float(m), 3) for m in out["masks"][0].float().mean(dim=(1, 2, 3))]
+        (torch.Size([2, 4, 32, 32, 32]), [0.391, 0.391, 0.391, 0.391])
     """
     seeds = check_batch(x, torch.as_tensor(seeds))
-    if scheme not in SCHEMES:
-        raise ValueError(f"cross_contrast: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
-    cells, fraction = SCHEMES[scheme]
+    _, cells = block_grid(x.shape[2:], scheme, block_size)
+    fraction = SCHEMES[scheme][1]
     channels, spatial = x.shape[1], x.shape[2:]
     masks = np.stack([
         np.stack([cell_dropout_mask(spatial, cells, fraction, sample_rng(seed, _TAG, view, c)) for c in range(channels)])
@@ -110,7 +144,9 @@ class CrossContrast(SSLObjective):
     Args:
         model: a ``kit.models`` network.
         weights: ``{'recon', 'recon_dropped', 'contrast'}``; defaults ``{1, 0, 1}`` (see the module doc).
-        scheme: dropout scheme, ``'large'`` or ``'small'``.
+        scheme: dropout scheme, ``'large'`` or ``'small'`` (the share of blocks dropped, and the default block).
+        block_size: block side in voxels; None: the scheme's published side capped at a quarter of
+            the crop (see the module doc; 8 for ``'large'`` at 32^3).
         temperature: NT-Xent temperature.
         contrast_dim: size of the contrastive embedding.
         upsample: restoration decoder style, 'vae' or 'deconv' (:class:`~kit.models.heads.SSLHead`).
@@ -128,6 +164,7 @@ class CrossContrast(SSLObjective):
         model: nn.Module,
         weights: dict[str, float] | None = None,
         scheme: str = "large",
+        block_size: int | None = None,
         temperature: float = 0.5,
         contrast_dim: int = 512,
         upsample: str = "vae",
@@ -135,7 +172,10 @@ class CrossContrast(SSLObjective):
         super().__init__(model, {"recon_dropped": 0.0, **(weights or {})})
         if scheme not in SCHEMES:
             raise ValueError(f"cross_contrast: scheme must be one of {sorted(SCHEMES)}, got {scheme!r}")
+        if block_size is not None and int(block_size) < 1:
+            raise ValueError(f"cross_contrast: block_size must be a positive number of voxels, got {block_size}")
         self.scheme = scheme
+        self.block_size = None if block_size is None else int(block_size)
         self.temperature = float(temperature)
         self.contrast_dim = int(contrast_dim)
         self.upsample = upsample
@@ -148,12 +188,12 @@ class CrossContrast(SSLObjective):
 
     @property
     def config(self) -> dict[str, Any]:
-        return {**super().config, "scheme": self.scheme, "temperature": self.temperature,
+        return {**super().config, "scheme": self.scheme, "block_size": self.block_size, "temperature": self.temperature,
                 "contrast_dim": self.contrast_dim, "upsample": self.upsample}
 
     def views(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:func:`contrast_dropout_views` with this objective's scheme."""
-        return contrast_dropout_views(x, seeds, self.scheme)
+        """:func:`contrast_dropout_views` with this objective's scheme and block size."""
+        return contrast_dropout_views(x, seeds, self.scheme, block_size=self.block_size)
 
     def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses of one batch: ``{'loss', 'recon', 'contrast'}`` (+ ``'recon_dropped'`` when weighted).

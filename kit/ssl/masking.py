@@ -41,15 +41,17 @@ def grid_edges(n: int, cells: int) -> np.ndarray:
     return np.round(np.linspace(0, int(n), cells + 1)).astype(int)
 
 
-def cell_dropout_mask(spatial: Sequence[int], cells: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask (X, Y, Z) of ``round(fraction * cells^3)`` grid cells drawn without replacement.
+def cell_dropout_mask(
+    spatial: Sequence[int], cells: int | Sequence[int], fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Boolean mask (X, Y, Z) of ``round(fraction * n_cells)`` grid cells drawn without replacement.
 
-    The volume is split into ``cells`` near-equal cells per axis (:func:`grid_edges`), so the scheme
-    scales with the crop: the same grid, and the same share of cells, at any size.
+    The volume is split into ``cells`` near-equal cells per axis (:func:`grid_edges`); ``n_cells`` is
+    the product of the cells of the three axes.
 
     Args:
         spatial: (X, Y, Z) in voxels.
-        cells: cells per axis (clipped to the side in voxels).
+        cells: cells per axis, one int for all axes or one per axis (clipped to the side in voxels).
         fraction: share of the cells dropped, in [0, 1].
         rng: the generator of one sample, view and contrast.
 
@@ -60,7 +62,8 @@ def cell_dropout_mask(spatial: Sequence[int], cells: int, fraction: float, rng: 
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"cell_dropout_mask: fraction must be in [0, 1], got {fraction}")
-    edges = [grid_edges(n, cells) for n in spatial]
+    per_axis = [cells] * len(spatial) if isinstance(cells, (int, np.integer)) else list(cells)
+    edges = [grid_edges(n, k) for n, k in zip(spatial, per_axis)]
     counts = [len(e) - 1 for e in edges]
     n_cells = int(np.prod(counts))
     chosen = rng.choice(n_cells, size=int(round(fraction * n_cells)), replace=False)
