@@ -382,14 +382,15 @@ def _make_and_write(job: tuple) -> dict:
     return _participant_row(layout, index, subject.phenotype) | {"_files": written["files"]}
 
 
-def _reusable_rows(cohort: str, layout: str, out: Path, seed: int, resolution_mm: float, n: int) -> dict[int, dict]:
+def _reusable_rows(cohort: str, layout: str, out: Path, seed: int, resolution_mm: float,
+                   indices: range) -> dict[int, dict]:
     """Rows of subjects already complete on disk with the same cohort, seed and resolution."""
     rows = {}
     try:
         previous = {row["subject"]: row for row in read_participants(out / "participants.tsv")}
     except ValueError:
         return rows
-    for index in range(n):
+    for index in indices:
         row = previous.get(subject_id(layout, index))
         if row is None or row.get("cohort") != cohort or row.get("seed") != str(seed):
             continue
@@ -406,7 +407,7 @@ def _reusable_rows(cohort: str, layout: str, out: Path, seed: int, resolution_mm
 
 
 def synth_cohort(cohort: str, layout: str, n: int, out: str | Path, seed: int = 0, resolution_mm: float = 1.0,
-                 progress: bool = False, workers: int = 1) -> list[str]:
+                 progress: bool = False, workers: int = 1, first_index: int = 0) -> list[str]:
     """Generate ``n`` subjects of ``cohort`` and write them in ``layout`` under ``out``.
 
     Writes every subject's NIfTI files and ``out/participants.tsv`` (rewritten atomically after each
@@ -423,6 +424,9 @@ def synth_cohort(cohort: str, layout: str, n: int, out: str | Path, seed: int = 
         resolution_mm: voxel side in mm.
         progress: show a tqdm progress bar.
         workers: processes to use (1 = in this process).
+        first_index: index of the first subject (subjects ``first_index .. first_index + n - 1``), so that
+            an unlabelled pretraining pool can be written with subject IDs no labelled cohort uses
+            (e.g. ``BraTS2021_10000`` onwards).
 
     Returns:
         Subject ids in index order.
@@ -435,10 +439,13 @@ def synth_cohort(cohort: str, layout: str, n: int, out: str | Path, seed: int = 
     check_layout(layout)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if first_index < 0:
+        raise ValueError(f"first_index must be >= 0, got {first_index}")
+    indices = range(int(first_index), int(first_index) + int(n))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _reusable_rows(cohort, layout, out, seed, float(resolution_mm), n)
-    jobs = [(cohort, layout, i, out, int(seed), float(resolution_mm)) for i in range(n) if i not in rows]
+    rows = _reusable_rows(cohort, layout, out, seed, float(resolution_mm), indices)
+    jobs = [(cohort, layout, i, out, int(seed), float(resolution_mm)) for i in indices if i not in rows]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -466,4 +473,4 @@ def synth_cohort(cohort: str, layout: str, n: int, out: str | Path, seed: int = 
     finally:
         if bar is not None:
             bar.close()
-    return [subject_id(layout, i) for i in range(n)]
+    return [subject_id(layout, i) for i in indices]

@@ -21,7 +21,7 @@ import torch
 
 from kit.data.cache import CacheIndex, build_cache
 from kit.train.loop import TrainConfig, train
-from kit.train.sampling import ArrayCropDataset
+from kit.train.sampling import pretraining_dataset
 
 __all__ = [
     "PretrainSetup",
@@ -122,6 +122,7 @@ def prepare_pretraining(
     progress: bool = False,
     slices: str | Path | None = None,
     cohort: str | None = None,
+    cache_dir: str | Path | None = None,
 ) -> PretrainSetup:
     """Build the cache, crop (or slice) dataset, model and objective of one stage.
 
@@ -136,6 +137,8 @@ def prepare_pretraining(
         out_dir: the stage folder; the cache goes to ``out_dir/cache``.
         slices: notebook 01's ``slices.csv`` (needed by a 2D stage only).
         cohort: the entries' cohort in that table.
+        cache_dir: where the preprocessing cache goes (default ``out_dir/cache``); several objectives
+            pretrained on one pool can share it.
 
     Example:
         >>> setup = prepare_pretraining(profile_config("smoke")["stage1"], entries, ["t1", "flair"], "runs/x/02_stage1")  # doctest: +SKIP
@@ -152,7 +155,8 @@ def prepare_pretraining(
     rank, world_size = rank_and_world()
     if world_size > 1 and rank != 0:
         torch.distributed.barrier()  # rank 0 writes the cache first; the others then find it complete
-    cache = build_cache(entries, modalities, out / "cache", with_labels=False, progress=progress and rank == 0)
+    cache = build_cache(entries, modalities, out / "cache" if cache_dir is None else Path(cache_dir), with_labels=False,
+                        progress=progress and rank == 0)
     if world_size > 1 and rank == 0:
         torch.distributed.barrier()
     objective_cfg = dict(stage.get("objective_cfg", {}))
@@ -164,10 +168,11 @@ def prepare_pretraining(
                                channels=spec.get("channels", "all"), curated=bool(spec.get("curated", True)))
         modalities = dataset.modalities
         objective_cfg.setdefault("lr_dim", dataset.lr_dim)  # left-right flips only where the slice has that axis
-    else:
-        dataset = ArrayCropDataset(cache.images(), stage["crop"])
-    # Seeded initialisation: every process, and every rerun, starts from the same weights.
     name = stage.get("objective", "swin_trio")
+    if stage.get("slices") is None:
+        # random crops, or the whole brain for objectives that read anatomy from position (anatomy_hierarchy)
+        dataset = pretraining_dataset(cache.images(), stage["crop"], getattr(objective_class(name), "input_mode", "crop"))
+    # Seeded initialisation: every process, and every rerun, starts from the same weights.
     if getattr(objective_class(name), "uses_total_steps", False):
         objective_cfg.setdefault("total_steps", int(stage["steps"]))  # e.g. a coarse-to-fine schedule
     with torch.random.fork_rng(devices=[]):

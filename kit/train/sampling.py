@@ -27,7 +27,8 @@ from torch.utils.data import Dataset, Sampler
 
 from kit.tensors import to_numpy
 
-__all__ = ["sample_seed", "epoch_permutation", "GlobalBatchSampler", "ArrayCropDataset"]
+__all__ = ["sample_seed", "epoch_permutation", "GlobalBatchSampler", "ArrayCropDataset", "WholeBrainDataset",
+           "pretraining_dataset"]
 
 # Separate streams so that the permutation and the per-sample seeds never share entropy.
 _PERMUTATION_STREAM = 0
@@ -205,3 +206,60 @@ class ArrayCropDataset(Dataset):
         if any(m > 0 for m in missing):
             crop = np.pad(crop, [(0, 0)] + [(max(m, 0) // 2, max(m, 0) - max(m, 0) // 2) for m in missing])
         return torch.from_numpy(crop)
+
+
+class WholeBrainDataset(Dataset):
+    """Each subject's whole brain-cropped volume resized (trilinear) to one cube: brain-aligned inputs.
+
+    The cache keeps each volume cropped to its brain's bounding box, and the brains are roughly
+    aligned (MNI-registered: UK Biobank, BraTS; the synthetic cohorts are deformed MNI brains), so
+    after resizing, voxel ``(i, j, k)`` is about the same anatomy in every subject. An objective
+    that reads anatomy from position (``anatomy_hierarchy``: Adam's grid of anatomical parts) needs
+    this; a random crop would put a different part of the brain under each grid cell. The key's
+    sample seed is unused (the input is deterministic; the objective draws its own views).
+
+    Args:
+        arrays: sequence of arrays shaped (C, D, H, W), all with the same C.
+        size: the cube's side in voxels.
+
+    Returns (``__getitem__``):
+        float32 tensor (C, size, size, size).
+
+    Example:
+        >>> vols = [np.random.rand(2, 40, 50, 30).astype("float32") for _ in range(3)]
+        >>> WholeBrainDataset(vols, 32)[(2, 7)].shape
+        torch.Size([2, 32, 32, 32])
+    """
+
+    def __init__(self, arrays: Sequence, size: int) -> None:
+        self._crops = ArrayCropDataset(arrays, 1)  # the same checks of shapes and channels
+        if int(size) < 2:
+            raise ValueError(f"WholeBrainDataset: size must be >= 2 voxels, got {size!r}")
+        self.arrays, self.in_channels, self.size = self._crops.arrays, self._crops.in_channels, int(size)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        index = key[0] if isinstance(key, tuple) else key
+        volume = torch.from_numpy(np.ascontiguousarray(self.arrays[int(index)], dtype=np.float32))
+        resized = torch.nn.functional.interpolate(volume[None], size=(self.size,) * 3, mode="trilinear",
+                                                  align_corners=False)
+        return resized[0]
+
+
+def pretraining_dataset(arrays: Sequence, crop: int, input_mode: str = "crop") -> Dataset:
+    """The 3D dataset an objective trains on: random ``crop``^3 crops (``'crop'``) or the whole brain
+    resized to ``crop``^3 (``'brain'``, :class:`WholeBrainDataset`), as the objective class declares in
+    its ``input_mode`` attribute.
+
+    Example:
+        >>> vols = [np.random.rand(1, 40, 40, 40).astype("float32")]
+        >>> type(pretraining_dataset(vols, 32, "brain")).__name__, pretraining_dataset(vols, 32)[(0, 1)].shape
+        ('WholeBrainDataset', torch.Size([1, 32, 32, 32]))
+    """
+    if input_mode == "crop":
+        return ArrayCropDataset(arrays, crop)
+    if input_mode == "brain":
+        return WholeBrainDataset(arrays, crop)
+    raise ValueError(f"pretraining_dataset: input_mode must be 'crop' or 'brain', got {input_mode!r}")

@@ -1,0 +1,87 @@
+"""Pretraining pools apart from the study's subjects, and the committed checkpoints' provenance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kit.data.synth import synth_cohort
+from kit.train.pools import PROVENANCE_KEYS, check_disjoint, check_provenance, held_out_split, sha256_of
+from kit.train.provenance import seen_subjects
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_disjoint_pools_refuse_a_shared_subject_by_id():
+    check_disjoint({"pool": ["BraTS2021_10000", "BraTS2021_10001"], "test": ["BraTS2021_00001"]})
+    with pytest.raises(ValueError, match="subject 'BraTS2021_00007' is in both 'stage-2 pool' and 'validation'"):
+        check_disjoint({"stage-2 pool": ["BraTS2021_10000", "BraTS2021_00007"], "validation": ["BraTS2021_00007"]})
+
+
+def test_held_out_split_is_deterministic_and_disjoint():
+    subjects = [f"s{i:02d}" for i in range(20)]
+    train, held = held_out_split(subjects, 4, seed=3)
+    assert (train, held) == held_out_split(list(reversed(subjects)), 4, seed=3)
+    assert len(held) == 4 and not set(train) & set(held) and sorted(train + held) == subjects
+    assert held != held_out_split(subjects, 4, seed=4)[1]
+
+
+def test_synth_first_index_gives_ids_no_labelled_cohort_uses(tmp_path):
+    ids = synth_cohort("tumor", "brats2021", 2, tmp_path, seed=5, resolution_mm=8.0, first_index=10_000)
+    assert ids == ["BraTS2021_10000", "BraTS2021_10001"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ids
+    table = pd.read_csv(tmp_path / "participants.tsv", sep="\t")
+    assert table.subject.tolist() == ids
+    # rerun reuses the files
+    before = (tmp_path / ids[0] / f"{ids[0]}_flair.nii.gz").stat().st_mtime_ns
+    synth_cohort("tumor", "brats2021", 2, tmp_path, seed=5, resolution_mm=8.0, first_index=10_000)
+    assert (tmp_path / ids[0] / f"{ids[0]}_flair.nii.gz").stat().st_mtime_ns == before
+
+
+def test_provenance_check_refuses_a_changed_checkpoint(tmp_path):
+    from kit.train.pools import write_provenance
+
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"weights")
+    info = {k: 0 for k in PROVENANCE_KEYS if k not in ("checkpoint", "sha256")}
+    path = write_provenance(tmp_path / "provenance.json", ckpt, info)
+    assert check_provenance(path)["sha256"] == sha256_of(ckpt)
+    ckpt.write_bytes(b"other weights")
+    with pytest.raises(ValueError, match="provenance.json: checkpoint.pt has sha256"):
+        check_provenance(path)
+    record = json.loads(path.read_text())
+    del record["command"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"provenance lacks \['command'\]"):
+        check_provenance(path)
+
+
+def test_pretrain_pool_smoke_writes_a_complete_record_and_resumes(tmp_path):
+    """The committed checkpoints' script, shrunk: pools apart from the labelled cohort, curves from step 0,
+    a provenance file whose sha256 matches, and a rerun that trains nothing more."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "pretrain_pool.py"), "--objective", "mim", "--smoke", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = tmp_path / "results" / "mim"
+    record = check_provenance(results / "provenance.json")
+    assert record["partial"] is False and record["checkpoint"] == "checkpoint.pt"
+    assert record["stages"]["1"]["crops"] == 16 and record["stages"]["2"]["crops"] == 8
+    curves = pd.read_csv(results / "curves.csv")
+    assert curves.groupby("stage").step.apply(list).to_dict() == {1: [0, 4, 8], 2: [0, 4]}
+    seen = seen_subjects(results / "checkpoint.pt")
+    pool = {s for subjects in seen.values() for s in subjects}
+    labelled = {f"BraTS2021_{i:05d}" for i in range(80)}
+    assert pool and not pool & labelled
+    held = set(record["pool"]["stage2"]["held_out_subjects"])
+    assert held and not held & pool  # pretext metrics come from subjects pretraining never saw
+    assert seen_subjects(results / "stage1" / "checkpoint.pt").keys() == {"stage1"}
+    assert not (results / "resume").exists() or not any((results / "resume").iterdir())
+    sha = sha256_of(results / "checkpoint.pt")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sha256_of(results / "checkpoint.pt") == sha and len(pd.read_csv(results / "curves.csv")) == len(curves)
