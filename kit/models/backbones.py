@@ -37,11 +37,13 @@ from monai.networks.nets import ResNet, SegResNet, SwinUNETR
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck, get_inplanes
 from torch import nn
 
+from kit.models.patch_merging import PATCH_MERGING, LegacyPatchMerging
 from kit.models.sdpa_attention import use_sdpa_attention
 
 __all__ = [
     "register_model",
     "create_model",
+    "complete_config",
     "list_models",
     "BackboneMixin",
     "SwinUNETRBackbone",
@@ -89,6 +91,23 @@ def create_model(name: str, in_channels: int, out_channels: int = 3, **cfg: Any)
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered models: {list_models()}")
     return _REGISTRY[name](in_channels=int(in_channels), out_channels=int(out_channels), **cfg)
+
+
+def complete_config(model_config: dict[str, Any]) -> dict[str, Any]:
+    """``model_config`` with the settings that older checkpoints lack filled in as they were then built.
+
+    A ``swinunetr`` config without ``patch_merging`` (written before the setting existed) was built
+    with the installed MONAI's patch merging: ``'current'``. Use it to compare a stored config with
+    a new model's.
+
+    Example:
+        >>> complete_config({"name": "swinunetr", "feature_size": 12})["patch_merging"]
+        'current'
+    """
+    config = dict(model_config)
+    if config.get("name") == "swinunetr":
+        config.setdefault("patch_merging", "current")
+    return config
 
 
 def list_models() -> list[str]:
@@ -147,11 +166,16 @@ class SwinUNETRBackbone(BackboneMixin, SwinUNETR):
 
     ``encode(x)`` is ``swinViT(x, normalize)[4]``: ``16 * feature_size`` channels at 1/32 of the input
     (patch size 2, four patch-merging stages). The encoder is the Swin transformer (``swinViT.*``),
-    the part that the Swin UNETR / BrainSegFounder SSL pretrains.
+    the part that the Swin UNETR / BrainSegFounder SSL pretrains. ``cfg['patch_merging']`` is
+    ``'legacy'`` (MONAI < 1.5's voxel order, :mod:`kit.models.patch_merging`) or ``'current'``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, **cfg: Any) -> None:
-        super().__init__(in_channels=in_channels, out_channels=out_channels, **cfg)
+        merging = cfg.get("patch_merging", "current")
+        monai_cfg = {k: v for k, v in cfg.items() if k != "patch_merging"}
+        if merging == "legacy":
+            monai_cfg["downsample"] = LegacyPatchMerging
+        super().__init__(in_channels=in_channels, out_channels=out_channels, **monai_cfg)
         patch = int(cfg.get("patch_size", 2))
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -234,6 +258,7 @@ def swinunetr(
     use_checkpoint: bool = False,
     spatial_dims: int = 3,
     sdpa_attention: bool = True,
+    patch_merging: str = "current",
     **extra: Any,
 ) -> SwinUNETRBackbone:
     """MONAI SwinUNETR as in BrainSegFounder (feature_size 48, depths (2,2,2,2) = 62.2M parameters).
@@ -245,11 +270,23 @@ def swinunetr(
     (:mod:`kit.models.sdpa_attention`; the same function and weights as MONAI's); ``False`` keeps
     MONAI's own forward. It is a speed choice, not part of the model: it is not stored in ``config``.
 
+    ``patch_merging`` is part of the model and always stored in ``config``: ``'current'`` is the
+    installed MONAI's ``PatchMerging``; ``'legacy'`` is MONAI < 1.5's voxel order
+    (:class:`kit.models.patch_merging.LegacyPatchMerging`), which the published Swin UNETR SSL and
+    BrainSegFounder weights were trained with (``kit import-weights`` sets it). A model config
+    without the key (checkpoints written before the setting existed) builds ``'current'``, as then.
+
     Example:
         >>> net = swinunetr(in_channels=4, feature_size=12)
-        >>> net.config["feature_size"], net.feature_dim
-        (12, 192)
+        >>> net.config["feature_size"], net.feature_dim, net.config["patch_merging"]
+        (12, 192, 'current')
+        >>> type(swinunetr(in_channels=1, feature_size=12, patch_merging="legacy").swinViT.layers1[0].downsample).__name__
+        'LegacyPatchMerging'
     """
+    if patch_merging not in PATCH_MERGING:
+        raise ValueError(f"swinunetr: patch_merging must be one of {list(PATCH_MERGING)}, got {patch_merging!r}")
+    if patch_merging == "legacy" and "downsample" in extra:
+        raise ValueError(f"swinunetr: patch_merging='legacy' is a downsample layer itself; drop downsample={extra['downsample']!r}")
     if spatial_dims != 3:
         raise ValueError(f"swinunetr: kit models are 3D (spatial_dims=3), got spatial_dims={spatial_dims}")
     if "img_size" in extra:
@@ -260,6 +297,7 @@ def swinunetr(
         num_heads=_plain(num_heads),
         use_checkpoint=bool(use_checkpoint),
         spatial_dims=3,
+        patch_merging=str(patch_merging),
         **{k: _plain(v) for k, v in extra.items()},
     )
     net = SwinUNETRBackbone(in_channels, out_channels, **cfg)

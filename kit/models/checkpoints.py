@@ -55,6 +55,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_state_dict",
+    "state_dict_of",
     "normalize_state_dict",
     "load_weights",
     "model_from_config",
@@ -274,14 +275,27 @@ def read_state_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ['module.w']
     """
     path = Path(path)
-    obj = _torch_load(path, map_location)
+    state = state_dict_of(_torch_load(path, map_location))
+    if state is None:
+        raise CheckpointError(f"{path}: found no state dict (a mapping of names to tensors) in the file")
+    return state
+
+
+def state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict inside a loaded weights file (under 'state_dict' / 'model' / 'net' /
+    'model_state_dict', or the object itself), or None when there is none.
+
+    Example:
+        >>> sorted(state_dict_of({"epoch": 3, "net": {"w": torch.ones(2)}})), state_dict_of({"epoch": 3})
+        (['w'], None)
+    """
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "net", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: found no state dict (a mapping of names to tensors) in the file")
+        return None
     return dict(obj)
 
 
@@ -428,6 +442,11 @@ def load_weights(
 
 def model_from_config(model_config: Mapping[str, Any], path: str | os.PathLike) -> nn.Module:
     """``create_model(**model_config)`` with one-line errors naming the checkpoint ``path``.
+
+    Every setting of the stored config reaches the model, ``patch_merging`` of a ``swinunetr``
+    included (``'legacy'``: MONAI < 1.5's voxel order, as imported published weights need;
+    :mod:`kit.models.patch_merging`). A checkpoint written before that setting existed has no
+    ``patch_merging`` key and builds ``'current'`` (the installed MONAI's layer), as it always did.
 
     Raises:
         CheckpointError: no or an unknown model name, or a setting the model does not take.

@@ -13,7 +13,10 @@ It
 3. loads ``'all'`` keys, ``'full'`` (all but the backbone's ``output_keys``, the layer whose shape
    follows the number of output channels) or ``'encoder'`` (the backbone's ``encoder_prefixes``);
 4. never silently: ``strict=True`` raises on anything else that does not fit; ``strict=False``
-   leaves it at its initial value, lists it in the returned :class:`LoadReport` and warns.
+   leaves it at its initial value, lists it in the returned :class:`LoadReport` and warns;
+5. refuses SwinUNETR weights trained with another patch-merging order than the model's
+   (``model_config['patch_merging']``, :mod:`kit.models.patch_merging`; a config without the key
+   means ``'current'``): the same tensors would compute other features.
 
 Backbones declare ``input_conv_keys``, ``output_keys`` and ``encoder_prefixes`` themselves
 (:mod:`kit.models.backbones`), so a new backbone needs no change here.
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kit.models.backbones import create_model
+from kit.models.backbones import complete_config, create_model
 from kit.models.checkpoints import (
     CheckpointError,
     KeyMismatchError,
@@ -55,6 +58,7 @@ from kit.models.checkpoints import (
 __all__ = [
     "TRANSFER_KEYS",
     "canonical_modality",
+    "channel_sources",
     "transfer_input_channels",
     "output_key_patterns",
     "init_from_checkpoint",
@@ -121,11 +125,28 @@ def transfer_input_channels(weight: torch.Tensor, src_modalities: list[str], dst
     for names, label in ((src, "src_modalities"), (dst, "dst_modalities")):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"transfer_input_channels: {label} must be non-empty and unique, got {names}")
-    columns = []
-    for name in dst:
-        source = name if name in src else next((r for r in _RELATIVES.get(name, ()) if r in src), None)
-        columns.append(weight[:, src.index(source)] if source is not None else weight.mean(dim=1))
+    columns = [weight[:, src.index(source)] if source is not None else weight.mean(dim=1)
+               for source in channel_sources(src, dst)]
     return torch.stack(columns, dim=1) * (len(src) / len(dst))
+
+
+def channel_sources(src_modalities: Sequence[str], dst_modalities: Sequence[str]) -> list[str | None]:
+    """Which source contrast each destination channel takes in :func:`transfer_input_channels`.
+
+    The same contrast (canonical names), else its closest relative, else ``None`` (the mean of all
+    source filters).
+
+    Example:
+        >>> channel_sources(["flair", "t1ce", "t1", "t2"], ["t1", "T2w", "flair", "t1ce"])
+        ['t1', 't2', 'flair', 't1ce']
+        >>> channel_sources(["t1", "flair"], ["t1ce", "dwi"])
+        ['t1', None]
+    """
+    src = [canonical_modality(m) for m in src_modalities]
+    sources: list[str | None] = []
+    for name in (canonical_modality(m) for m in dst_modalities):
+        sources.append(name if name in src else next((r for r in _RELATIVES.get(name, ()) if r in src), None))
+    return sources
 
 
 # ----------------------------------------------------------------------------- one transfer path
@@ -166,6 +187,20 @@ def _same_contrasts(src: Sequence[str] | None, dst: Sequence[str] | None) -> boo
     if src is None or dst is None:
         return True
     return [canonical_modality(m) for m in src] == [canonical_modality(m) for m in dst]
+
+
+def _check_patch_merging(model: nn.Module, stored: Mapping[str, Any], path: Path) -> None:
+    """Refuse weights trained with another patch-merging order than ``model``'s (kit.models.patch_merging)."""
+    mine = getattr(model, "config", {})
+    if mine.get("name") != "swinunetr" or stored.get("name") != "swinunetr":
+        return
+    want, have = complete_config(stored)["patch_merging"], complete_config(mine)["patch_merging"]
+    if want != have:
+        raise CheckpointError(
+            f"{path}: its weights were trained with patch_merging={want!r} but this swinunetr model uses "
+            f"{have!r}; build the model with the model setting patch_merging: {want} (the voxel order of "
+            "SwinUNETR's patch merging, see kit.models.patch_merging)"
+        )
 
 
 def init_from_checkpoint(
@@ -217,6 +252,7 @@ def init_from_checkpoint(
     else:
         path = Path(checkpoint)
         checkpoint = load_checkpoint(path, map_location="cpu")
+    _check_patch_merging(model, checkpoint.get("model_config") or {}, path)
     target = model.state_dict()
     state, notes = normalize_state_dict(checkpoint["state_dict"])
     prefix = _backbone_prefix(state, set(target))

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from kit.devices import AMP_CHOICES, resolve_amp
+from kit.models.backbones import complete_config
 from kit.models.checkpoints import CheckpointError, LoadReport, load_checkpoint, load_weights, save_checkpoint
 from kit.models.transfer import init_from_checkpoint
 from kit.tempfiles import remove_stale_temporaries, write_text_atomic
@@ -454,7 +455,7 @@ def _check_resumable(path: Path, checkpoint: dict, config: TrainConfig, world_si
     ]
     if extra.get("world_size") != world_size:
         differences.append(f"world_size: stored {extra.get('world_size')!r}, now {world_size!r}")
-    if _comparable(checkpoint.get("model_config")) != _comparable(identity["model_config"]):
+    if _comparable(complete_config(checkpoint.get("model_config") or {})) != _comparable(complete_config(identity["model_config"])):
         differences.append(f"model_config: stored {checkpoint.get('model_config')!r}, now {identity['model_config']!r}")
     for key in ("objective", "modalities"):
         if _comparable(extra.get(key)) != _comparable(identity[key]):
