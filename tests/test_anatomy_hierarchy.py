@@ -139,3 +139,26 @@ def test_a_later_stage_starts_its_own_schedule_and_resyncs_its_teacher(tmp_path)
     stage2(torch.rand(2, 2, 16, 16, 16), torch.tensor([1, 2]))
     name = "convInit.conv.weight"  # 2 input channels now: the teacher follows the transferred student
     assert torch.equal(stage2.teacher.state_dict()[name], stage2.model.state_dict()[name])
+
+
+def test_declares_whole_brain_inputs_and_its_grids_are_sensible_at_a_32_cube_brain():
+    from kit.ssl.base import objective_class
+
+    assert objective_class("anatomy_hierarchy").input_mode == "brain"  # pretraining feeds whole aligned brains
+    assert getattr(objective_class("mim"), "input_mode", "crop") == "crop"  # the others keep random crops
+    brains = torch.rand(4, 2, 32, 32, 32)
+    seeds = list(range(4))
+    for grid, side in [(1, 32), (2, 16), (4, 8)]:
+        out = hierarchy_views(brains, seeds, grid)
+        assert out["views"].shape == (8, 2, 32, 32, 32)  # default view_size: the input cube
+        for cell, box in zip(out["cells"] * 2, out["crops"]):
+            # cells sit at fixed positions of the brain cube, the same anatomy in every aligned brain
+            assert all(cell[2 * a] % side == 0 and cell[2 * a + 1] - cell[2 * a] == side for a in range(3))
+            assert all(max(2, round(0.6 * side)) <= box[2 * a + 1] - box[2 * a] <= side for a in range(3))
+    # the cells of a seed do not depend on the brain's content
+    assert hierarchy_views(brains * 0 + 1, seeds, 4)["cells"] == hierarchy_views(brains, seeds, 4)["cells"]
+    with pytest.raises(ValueError, match=r"16\^3 grid on an input of \(32, 32, 32\) voxels gives cells under 4 voxels"):
+        hierarchy_views(brains, seeds, 16)
+    obj = _obj(total_steps=30)
+    obj.on_step_end(25)  # the finest level: 4^3 cells of 8 voxels
+    assert obj.grid_size == 4 and sorted(obj(torch.rand(2, 1, 32, 32, 32), torch.tensor([1, 2]))) == ["contrast", "loss"]

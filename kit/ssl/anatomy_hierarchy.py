@@ -20,6 +20,18 @@ DART 2023, arXiv:2309.15358; code github.com/JLiangLab/Eden; 2D chest X-ray in t
   prune_threshold`` (0.8) are removed from the denominator (:func:`pruned_info_nce`); the positive is
   never pruned.
 
+**Inputs: the whole brain, aligned, not random crops.** Adam's pretext task assumes roughly aligned
+images (chest X-rays): a grid cell is then the same anatomy in every image, so the coarse-to-fine
+cells teach anatomy and its part-whole hierarchy. A grid over a random crop would sit on a different
+part of the brain in every sample. This objective therefore declares ``input_mode = "brain"``: kit's
+pretraining feeds it each whole brain resized to a fixed cube (the kit's brains are MNI-aligned);
+objectives without the attribute get random crops (``getattr(cls, "input_mode", "crop")``). At a
+**32^3 whole-brain input** with the defaults (``view_size`` = the input, ``grid_sizes`` (1, 2, 4)):
+level 1 views are 19-32 voxel sub-crops of the whole brain, level 2 of 16^3 octants (10-16 voxels),
+level 4 of 8^3 cells (5-8 voxels), each resized to 32^3: at most 6.4x upsampling, the paper's 4x4
+grid on a 224 px image enlarges its 56 px cells 4x; cells below 4 voxels per side are refused. The
+32^3 views give ``segresnet_small`` a 4^3 deepest map at every level.
+
 Every random choice of sample ``i`` comes from ``sample_rng(seeds[i], TAG, n, ...)``; the loss is a
 per-sample mean and the queue holds the global batch in global order, so 2 DDP ranks train exactly
 as one process with the same global batch.
@@ -52,6 +64,7 @@ from kit.tensors import eval_mode, to_module_device, to_numpy
 __all__ = ["level_boundaries", "hierarchy_views", "pruned_info_nce", "AnatomyHierarchy"]
 
 _TAG = 0x6164616D  # "adam"
+_MIN_CELL = 4  # smallest cell side in voxels: below, a view is a resized blob of a few voxels
 
 
 def level_boundaries(n_levels: int, total_steps: int | None = None, level_steps: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -84,9 +97,9 @@ def hierarchy_views(
     """Two views per sample, both cropped from one grid cell drawn from the sample's seed.
 
     Args:
-        x: (B, C, X, Y, Z) crops.
+        x: (B, C, X, Y, Z) whole brains, aligned (see the module doc).
         seeds: (B,) per-sample seeds.
-        grid: cells per axis (n; n^3 cells).
+        grid: cells per axis (n; n^3 cells); a cell must be at least 4 voxels per side.
         view_size: (X, Y, Z) of the views (default: the input's).
         crop_scale: range of a view's side as a fraction of the cell's side, per axis.
         flip: flip each view along each axis with probability 1/2.
@@ -104,6 +117,9 @@ def hierarchy_views(
     if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
         raise ValueError(f"anatomy_hierarchy: crop_scale must satisfy 0 < lo <= hi <= 1, got {crop_scale}")
     spatial = [int(s) for s in x.shape[2:]]
+    if any(n // grid < _MIN_CELL for n in spatial):
+        raise ValueError(f"anatomy_hierarchy: a {grid}^3 grid on an input of {tuple(spatial)} voxels gives cells under "
+                         f"{_MIN_CELL} voxels per side; use a coarser grid or a larger input")
     size = tuple(int(s) for s in (view_size or spatial))
     edges = [grid_edges(n, grid) for n in spatial]
     counts = [len(e) - 1 for e in edges]
@@ -192,6 +208,8 @@ class AnatomyHierarchy(SSLObjective):
     term_names = ("contrast",)
     #: kit's pretraining passes the stage's steps as ``total_steps`` (the coarse-to-fine schedule).
     uses_total_steps = True
+    #: kit's pretraining feeds whole, aligned brains resized to a cube, not random crops (module doc).
+    input_mode = "brain"
 
     def __init__(
         self,
@@ -305,7 +323,8 @@ class AnatomyHierarchy(SSLObjective):
         """``{'loss', 'contrast'}``; in training mode also enqueues the teacher keys of the global batch.
 
         Args:
-            x: (B, C, X, Y, Z) crops; views must have sides that the backbone accepts. seeds: (B,) int64.
+            x: (B, C, X, Y, Z) whole aligned brains (``input_mode``); views must have sides that the
+                backbone accepts. seeds: (B,) int64.
         """
         check_batch(x, torch.as_tensor(seeds))
         if self.training and not bool(self.teacher_synced):
