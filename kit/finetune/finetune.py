@@ -33,7 +33,7 @@ from kit.devices import resolve_device
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import ClassificationVolumeDataset, LabelledCropDataset, class_table, is_missing
 from kit.finetune.selection import classification_validator, segmentation_validator
-from kit.finetune.task import ClassLoss, DiceBCELoss, FinetuneTask, build_finetune_model, class_weights
+from kit.finetune.task import ClassLoss, DiceBCELoss, FinetuneTask, build_finetune_model, class_weights, protocol_groups
 from kit.models.checkpoints import LoadReport, save_checkpoint
 from kit.models.finetuned import ClassificationModel
 from kit.train.loop import METRICS_JSON, TrainConfig, train
@@ -50,8 +50,10 @@ class FinetuneResult:
 
     Attributes:
         model: the trained network (eval mode, on the training device).
-        history: ``[{'step', 'loss', 'lr'}, ...]`` every ``log_every`` steps.
-        summary: ``n_train``, ``wall_s``, ``samples_per_s``, ``final_loss``, ``init_report`` (text).
+        history: ``[{'step', 'loss', 'lr'}, ...]`` every ``log_every`` steps (``lr``: the head's group).
+        summary: ``n_train``, ``wall_s``, ``samples_per_s``, ``final_loss``, ``init_report`` (text),
+            ``protocol``; with validation ``best_val``, ``best_step`` and ``val_first`` /
+            ``val_first_step`` (the score at the first validation: the initialisation's head start).
         config: the :class:`FinetuneConfig`.
         load_report: the transfer's :class:`LoadReport` (None from scratch).
         modalities: input channel names in order.
@@ -132,7 +134,8 @@ def train_task(
     """Fine-tune ``model`` with the one training loop (:func:`kit.train.train`); returns ``(history, summary, val_history)``.
 
     The loop optimises a :class:`kit.finetune.task.FinetuneTask` (``model`` + ``loss_fn`` + model
-    selection with ``validate`` every ``config.val_every`` steps) with AdamW, warmup-cosine, AMP,
+    selection with ``validate`` every ``config.val_every`` steps, the optimizer groups of
+    ``config.protocol``: :func:`kit.finetune.task.protocol_groups`) with AdamW, warmup-cosine, AMP,
     gradient accumulation and clipping, checkpointing in ``run_dir`` (a temporary folder when None:
     then nothing to resume) and resuming from it when it holds a checkpoint of the same run. The
     best validated weights are loaded back into ``model`` at the end; ``model`` is left in eval mode.
@@ -142,7 +145,8 @@ def train_task(
         >>> history, summary, val_history = train_task(model, dataset, DiceBCELoss(), config)  # doctest: +SKIP
     """
     task = FinetuneTask(model, loss_fn, total_steps=config.steps, validate=validate if config.val_every else None,
-                        val_every=config.val_every, patience=config.patience, describe=describe)
+                        val_every=config.val_every, patience=config.patience, describe=describe,
+                        groups=protocol_groups(model, config), min_steps=config.min_steps)
     train_config = TrainConfig(
         steps=config.steps, batch_size=config.batch_size, grad_accum=config.grad_accum, lr=config.lr,
         weight_decay=config.weight_decay, warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm,
@@ -169,9 +173,15 @@ def train_task(
     out = {"wall_s": wall, "samples_per_s": steps_run * summary["global_batch_size"] / max(wall - task.val_s, 1e-9),
            "final_loss": history[-1]["loss"] if history else None, "steps_run": steps_run,
            "best_step": selection.best_step if task.val_every else steps_run, "val_s": task.val_s,
-           "stopped_early": bool(task.val_every and steps_run < config.steps), "resumed_from": summary["resumed_from"]}
+           "stopped_early": bool(task.val_every and steps_run < config.steps), "resumed_from": summary["resumed_from"],
+           "protocol": config.protocol}
     if task.val_every and selection.best_score is not None:
         out["best_val"] = selection.best_score[0]
+    if task.val_every and selection.first_score is not None:
+        # the head start: the validation score at the first validation (step val_every), before
+        # fine-tuning has had time to erase or build anything
+        out["val_first"] = selection.first_score[0]
+        out["val_first_step"] = task.val_history[0]["step"] if task.val_history else None
     return history, out, list(task.val_history)
 
 

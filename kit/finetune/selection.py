@@ -37,18 +37,30 @@ class ModelSelection:
     Args:
         patience: validations without improvement before :attr:`should_stop` turns True (0 = never).
         min_delta: an improvement must beat the best first score component by more than this.
+        min_steps: :attr:`should_stop` stays False while the last validation's step is below this
+            (validations before it still count, as in Lightning's ``min_steps``).
+
+    ``first_score`` keeps the first validation's score (the head start an initialisation gives
+    before any fine-tuning has had time to act); ``last_step`` the step of the last validation.
 
     Example:
         >>> net = nn.Linear(2, 1)
         >>> sel = ModelSelection(patience=2)
         >>> [sel.update(net, step, (score,)) for step, score in [(10, 0.5), (20, 0.7), (30, 0.6), (40, 0.65)]]
         [True, True, False, False]
-        >>> sel.best_step, sel.best_score, sel.should_stop
-        (20, (0.7,), True)
+        >>> sel.best_step, sel.best_score, sel.should_stop, sel.first_score
+        (20, (0.7,), True, (0.5,))
+        >>> late = ModelSelection(patience=1, min_steps=50)
+        >>> [late.update(net, step, (0.5,)) and late.should_stop for step in (10, 20)], late.should_stop
+        ([False, False], False)
+        >>> _ = late.update(net, 50, (0.5,)); late.should_stop
+        True
     """
 
-    def __init__(self, patience: int = 0, min_delta: float = 0.0) -> None:
-        self.patience, self.min_delta = int(patience), float(min_delta)
+    def __init__(self, patience: int = 0, min_delta: float = 0.0, min_steps: int = 0) -> None:
+        self.patience, self.min_delta, self.min_steps = int(patience), float(min_delta), int(min_steps)
+        self.last_step: int | None = None
+        self.first_score: tuple[float, ...] | None = None
         self.best_score: tuple[float, ...] | None = None
         self.best_step: int | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -73,6 +85,9 @@ class ModelSelection:
             True when ``score`` is the new best.
         """
         score = tuple(float(v) for v in score)
+        self.last_step = int(step)
+        if self.first_score is None:
+            self.first_score = score
         if self._better(score):
             self.best_score, self.best_step, self.bad = score, int(step), 0
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -82,8 +97,9 @@ class ModelSelection:
 
     @property
     def should_stop(self) -> bool:
-        """True once ``patience`` validations in a row brought no improvement."""
-        return self.patience > 0 and self.bad >= self.patience
+        """True once ``patience`` validations in a row brought no improvement, at ``min_steps`` or later."""
+        reached = self.last_step is not None and self.last_step >= self.min_steps
+        return self.patience > 0 and self.bad >= self.patience and reached
 
     def restore(self, model: nn.Module) -> None:
         """Load the best weights back into ``model`` (no-op before the first validation)."""

@@ -55,7 +55,7 @@ import pandas as pd
 from kit.data.splits import paired_seed_subsets, train_test_split
 from kit.devices import resolve_device
 from kit.finetune.evaluate import evaluate_classification, evaluate_segmentation
-from kit.finetune.config import FinetuneConfig
+from kit.finetune.config import PROTOCOL_DEFAULTS, FinetuneConfig
 from kit.finetune.data import class_table, is_missing
 from kit.finetune.finetune import finetune
 from kit.train.provenance import leakage_report
@@ -286,7 +286,9 @@ def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str]
     ``config``, its validation split, its label counts) reruns exactly the runs it changes and
     keeps the rest. Where and how fast it runs (device, workers, progress) is left out, and so is
     the initialisation's checkpoint path (a moved run folder keeps its rows; the init's name is
-    part of the row's key).
+    part of the row's key). The protocol fields (``protocol``, ``lp_steps``, ``layer_decay``,
+    ``encoder_lr_scale``, ``min_steps``) count only when set away from their defaults, so the rows
+    of a study run before they existed keep their ids.
 
     Example:
         >>> a = settings_id(FinetuneConfig(steps=10), ["s1"], ["s2"], ["s3"])
@@ -296,6 +298,7 @@ def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str]
         False
     """
     values = {k: v for k, v in asdict(config).items() if k not in ("device", "progress", "num_workers", "log_every", "init")}
+    values = {k: v for k, v in values.items() if k not in PROTOCOL_DEFAULTS or v != PROTOCOL_DEFAULTS[k]}
     text = json.dumps({"config": values, "train": sorted(map(str, train)), "val": sorted(map(str, val)),
                        "test": sorted(map(str, test))}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -410,10 +413,13 @@ def _run_job(job: _Job) -> dict:
     metrics = {k: v for k, v in ev.summary.items() if isinstance(v, (int, float)) and k != "n"}
     summary = result.summary
     label, task, fraction, seed = job.key
-    row = {"init": label, "objective": objective_of_init(label), "task": task, "label_fraction": float(fraction),
+    row = {"init": label, "objective": objective_of_init(label), "protocol": config.protocol, "task": task,
+           "label_fraction": float(fraction),
            "seed": int(seed), "n_train": len(job.train_idx), "n_test": int(ev.summary.get("n", len(job.test_idx))),
            "n_val": len(job.val_idx), **metrics, "steps_run": summary.get("steps_run"),
-           "best_step": summary.get("best_step"), "test_seen_in_pretraining": job.n_seen,
+           "best_step": summary.get("best_step"), "val_first": summary.get("val_first"),
+           "val_first_step": summary.get("val_first_step"), "best_val": summary.get("best_val"),
+           "test_seen_in_pretraining": job.n_seen,
            "train_s": round(summary.get("wall_s", 0.0), 1), "wall_s": round(time.perf_counter() - start, 1),
            "settings_id": job.run_id}
     if job.save_path is not None:

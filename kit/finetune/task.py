@@ -23,6 +23,7 @@ and that selection's state in every checkpoint, so a killed fine-tune resumes ex
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,8 @@ from kit.models.checkpoints import LoadReport, load_checkpoint
 from kit.models.finetuned import ClassificationModel
 from kit.models.transfer import init_from_checkpoint
 
-__all__ = ["FinetuneTask", "DiceBCELoss", "ClassLoss", "class_weights", "freeze_encoder", "build_finetune_model"]
+__all__ = ["FinetuneTask", "DiceBCELoss", "ClassLoss", "class_weights", "freeze_encoder", "build_finetune_model",
+           "encoder_depths", "protocol_groups"]
 
 Validator = Callable[[nn.Module], tuple[tuple[float, ...], dict]]
 
@@ -95,6 +97,93 @@ def freeze_encoder(model: nn.Module) -> list[str]:
             param.requires_grad_(False)
             frozen.append(name)
     return frozen
+
+
+def _encoder_stage(name: str) -> int:
+    """The stage of an encoder parameter, counted from the input (0: the stem).
+
+    A module ``layer<k>`` / ``layers<k>`` (Swin's ``layers1``..``layers4`` and ``layers1c``, a ResNet's
+    ``layer1``..``layer4``) is stage k; the i-th entry of a ``*layers`` ModuleList (SegResNet's
+    ``down_layers.i``) is stage i + 1; anything else under the encoder (``convInit``, ``patch_embed``,
+    a ResNet's ``conv1`` / ``bn1``) is the stem, stage 0.
+    """
+    parts = name.split(".")[:-1]
+    if parts and parts[0] == "backbone":  # a ClassificationModel's backbone
+        parts = parts[1:]
+    for k, part in enumerate(parts[:3]):
+        match = re.fullmatch(r"layers?(\d+)c?", part)
+        if match:
+            return int(match.group(1))
+        if part.isdigit() and k > 0 and parts[k - 1].endswith("layers"):
+            return int(part) + 1
+    return 0
+
+
+def encoder_depths(model: nn.Module) -> dict[str, int]:
+    """Depth from the top of every encoder parameter of ``model`` (under ``model.encoder_prefixes``).
+
+    The deepest encoder stage has depth 1 and the input stem the largest depth (the number of
+    stages), as in BEiT's layer-wise decay, where the head is depth 0. Stages are read from the
+    parameter names (:func:`_encoder_stage`): SegResNet ``convInit`` then ``down_layers.0..3``,
+    SwinUNETR ``swinViT.patch_embed`` then ``swinViT.layers1..4``.
+
+    Returns:
+        ``{parameter name: depth}`` for the encoder's parameters (frozen ones included).
+
+    Example:
+        >>> net = create_model("segresnet_small", in_channels=1, init_filters=8)
+        >>> d = encoder_depths(net)
+        >>> d["convInit.conv.weight"], d["down_layers.0.1.conv1.conv.weight"], d["down_layers.3.0.conv.weight"]
+        (5, 4, 1)
+    """
+    prefixes = tuple(model.encoder_prefixes)
+    stages = {name: _encoder_stage(name) for name, _ in model.named_parameters() if name.startswith(prefixes)}
+    if not stages:
+        return {}
+    top = max(stages.values())
+    return {name: top - stage + 1 for name, stage in stages.items()}
+
+
+def protocol_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, Any]] | None:
+    """The optimizer groups of ``config.protocol`` for ``model`` (its trainable parameters only).
+
+    Each group is ``{"name", "params", "lr_scale", "start_step"}``: the group trains at
+    ``config.lr * lr_scale`` (the peak of its schedule) from optimizer step ``start_step`` on; the
+    head / decoder group comes first (its lr is the one the training loop logs).
+
+    - ``'full'``: None (one group, every parameter at ``lr``: the loop's default);
+    - ``'lp-ft'``: ``head`` (scale 1, from step 0) and ``encoder`` (``encoder_lr_scale``, from ``lp_steps``);
+    - ``'llrd'``: ``head`` and one ``encoder_depth<d>`` group per encoder depth
+      (:func:`encoder_depths`), scale ``encoder_lr_scale * layer_decay ** d``, all from step 0.
+
+    Example:
+        >>> net = create_model("segresnet_small", in_channels=1, init_filters=8)
+        >>> groups = protocol_groups(net, FinetuneConfig(protocol="llrd", layer_decay=0.5))
+        >>> [(g["name"], g["lr_scale"]) for g in groups][:3]
+        [('head', 1.0), ('encoder_depth1', 0.5), ('encoder_depth2', 0.25)]
+        >>> protocol_groups(net, FinetuneConfig()) is None
+        True
+    """
+    if config.protocol == "full":
+        return None
+    depths = encoder_depths(model)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trainable if n not in depths]
+    encoder = [(n, p) for n, p in trainable if n in depths]
+    if not encoder:
+        raise ValueError(f"FinetuneConfig.protocol {config.protocol!r}: the model has no trainable encoder parameter")
+    groups: list[dict[str, Any]] = []
+    if head:
+        groups.append({"name": "head", "params": head, "lr_scale": 1.0, "start_step": 0})
+    scale = float(config.encoder_lr_scale)
+    if config.protocol == "lp-ft":
+        groups.append({"name": "encoder", "params": [p for _, p in encoder], "lr_scale": scale,
+                       "start_step": int(config.lp_steps)})
+        return groups
+    for depth in sorted({depths[n] for n, _ in encoder}):
+        groups.append({"name": f"encoder_depth{depth}", "params": [p for n, p in encoder if depths[n] == depth],
+                       "lr_scale": scale * float(config.layer_decay) ** depth, "start_step": 0})
+    return groups
 
 
 def build_finetune_model(
@@ -201,13 +290,20 @@ class FinetuneTask(nn.Module):
     selection (best weights, step, score, curve) travels in the loop's checkpoints
     (:meth:`checkpoint_extra`), so a resumed run ends with the same selected model.
 
+    A fine-tuning protocol (:func:`protocol_groups`) gives the optimizer groups with their own
+    peak rates (:meth:`param_groups`, which the loop reads); a group with a ``start_step`` (the
+    encoder of ``'lp-ft'``) is frozen until that step (no gradient, so AdamW leaves it exactly as
+    it is) and the encoder's modules are held in eval mode meanwhile (normalisation statistics
+    unchanged), then trained.
+
     Args:
         model: the network to fine-tune (a kit backbone, or a ClassificationModel); its trainable
             parameters are the optimised ones.
         loss_fn: ``loss_fn(logits, target) -> scalar``.
         total_steps: optimizer steps of the run (the last one is always validated).
         validate: ``validate(model) -> (score tuple, metrics)`` on validation subjects, or None.
-        val_every, patience: see :class:`kit.finetune.FinetuneConfig`.
+        val_every, patience, min_steps: see :class:`kit.finetune.FinetuneConfig`.
+        groups: :func:`protocol_groups` of ``model`` (None: every trainable parameter at the loop's lr).
         describe: plain values stored in checkpoints; a restart whose ``describe`` differs is refused.
 
     Example:
@@ -222,16 +318,26 @@ class FinetuneTask(nn.Module):
     find_unused_parameters = False
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, *, total_steps: int, validate: Validator | None = None,
-                 val_every: int = 0, patience: int = 0, describe: Mapping[str, Any] | None = None) -> None:
+                 val_every: int = 0, patience: int = 0, describe: Mapping[str, Any] | None = None,
+                 groups: Sequence[Mapping[str, Any]] | None = None, min_steps: int = 0) -> None:
         super().__init__()
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("fine-tuning: the model has no trainable parameter (everything is frozen)")
+        self.groups = [dict(g) for g in groups] if groups else None
+        # groups that start later (lp-ft's encoder): frozen until their start step
+        self._delayed = [(int(g["start_step"]), list(g["params"])) for g in self.groups or [] if int(g["start_step"]) > 0]
+        for _, params in self._delayed:
+            for param in params:
+                param.requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("fine-tuning: nothing trains before the encoder's start step (the model has no head "
+                             "or decoder parameter to train first)")
         self.model = model  # registered first: the optimizer sees the network's parameters in their order
         self.loss_fn = loss_fn
         self.total_steps = int(total_steps)
         self.validate = validate
         self.val_every = int(val_every) if validate is not None else 0
-        self.selection = ModelSelection(patience)
+        self.selection = ModelSelection(patience, min_steps=min_steps)
         self.val_history: list[dict] = []
         self.val_s = 0.0
         self.describe = dict(describe or {})
@@ -240,6 +346,48 @@ class FinetuneTask(nn.Module):
     def config(self) -> dict[str, Any]:
         """What a restart must share with the run it resumes (besides the loop's own settings)."""
         return {"name": "finetune", **self.describe}
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]] | None:
+        """AdamW groups for :func:`kit.train.train`: ``{"params", "lr", "start_step", "name"}`` with the
+        group's peak ``lr * lr_scale``; None without protocol groups (the loop's single group).
+
+        Example:
+            >>> net = create_model("segresnet_small", 1, init_filters=8)
+            >>> groups = protocol_groups(net, FinetuneConfig(protocol="lp-ft", lp_steps=5, steps=10))
+            >>> task = FinetuneTask(net, DiceBCELoss(), total_steps=10, groups=groups)
+            >>> [(g["name"], g["lr"], g["start_step"]) for g in task.param_groups(1e-3)]
+            [('head', 0.001, 0), ('encoder', 0.001, 5)]
+        """
+        if self.groups is None:
+            return None
+        return [{"params": list(g["params"]), "lr": float(lr) * float(g["lr_scale"]), "start_step": int(g["start_step"]),
+                 "name": str(g["name"])} for g in self.groups]
+
+    @property
+    def holding(self) -> bool:
+        """True while a delayed group (lp-ft's encoder) is still frozen."""
+        return any(not params[0].requires_grad for _, params in self._delayed if params)
+
+    def _release(self, step: int) -> None:
+        """Unfreeze the delayed groups whose start step is ``step`` or earlier."""
+        released = False
+        for start, params in self._delayed:
+            if start <= step and params and not params[0].requires_grad:
+                for param in params:
+                    param.requires_grad_(True)
+                released = True
+        if released:
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> FinetuneTask:
+        """As ``nn.Module.train``; while :attr:`holding`, the encoder's modules stay in eval mode."""
+        super().train(mode)
+        if mode and self.holding:
+            prefixes = [p.rstrip(".") for p in self.model.encoder_prefixes]
+            for name, module in self.model.named_modules():
+                if any(name == p or name.startswith(p + ".") for p in prefixes):
+                    module.eval()
+        return self
 
     @property
     def should_stop(self) -> bool:
@@ -256,7 +404,8 @@ class FinetuneTask(nn.Module):
         return {"loss": loss}
 
     def on_step_end(self, step: int) -> None:
-        """Validate after optimizer step ``step`` when it is due; keep the best weights."""
+        """Release a delayed group whose start is ``step``; validate when it is due; keep the best weights."""
+        self._release(step)
         if not self.val_every or (step % self.val_every and step != self.total_steps):
             return
         tic = time.perf_counter()
@@ -272,6 +421,7 @@ class FinetuneTask(nn.Module):
         return {"finetune_task": self.config,
                 "selection": {"best_score": list(sel.best_score) if sel.best_score is not None else None,
                               "best_step": sel.best_step, "bad": sel.bad, "best_state": sel.best_state,
+                              "last_step": sel.last_step, "first_score": list(sel.first_score) if sel.first_score else None,
                               "val_history": list(self.val_history), "val_s": self.val_s}}
 
     def load_checkpoint_extra(self, extra: Mapping[str, Any]) -> None:
@@ -281,3 +431,6 @@ class FinetuneTask(nn.Module):
         sel.best_score = tuple(state["best_score"]) if state["best_score"] is not None else None
         sel.best_step, sel.bad, sel.best_state = state["best_step"], int(state["bad"]), state["best_state"]
         self.val_history, self.val_s = list(state["val_history"]), float(state["val_s"])
+        sel.last_step = state.get("last_step", self.val_history[-1]["step"] if self.val_history else None)
+        sel.first_score = tuple(state["first_score"]) if state.get("first_score") else None
+        self._release(int(extra.get("step", 0)))  # lp-ft past its probe phase: the encoder trains again

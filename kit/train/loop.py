@@ -181,12 +181,24 @@ def train(
     # A GradScaler only for fp16: bf16 has float32's exponent range and needs no loss scaling.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     params = [p for p in objective.parameters() if p.requires_grad]
+    # An objective may bring its own AdamW groups (a fine-tuning protocol, kit.finetune.task.protocol_groups):
+    # each with its peak lr, and a group with a start_step at lr 0 until then (then warmup-cosine over the rest).
+    groups = objective.param_groups(config.lr) if hasattr(objective, "param_groups") else None
+    if groups:
+        params = [p for group in groups for p in group["params"]]
     # One fused kernel for the whole update on the GPU, instead of a few per parameter tensor.
     fused = bool(params) and all(p.is_cuda for p in params)
     optimizer = torch.optim.AdamW(
-        params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=fused or None
+        groups or params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=fused or None
     )
-    scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
+    starts = [int(group.get("start_step", 0)) for group in optimizer.param_groups]
+    if any(starts):
+        if world_size > 1:  # DDP registers gradient hooks only for the parameters trainable at its start
+            raise ValueError("train: parameter groups that start later (lp-ft) are not supported with several processes")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [_DelayedWarmupCosine(config.warmup_steps, config.steps, start) for start in starts])
+    else:
+        scheduler = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_steps, t_total=config.steps)
     identity = {
         "model_config": dict(objective.model.config),
         "objective": dict(objective.config),
@@ -392,6 +404,31 @@ def train(
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+class _DelayedWarmupCosine:
+    """The lr multiplier of a group that starts at ``start``: 0 before, then monai's WarmupCosineSchedule
+    (linear warmup over ``warmup`` steps, cosine to 0) over the steps ``start`` .. ``total``.
+
+    Example:
+        >>> f = _DelayedWarmupCosine(warmup=2, total=10, start=4)
+        >>> [round(f(s), 3) for s in (0, 3, 4, 5, 6, 8, 10)]
+        [0.0, 0.0, 0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+
+    def __init__(self, warmup: int, total: int, start: int) -> None:
+        self.start, self.total = int(start), int(total)
+        self.warmup = min(max(int(warmup), 0), self.total - self.start)
+
+    def __call__(self, step: int) -> float:
+        if step < self.start:
+            return 0.0
+        step -= self.start
+        if step < self.warmup:
+            return float(step) / float(max(1.0, self.warmup))
+        progress = float(step - self.warmup) / float(max(1, self.total - self.start - self.warmup))
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
