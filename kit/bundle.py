@@ -6,6 +6,7 @@ The bundle (https://docs.monai.io/en/stable/mb_specification.html) runs without 
     DIR/configs/inference.json    MONAI transforms, network, SlidingWindowInferer, SaveImaged
     DIR/models/model.pt           the network's state dict
     DIR/scripts/kit_bundle.py     subjects of a BraTS-layout folder, regions -> labels (numpy/torch/MONAI only)
+    DIR/scripts/patch_merging.py  MONAI < 1.5's SwinUNETR patch merging, for imported weights (torch/MONAI only)
     DIR/README.md                 how to run it
 
     python -m monai.bundle run --bundle_root DIR --config_file DIR/configs/inference.json \\
@@ -51,8 +52,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def network_definition(model_config: dict) -> dict:
+def network_definition(model_config: dict, merging_module: str = "scripts.patch_merging") -> dict:
     """The MONAI network of a kit ``model_config`` as a bundle ``_target_`` definition.
+
+    A ``swinunetr`` with ``patch_merging: 'legacy'`` (imported published weights) gets MONAI < 1.5's
+    merging layer as its ``downsample``: ``LegacyPatchMerging`` of ``merging_module`` (the bundle's copy
+    of :mod:`kit.models.patch_merging`), so the bundle computes what the kit computes.
 
     Example:
         >>> network_definition({"name": "segresnet_small", "in_channels": 4, "out_channels": 3, "init_filters": 8,
@@ -64,6 +69,8 @@ def network_definition(model_config: dict) -> dict:
     if name not in _MONAI_CLASS:
         raise ValueError(f"no MONAI network for the kit backbone {name!r}; exportable: {sorted(_MONAI_CLASS)}")
     config.setdefault("spatial_dims", 3)
+    if config.pop("patch_merging", "current") == "legacy":
+        config["downsample"] = {"_target_": f"{merging_module}.LegacyPatchMerging", "_mode_": "callable"}
     return {"_target_": _MONAI_CLASS[name], **_jsonable(config)}
 
 
@@ -223,7 +230,8 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
     # The bundle's network is MONAI's class: check here that it takes the weights, key for key.
     from monai.bundle import ConfigParser
 
-    monai_net = ConfigParser({"net": network}).get_parsed_content("net")
+    # The check builds it here, with the kit's copy of the legacy merging layer (the bundle ships the same file).
+    monai_net = ConfigParser({"net": network_definition(ckpt["model_config"], "kit.models.patch_merging")}).get_parsed_content("net")
     try:
         monai_net.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as err:
@@ -240,6 +248,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
         (tmp / "configs" / "metadata.json").write_text(json.dumps(_metadata(ckpt, extra, patterns, spacing), indent=2))
         torch.save({k: v.detach().cpu() for k, v in monai_net.state_dict().items()}, tmp / "models" / "model.pt")
         shutil.copyfile(Path(__file__).with_name("bundle_scripts.py"), tmp / "scripts" / "kit_bundle.py")
+        shutil.copyfile(Path(__file__).parent / "models" / "patch_merging.py", tmp / "scripts" / "patch_merging.py")
         (tmp / "scripts" / "__init__.py").write_text("")
         (tmp / "README.md").write_text(
             f"# {out.name}\n\nExported by brainfm-kit from `{Path(checkpoint).name}`. Run on a folder of subjects "

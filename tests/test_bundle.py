@@ -59,6 +59,12 @@ def test_bundle_run_equals_kit_predict(subjects_and_checkpoint, tmp_path, capsys
     assert image["num_channels"] == 4 and image["spacing_mm"] == [4.0, 4.0, 4.0]
     assert (bundle / "models" / "model.pt").is_file() and (bundle / "scripts" / "kit_bundle.py").is_file()
 
+    assert_bundle_equals_predict(bundle, checkpoint, root, ids, tmp_path)
+
+
+def assert_bundle_equals_predict(bundle: Path, checkpoint: Path, root: Path, ids: list[str], tmp_path: Path,
+                                 min_labels: int = 3) -> None:
+    """`python -m monai.bundle run` without the kit on the path writes kit predict's label maps, subject by subject."""
     out = tmp_path / "out"
     # A clean environment without the kit on the path: the bundle stands alone.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
@@ -78,8 +84,42 @@ def test_bundle_run_equals_kit_predict(subjects_and_checkpoint, tmp_path, capsys
         assert got.shape == expected.shape
         np.testing.assert_allclose(got.affine, expected.affine, atol=1e-5)
         want = np.asarray(expected.dataobj)
-        assert len(np.unique(want)) >= 3, np.unique(want)  # the comparison covers several labels
+        assert len(np.unique(want)) >= min_labels, np.unique(want)  # the comparison covers several labels
         np.testing.assert_array_equal(np.asarray(got.dataobj).astype(np.uint8), want)
+
+
+def test_bundle_of_a_legacy_merging_swinunetr_equals_kit_predict(subjects_and_checkpoint, tmp_path):
+    """Imported published weights (patch_merging 'legacy', MONAI < 1.5's order) compute the same in the bundle."""
+    root, ids, _ = subjects_and_checkpoint
+    cache = build_cache([{"subject": s, "image": [str(root / s / f"{s}_{m}.nii.gz") for m in MODALITIES],
+                          "label": str(root / s / f"{s}_seg.nii.gz")} for s in ids[:1]],
+                        MODALITIES, tmp_path / "cache", with_labels=True)
+    config = FinetuneConfig(backbone="swinunetr", model={"feature_size": 12, "patch_merging": "legacy"}, steps=1,
+                            crop=64, input_size=64, warmup_steps=0, sw_overlap=0.25, device="cpu")
+    result = finetune(config, cache, [0], regions=BRATS21, label_values=[0, 1, 2, 4])
+    with torch.no_grad():  # a decisive output layer, so that labels of several kinds appear
+        final = result.model.out.conv.conv
+        final.bias.copy_(torch.tensor([0.3, 0.5, -0.2]))
+        final.weight.mul_(50.0)
+    checkpoint = result.save(tmp_path / "swin_legacy.pt")
+    from kit.models.checkpoints import load_checkpoint
+    from kit.models import create_model
+
+    stored = load_checkpoint(checkpoint)
+    assert stored["model_config"]["patch_merging"] == "legacy"
+    # The setting matters for these weights: the current merging order computes other logits.
+    current = create_model(**{**stored["model_config"], "patch_merging": "current"}).eval()
+    current.load_state_dict(stored["state_dict"])
+    x = torch.randn(1, 4, 64, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (current(x) - result.model.eval()(x)).abs().max() > 1e-2
+
+    bundle = tmp_path / "bundle"
+    assert main(["export-bundle", "--checkpoint", str(checkpoint), "--out", str(bundle), "--spacing", "4", "4", "4"]) == 0
+    network = json.loads((bundle / "configs" / "inference.json").read_text())["network_def"]
+    assert network["downsample"] == {"_target_": "scripts.patch_merging.LegacyPatchMerging", "_mode_": "callable"}
+    assert "patch_merging" not in network and (bundle / "scripts" / "patch_merging.py").is_file()
+    assert_bundle_equals_predict(bundle, checkpoint, root, ids, tmp_path, min_labels=2)
 
 
 def test_export_refuses_an_existing_folder_and_a_non_segmentation_checkpoint(subjects_and_checkpoint, tmp_path, capsys):
