@@ -171,7 +171,17 @@ def test_evaluate_segmentation_on_cached_subjects(cache):
     table = ev.per_subject
     assert list(table["subject"]) == ["e0", "e2", "e3"] and ev.summary["n"] == 3
     assert list(table.columns) == ["subject", "dice_TC", "hd95_TC", "dice_WT", "hd95_WT", "dice_ET", "hd95_ET",
-                                   "dice_mean", "hd95_mean", "hd95_empty"]
+                                   "dice_mean", "hd95_mean", "hd95_empty", "dice_TC_WT",
+                                   "ref_voxels_TC", "pred_voxels_TC", "ref_voxels_WT", "pred_voxels_WT",
+                                   "ref_voxels_ET", "pred_voxels_ET"]
+    # the empty-reference rule: e3 has no tumour; its ET Dice of 1 (BraTS) stays out of dice_ET_present
+    assert list(table.ref_voxels_ET > 0) == [True, True, False] and table.loc[2, "dice_ET"] == 1.0
+    assert ev.summary["n_ET_absent"] == 1 and ev.summary["false_alarm_ET_absent"] == 0.0
+    assert ev.summary["dice_ET_present"] == pytest.approx(table.dice_ET[:2].mean())
+    assert ev.summary["dice_ET"] == pytest.approx(table.dice_ET.mean())
+    assert ev.summary["dice_ET"] > ev.summary["dice_ET_present"]
+    assert ev.summary["dice_TC_WT"] == pytest.approx(((table.dice_TC + table.dice_WT) / 2).mean())
+    assert "ref_voxels_ET" not in ev.summary  # voxel counts are per subject only
     assert table.loc[0, "dice_WT"] == pytest.approx(1.0) and table.loc[0, "dice_ET"] < 0.5
     # tumour-free subject: nothing predicted, nothing there -> Dice 1, HD95 0
     assert table.loc[2, "dice_TC"] == 1.0 and table.loc[2, "hd95_WT"] == 0.0
@@ -231,3 +241,27 @@ def test_evaluate_classification_skips_missing_targets(cache):
     assert {"score_0", "score_1", "score_2"} <= set(ev3.per_subject.columns)
     with pytest.raises(ValueError, match="not among the classes"):
         evaluate_classification(result.model, cache, [0], "tumor_present", ["a", "b"], 16)
+
+
+def test_the_empty_et_floor_and_the_rule_that_removes_it():
+    """20 test subjects, 6 without enhancing tumour, a model that never predicts ET: the BraTS convention
+    scores ET Dice 0.30 (6 empty-vs-empty subjects at 1); the rule reports 0 over the 14 with ET, and 6 absent."""
+    import pandas as pd
+
+    from kit.finetune.evaluate import empty_reference_summary
+
+    rows = []
+    for i in range(20):
+        target = torch.zeros(1, 8, 8, 8, dtype=torch.bool)
+        if i >= 6:
+            target[0, 2:5, 2:5, 2:5] = True
+        pred = torch.zeros_like(target)  # never predicts ET
+        if i == 0:
+            pred[0, 0, 0, 0] = True  # one false alarm on a subject without ET
+        m = segmentation_metrics(pred, target, ["ET"])
+        rows.append({**m, "ref_voxels_ET": int(target.sum()), "pred_voxels_ET": int(pred.sum())})
+    table = pd.DataFrame(rows)
+    assert table.dice_ET.mean() == pytest.approx(5 / 20)  # the floor: 5 empty-vs-empty subjects score 1
+    rule = empty_reference_summary(table, ["ET"])
+    assert rule["dice_ET_present"] == 0.0 and rule["n_ET_absent"] == 6
+    assert rule["false_alarm_ET_absent"] == pytest.approx(1 / 6)

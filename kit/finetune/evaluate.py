@@ -19,6 +19,21 @@ from the average; the per-subject ``hd95_empty`` counts the regions so scored an
 sums it, so a reader sees how much of ``hd95_mean`` is the convention. ``empty_hd95=math.nan``
 gives the older reporting (such regions left out of ``hd95_mean``).
 
+**The empty-reference rule** (:func:`empty_reference_summary`). The per-subject ``dice_<R>`` keeps
+the BraTS convention above (both empty: 1), so ``dice_<R>`` and ``dice_mean`` stay comparable with
+the challenge and with earlier results. But averaged over a test set where some subjects have no
+enhancing tumour, that convention puts a floor under ``dice_ET`` that says nothing about
+segmentation: with 6 of 20 test subjects without ET, a model that never predicts ET scores
+``dice_ET`` 0.30. The study therefore also reports, per region R:
+
+- ``dice_<R>_present``: the mean Dice over the subjects whose reference **has** R (the others are
+  excluded: Dice of an empty reference measures detection, not overlap);
+- ``n_<R>_absent``: how many evaluated subjects have no R in the reference (the rule's reach);
+- ``false_alarm_<R>_absent``: the share of those subjects in which the model predicted R anyway
+  (nan when there are none), so the excluded subjects' errors are counted, not hidden;
+
+and ``dice_TC_WT``, the mean of TC and WT (regions every tumour has), beside ``dice_mean``.
+
 Inference itself (sliding windows, whole volumes) lives in :mod:`kit.models.inference`.
 
 Classification metrics: accuracy, ROC AUC (``monai.metrics.compute_roc_auc``), sensitivity and
@@ -66,6 +81,7 @@ __all__ = [
     "evaluate_segmentation",
     "evaluate_classification",
     "classification_scores",
+    "empty_reference_summary",
 ]
 
 
@@ -274,8 +290,10 @@ def evaluate_segmentation(
 
     Returns:
         :class:`Evaluation`: per-subject ``subject, dice_<region>..., hd95_<region>..., dice_mean,
-        hd95_mean, hd95_empty``; summary = column means (HD95 over finite values), ``n``, and
-        ``hd95_empty`` summed (regions scored by the empty-mask convention).
+        hd95_mean, hd95_empty``, ``dice_TC_WT`` (with BraTS regions) and the voxel counts
+        ``ref_voxels_<region>``, ``pred_voxels_<region>``; summary = column means (HD95 over finite
+        values; voxel counts left out), ``n``, ``hd95_empty`` summed (regions scored by the
+        empty-mask convention) and the empty-reference rule (:func:`empty_reference_summary`).
 
     Example:
         >>> ev = evaluate_segmentation(result.model, cache, test_idx, result.regions, roi=64)  # doctest: +SKIP
@@ -304,18 +322,59 @@ def evaluate_segmentation(
             probs = predict_volume(model, images[i], roi, overlap, sw_batch_size, amp=amp)
         target = labels_to_regions(np.asarray(labels[i]), regions) > 0.5
         spacing = spacing_from_affine(entry["affine"]) if entry.get("affine") is not None else None
-        rows.append({"subject": str(entry["subject"]),
-                     **segmentation_metrics(probs > threshold, target, names, spacing, empty_hd95)})
+        pred = probs > threshold
+        row = {"subject": str(entry["subject"]), **segmentation_metrics(pred, target, names, spacing, empty_hd95)}
+        if "TC" in names and "WT" in names:
+            row["dice_TC_WT"] = (row["dice_TC"] + row["dice_WT"]) / 2
+        for c, name in enumerate(names):
+            row[f"ref_voxels_{name}"] = int(np.count_nonzero(target[c]))
+            row[f"pred_voxels_{name}"] = int(to_numpy(pred[c]).sum())
+        rows.append(row)
     table = pd.DataFrame(rows)
     summary: dict[str, float] = {"n": len(rows)}
     for column in table.columns:
-        if column != "subject":
+        if column != "subject" and not column.startswith(("ref_voxels_", "pred_voxels_")):
             values = table[column].to_numpy(dtype=float)
             finite = values[np.isfinite(values)]
             summary[column] = float(finite.mean()) if finite.size else math.nan
     if "hd95_empty" in table:
         summary["hd95_empty"] = int(table["hd95_empty"].sum())
+    if rows:
+        summary.update(empty_reference_summary(table, names))
     return Evaluation(per_subject=table, summary=summary)
+
+
+def empty_reference_summary(table: Any, names: Sequence[str]) -> dict[str, float]:
+    """The empty-reference rule (module docstring) over a per-subject table of :func:`evaluate_segmentation`.
+
+    Args:
+        table: one row per subject with ``dice_<R>``, ``ref_voxels_<R>`` and ``pred_voxels_<R>``
+            (voxel counts of region R in the reference and the prediction).
+        names: the regions R.
+
+    Returns:
+        Per region ``dice_<R>_present`` (mean over subjects with R in the reference; nan when
+        none has it), ``n_<R>_absent`` (int) and ``false_alarm_<R>_absent`` (share of those
+        subjects with a non-empty prediction; nan when none); plus ``dice_TC_WT`` when both regions exist.
+
+    Example:
+        >>> import pandas as pd
+        >>> t = pd.DataFrame({"dice_ET": [1.0, 0.0, 0.6], "ref_voxels_ET": [0, 0, 50], "pred_voxels_ET": [0, 7, 40]})
+        >>> s = empty_reference_summary(t, ["ET"])
+        >>> s["dice_ET_present"], s["n_ET_absent"], s["false_alarm_ET_absent"]
+        (0.6, 2, 0.5)
+    """
+    out: dict[str, float] = {}
+    for name in names:
+        absent = table[f"ref_voxels_{name}"].to_numpy() == 0
+        dice = table[f"dice_{name}"].to_numpy(dtype=float)
+        out[f"dice_{name}_present"] = float(dice[~absent].mean()) if (~absent).any() else math.nan
+        out[f"n_{name}_absent"] = int(absent.sum())
+        predicted = table[f"pred_voxels_{name}"].to_numpy()[absent] > 0
+        out[f"false_alarm_{name}_absent"] = float(predicted.mean()) if absent.any() else math.nan
+    if "dice_TC_WT" in table:
+        out["dice_TC_WT"] = float(table["dice_TC_WT"].mean())
+    return out
 
 
 @torch.no_grad()

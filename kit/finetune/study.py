@@ -15,8 +15,10 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
   the study refuse to run (``leakage="refuse"``) or is flagged in every row and in
   ``leakage.json`` (``leakage="flag"``, for the published two-stage protocol, whose stage 2
   pretrains on every BraTS subject);
-- one row per run appended to ``results.csv`` as soon as it finishes (and its validation curve to
-  ``curves.csv``), so an interrupted study resumes where it stopped; the run that was interrupted
+- one row per run appended to ``results.csv`` as soon as it finishes (its validation curve to
+  ``curves.csv``, and one row per test subject to ``per_subject.csv``: the init, protocol, task,
+  label count, seed, subject and every metric, for bootstraps over subjects,
+  :func:`kit.finetune.stats.paired_bootstrap`), so an interrupted study resumes where it stopped; the run that was interrupted
   resumes from its last checkpoint in ``finetune_runs/`` beside the table (``ckpt_every``), which
   is removed once its row is written. Each row carries the :func:`settings_id` of its recipe and
   subjects: after a change to one task's ``config`` (or its split), a resumed study reruns only
@@ -58,6 +60,7 @@ from kit.finetune.evaluate import evaluate_classification, evaluate_segmentation
 from kit.finetune.config import PROTOCOL_DEFAULTS, FinetuneConfig
 from kit.finetune.data import class_table, is_missing
 from kit.finetune.finetune import finetune
+from kit.tempfiles import atomic_write
 from kit.train.provenance import leakage_report
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
@@ -334,6 +337,23 @@ def _append_row(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def _add_rows_atomic(path: Path, rows: Sequence[dict], replace: tuple | None = None) -> None:
+    """Add ``rows`` to a table, rewriting it whole with the kit's atomic writer (a reader, or a study
+    killed mid-write, sees the table before or after, never half of it; new columns are unioned).
+    Rows of the run ``replace`` (init, task, fraction, seed) already there are dropped first (a run
+    killed after writing them and rerun)."""
+    if not rows:
+        return
+    frame = pd.DataFrame(list(rows))
+    if path.exists():
+        old = pd.read_csv(path)
+        if replace is not None:
+            old = old[[_row_key(r) != replace for r in old.itertuples()]]
+        frame = pd.concat([old, frame], ignore_index=True)
+    with atomic_write(path, fsync=True) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -425,7 +445,11 @@ def _run_job(job: _Job) -> dict:
     if job.save_path is not None:
         result.save(job.save_path, extra={"study_key": list(job.key),
                                           "test_subjects": [cache.entries[i]["subject"] for i in job.test_idx]})
-    return {"row": row, "val_history": list(result.val_history)}
+    # one row per test subject (per_subject.csv): what a bootstrap over subjects resamples
+    keys = {k: row[k] for k in ("init", "objective", "protocol", "task", "label_fraction", "n_train", "seed", "settings_id")}
+    subjects = [{**keys, **{k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()}}
+                for rec in ev.per_subject.to_dict("records")]
+    return {"row": row, "val_history": list(result.val_history), "per_subject": subjects}
 
 
 def run_study(
@@ -494,6 +518,7 @@ def run_study(
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     curves_csv = out_csv.with_name("curves.csv")
+    subjects_csv = out_csv.with_name("per_subject.csv")
     runs_dir = out_csv.parent / "finetune_runs"
     done = _done_keys(out_csv)
     leaks: dict = {}
@@ -549,6 +574,7 @@ def run_study(
         # rows of another recipe must not be mixed with this one's: they run again
         _drop_rows(out_csv, stale)
         _drop_rows(curves_csv, stale)
+        _drop_rows(subjects_csv, stale)
         for key in stale:
             shutil.rmtree(runs_dir / _run_folder_name(key), ignore_errors=True)
         if progress:
@@ -557,6 +583,7 @@ def run_study(
 
     def record(job: _Job, out: dict) -> None:
         # only this (the parent) process writes the tables, so parallel runs never interleave rows
+        _add_rows_atomic(subjects_csv, out.get("per_subject", []), replace=job.key)  # before the row: a row implies its subjects
         _append_row(out_csv, out["row"])
         for rec in out["val_history"]:  # the learning curve (validation metric vs step)
             _append_row(curves_csv, {**{k: out["row"][k] for k in ("init", "task", "label_fraction", "seed", "n_train")},
