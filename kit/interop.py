@@ -22,7 +22,8 @@ from typing import Any
 # Published weight layouts that kit import-weights reads (kit.models.imports documents each).
 FORMATS = ("monai-ssl", "brainsegfounder")
 
-__all__ = ["FORMATS", "add_interop_parsers", "import_main", "export_main", "pretrain_main", "parse_overrides"]
+__all__ = ["FORMATS", "add_interop_parsers", "import_main", "export_main", "pretrain_main", "parse_overrides",
+           "checked_overrides"]
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -41,6 +42,31 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             out[key.strip()] = value
+    return out
+
+
+def checked_overrides(items: list[str] | None) -> dict[str, Any]:
+    """:func:`parse_overrides` with each setting typed against the stage schema
+    (:func:`kit.train.checks.check_setting`); a refusal names the ``--set`` item as typed.
+
+    Example:
+        >>> checked_overrides(["steps=3"])
+        {'steps': 3}
+        >>> checked_overrides(["steps=abc"])
+        Traceback (most recent call last):
+        ...
+        ValueError: --set steps=abc: steps must be a positive integer
+    """
+    from kit.train.checks import check_setting
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        for key, value in parse_overrides([item]).items():
+            try:
+                check_setting(key, value)
+            except ValueError as err:
+                raise ValueError(f"--set {item}: {err}") from None
+            out[key] = value
     return out
 
 
@@ -86,7 +112,7 @@ def pretrain_main(args: argparse.Namespace) -> int:
     try:
         summary = pretrain_stage(
             args.profile, args.stage, args.out, objective=args.objective, device=args.device, seed=args.seed,
-            overrides=parse_overrides(args.set), init_checkpoint=args.init, progress=not args.quiet,
+            overrides=checked_overrides(args.set), init_checkpoint=args.init, progress=not args.quiet,
         )
     except (FileNotFoundError, KeyError, ValueError, CheckpointError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes

@@ -35,7 +35,11 @@ anatomy-hierarchical contrastive, ...): write one module ``kit/ssl/NAME.py`` tha
 7. sets the class attribute ``uses_total_steps = True`` if it takes a ``total_steps`` option (a
    schedule over training): kit's pretraining then passes the stage's number of steps;
 8. sets ``spatial_dims = 2`` if it trains on 2D slices (moco_v3): notebooks 04-05 then run the 2D
-   slice task and slice saliency on its checkpoints instead of the 3D tasks.
+   slice task and slice saliency on its checkpoints instead of the 3D tasks;
+9. declares what it needs of the data in one class attribute line each, when it differs from the
+   defaults here: ``min_channels`` (cross_contrast: 2 contrasts), ``min_crop`` (mim: 32 voxels),
+   ``spatial_dims``. ``kit pretrain`` and ``kit reproduce`` refuse a datalist or profile that cannot
+   satisfy them before writing anything (:func:`kit.train.checks.check_objective_fits`).
 
 Registered here: ``swin_trio`` (rotation + inpainting + contrastive), ``cross_contrast`` (per-contrast
 coarse dropout and restoration), ``mim`` (masked image modelling) and ``anatomy_hierarchy`` (grid-cell
@@ -192,6 +196,11 @@ class SSLObjective(nn.Module):
     find_unused_parameters: bool = False
     #: 3: trained on volumes (crops); 2: on 2D slices, so its checkpoints feed the 2D slice task.
     spatial_dims: int = 3
+    #: Fewest input contrasts (channels) the objective works with (cross_contrast: 2).
+    min_channels: int = 1
+    #: Smallest crop side in voxels (slice side for a 2D objective) its views and losses need; the
+    #: backbone's own ``min_input_size`` and ``downsample`` apply on top (kit.train.checks).
+    min_crop: int = 16
 
     def __init__(self, model: nn.Module, weights: Mapping[str, float] | None = None) -> None:
         super().__init__()

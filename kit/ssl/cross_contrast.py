@@ -158,6 +158,7 @@ class CrossContrast(SSLObjective):
     """
 
     term_names = ("recon", "recon_dropped", "contrast")
+    min_channels = 2  # restores each contrast from the others: needs at least two
 
     def __init__(
         self,

@@ -160,6 +160,7 @@ class MaskedImageModelling(SSLObjective):
     """
 
     term_names = ("recon",)
+    min_crop = 32  # at least two patches of the default patch_size (16) per crop
 
     def __init__(
         self,

@@ -229,15 +229,19 @@ def stage_settings(profile: str, stage: int, objective: str | None = None, overr
         (3, 'swin_trio', {'mix_prob': 0.0})
     """
     from kit.profiles import check_keys, profile_config, stage_keys
+    from kit.train.checks import check_settings
 
     if stage not in STAGE_SETTINGS:
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
     config = profile_config(profile)[STAGE_SETTINGS[stage][2]]
     check_keys(overrides or {}, stage_keys(), f"overrides of stage {stage}")
+    check_settings(overrides or {}, f"overrides of stage {stage}")  # types and ranges, before any file is written
     config.update(overrides or {})
     if objective is not None:
         own = config.get("objective", "swin_trio")
         config = stage_for_objective(config, objective)  # another objective brings its own options
+        # ...but what the user set wins over the objective's stage settings (moco_v3's batch_size)
+        config.update({k: v for k, v in (overrides or {}).items() if k not in ("objective", "objective_cfg")})
         if objective != own and "objective_cfg" in (overrides or {}):
             config["objective_cfg"] = dict(overrides["objective_cfg"])
     return config
@@ -297,15 +301,25 @@ def prepare_stage(
     from kit.pipeline import stage_dir
     from kit.train.distributed import setup_distributed
 
+    from kit.profiles import profile_config
+    from kit.train.checks import check_pretrain_request
+
     config = stage_settings(profile, stage, objective, overrides)
     folder, cohort, _ = STAGE_SETTINGS[stage]
     run = Path(run_dir)
+    given_init = init_checkpoint is not None
     if init_checkpoint is None and stage == 2:
         init_checkpoint = run / "02_stage1" / "checkpoint.pt"
         if not init_checkpoint.is_file():
             raise FileNotFoundError(f"{init_checkpoint}: stage 2 starts from stage 1's checkpoint; run stage 1 first")
     entries, meta = load_cohort(run / "01_curation" / "datalist.json", cohort)
     modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
+    # every refusal happens here, before the stage folder, its cache or seen_subjects.json exist
+    check_pretrain_request(config, modalities, subjects=[str(e["subject"]) for e in entries],
+                           datalist=run / "01_curation" / "datalist.json", cohort=cohort,
+                           slices=run / "01_curation" / "slices.csv", init_checkpoint=init_checkpoint,
+                           init_label="--init" if given_init else "stage 1's checkpoint",
+                           slice_filter=profile_config(profile).get("slice_filter"))
     setup_distributed(device)
     out = stage_dir(run, folder) if out_dir is None else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
