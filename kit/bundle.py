@@ -28,7 +28,9 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,72 @@ import torch
 
 from kit.tempfiles import atomic_write
 
-__all__ = ["export_bundle", "network_definition", "inference_config"]
+__all__ = ["export_bundle", "network_definition", "inference_config", "check_spacing", "check_channels"]
 
 # MONAI classes of the kit's backbones (kit.models.backbones subclasses them without changing keys or forward).
 _MONAI_CLASS = {"segresnet_small": "SegResNet", "swinunetr": "SwinUNETR"}
 _BRATS2021_PATTERN = "{subject}_%s.nii.gz"
+
+
+_MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_spacing(spacing: Any, where: str) -> list[float]:
+    """Voxel spacing as 3 finite positive floats (mm), or ``ValueError`` naming ``where`` and the values.
+
+    Example:
+        >>> check_spacing([1, 1, 1.5], "--spacing")
+        [1.0, 1.0, 1.5]
+        >>> check_spacing([0, -1, float("nan")], "--spacing")
+        Traceback (most recent call last):
+        ...
+        ValueError: --spacing 0 -1 nan: spacing must be 3 finite positive numbers in mm (e.g. 1 1 1)
+    """
+    values = list(spacing) if isinstance(spacing, (list, tuple)) else [spacing]
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        floats = []
+    if len(floats) != 3 or not all(math.isfinite(v) and v > 0 for v in floats):
+        shown = " ".join(f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in values)
+        raise ValueError(f"{where} {shown}: spacing must be 3 finite positive numbers in mm (e.g. 1 1 1)")
+    return floats
+
+
+def check_channels(modalities: Any, in_channels: Any, where: str) -> list[str]:
+    """A checkpoint's input contrasts: unique names usable in file names, one per input channel of the network.
+
+    They become the bundle's ``channel_def`` and file patterns (``{subject}_NAME.nii.gz``).
+
+    Example:
+        >>> check_channels(["flair", "t1"], 2, "seg.pt")
+        ['flair', 't1']
+        >>> check_channels(["flair", "t1/../x"], 2, "seg.pt")
+        Traceback (most recent call last):
+        ...
+        ValueError: seg.pt: contrast name 't1/../x' cannot be part of a file name (letters, digits, '_', '-', '.')
+    """
+    if not isinstance(modalities, (list, tuple)) or not modalities:
+        raise ValueError(f"{where}: extra['modalities'] must be a non-empty list of contrast names, got {modalities!r}")
+    names = list(modalities)
+    for name in names:
+        if not isinstance(name, str) or not _MODALITY_NAME.match(name):
+            raise ValueError(f"{where}: contrast name {name!r} cannot be part of a file name (letters, digits, '_', '-', '.')")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: contrast names repeat: {names}")
+    if in_channels is not None and int(in_channels) != len(names):
+        raise ValueError(f"{where}: the network reads {in_channels} channels but extra['modalities'] names "
+                         f"{len(names)} ({', '.join(names)})")
+    return names
+
+
+def _writable_parent(out: Path) -> None:
+    """Refuse an ``--out`` below an existing file (the bundle folder could never be made there)."""
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            return
 
 
 def _jsonable(value: Any) -> Any:
@@ -222,10 +285,17 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
     from kit.predict import load_segmenter
 
     out = Path(out)
+    # the arguments first, then the checkpoint: a refusal writes nothing
+    if spacing is not None:
+        spacing = check_spacing(spacing, "--spacing")
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new --out folder (a bundle is never written over files)")
+    _writable_parent(out)
     model, extra = load_segmenter(checkpoint, device="cpu")
     ckpt = load_checkpoint(checkpoint)
+    check_channels(extra["modalities"], ckpt["model_config"].get("in_channels"), str(checkpoint))
+    if spacing is None and extra.get("spacing_mm") is not None:
+        spacing = check_spacing(extra["spacing_mm"], f"{checkpoint}: extra['spacing_mm']")
     network = network_definition(ckpt["model_config"])
     # The bundle's network is MONAI's class: check here that it takes the weights, key for key.
     from monai.bundle import ConfigParser
@@ -236,16 +306,17 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
         monai_net.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{checkpoint}: MONAI's {network['_target_']} does not take these weights: {err}") from err
-    spacing = list(spacing) if spacing is not None else extra.get("spacing_mm")
-    spacing = [float(s) for s in spacing] if spacing is not None else None
     patterns = [_BRATS2021_PATTERN % m for m in extra["modalities"]]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out, directory=True) as tmp:
         for sub in ("configs", "models", "scripts"):
             (tmp / sub).mkdir()
-        (tmp / "configs" / "inference.json").write_text(json.dumps(inference_config(extra, network, patterns), indent=2))
-        (tmp / "configs" / "metadata.json").write_text(json.dumps(_metadata(ckpt, extra, patterns, spacing), indent=2))
+        # allow_nan=False: a NaN or infinity anywhere is an error here, never an unparsable .json in the bundle
+        (tmp / "configs" / "inference.json").write_text(
+            json.dumps(inference_config(extra, network, patterns), indent=2, allow_nan=False))
+        (tmp / "configs" / "metadata.json").write_text(
+            json.dumps(_metadata(ckpt, extra, patterns, spacing), indent=2, allow_nan=False))
         torch.save({k: v.detach().cpu() for k, v in monai_net.state_dict().items()}, tmp / "models" / "model.pt")
         shutil.copyfile(Path(__file__).with_name("bundle_scripts.py"), tmp / "scripts" / "kit_bundle.py")
         shutil.copyfile(Path(__file__).parent / "models" / "patch_merging.py", tmp / "scripts" / "patch_merging.py")

@@ -181,3 +181,74 @@ def test_valid_settings_still_train_after_the_checks(curated, tmp_path, capsys):
     assert kit_main(pretrain(run, *QUICK, "--set", "crop=16")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps_run"] == 1 and (run / "02_stage1" / "checkpoint.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- kit export-bundle
+
+from test_reliability import seg_checkpoint  # noqa: E402,F401  (a real 1-step t1+flair fine-tune at 2 mm)
+
+
+def strict_json(path: Path):
+    """``json.loads`` that refuses NaN and infinities, which Python reads but JSON does not allow."""
+    def reject(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def export(checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["export-bundle", "--checkpoint", str(checkpoint), "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("spacing", [["0", "-1", "nan"], ["inf", "1", "1"], ["1", "1", "-0.5"]])
+def test_export_refuses_spacing_that_is_not_three_finite_positive_numbers(seg_checkpoint, tmp_path, capsys, spacing):
+    out = tmp_path / "bundle"
+    shown = " ".join(f"{float(v):g}" for v in spacing)
+    err = refused(export(seg_checkpoint, out, "--spacing", *spacing), capsys,
+                  f"kit export-bundle: --spacing {shown}: spacing must be 3 finite positive numbers in mm", tmp_path,
+                  seg_checkpoint.parent)
+    assert err.endswith("(e.g. 1 1 1)") and not out.exists()
+
+
+def _resaved(checkpoint: Path, to: Path, **extra) -> Path:
+    """The fine-tune re-saved with some of its ``extra`` changed (a real checkpoint file)."""
+    from kit.models import load_checkpoint, save_checkpoint
+
+    stored = load_checkpoint(checkpoint)
+    return save_checkpoint(to, model_config=stored["model_config"], state_dict=stored["state_dict"],
+                           extra={**stored["extra"], **extra})
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"modalities": ["t1", "flair", "t2"]}, "the network reads 2 channels but extra['modalities'] names 3 (t1, flair, t2)"),
+    ({"modalities": ["t1", "../flair"]}, "contrast name '../flair' cannot be part of a file name"),
+    ({"modalities": ["t1", "t1"]}, "contrast names repeat: ['t1', 't1']"),
+    ({"spacing_mm": [2.0, float("nan"), 2.0]}, "extra['spacing_mm'] 2 nan 2: spacing must be 3 finite positive numbers"),
+])
+def test_export_refuses_a_checkpoint_whose_channels_or_spacing_are_wrong(seg_checkpoint, tmp_path, capsys, extra,
+                                                                         expected):
+    checkpoint = _resaved(seg_checkpoint, tmp_path / "odd.pt", **extra)
+    out = tmp_path / "bundles" / "odd"
+    err = refused(export(checkpoint, out), capsys, expected, tmp_path)
+    assert err.startswith(f"kit export-bundle: {checkpoint}") and not (tmp_path / "bundles").exists()
+
+
+def test_export_refuses_an_out_below_a_file_or_on_an_input(seg_checkpoint, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    refused(export(seg_checkpoint, notes / "bundle"), capsys, f"--out {notes / 'bundle'}: {notes} is a file, not a folder",
+            tmp_path, seg_checkpoint.parent)
+    refused(export(seg_checkpoint, seg_checkpoint), capsys, f"{seg_checkpoint} exists", tmp_path, seg_checkpoint.parent)
+
+
+def test_every_exported_json_parses_strictly(seg_checkpoint, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert kit_main(export(seg_checkpoint, out, "--spacing", "2", "2", "2.5")) == 0
+    files = sorted(out.rglob("*.json"))
+    assert {p.name for p in files} == {"inference.json", "metadata.json"}
+    meta = {p.name: strict_json(p) for p in files}["metadata.json"]
+    assert meta["network_data_format"]["inputs"]["image"]["spacing_mm"] == [2.0, 2.0, 2.5]
+    assert meta["network_data_format"]["inputs"]["image"]["channel_def"] == {"0": "t1", "1": "flair"}
+    default = tmp_path / "default"  # without --spacing: the checkpoint's own (2 mm)
+    assert kit_main(export(seg_checkpoint, default)) == 0
+    assert strict_json(default / "configs" / "metadata.json")["kit"]["spacing_mm"] == [2.0, 2.0, 2.0]
