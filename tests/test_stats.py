@@ -89,3 +89,76 @@ def test_catch_up_point_is_the_first_fraction_inside_the_pretrained_interval():
     assert point["n_train"] == 4 and point["label_fraction"] == 0.2 and point["control_mean"] == 0.62
     never = s.assign(mean=np.where(s.init == "scratch", 0.1, s["mean"]))
     assert catch_up_point(never, "p") is None
+
+
+def _per_subject(diff_by_seed_subject, base=0.5):
+    """A per_subject table of two inits whose differences are ``diff[s, j]``, with noise both share."""
+    rng = np.random.default_rng(7)
+    diff = np.asarray(diff_by_seed_subject, float)
+    rows = []
+    for s in range(diff.shape[0]):
+        for j in range(diff.shape[1]):
+            shared = base + rng.normal(0, 0.1)  # the split and subject difficulty both inits see
+            rows.append({"init": "scratch", "task": "seg", "label_fraction": 0.1, "seed": s, "subject": f"x{j}",
+                         "dice_mean": shared})
+            rows.append({"init": "p", "task": "seg", "label_fraction": 0.1, "seed": s, "subject": f"x{j}",
+                         "dice_mean": shared + diff[s, j]})
+    return pd.DataFrame(rows)
+
+
+def test_bootstrap_replicates_equal_a_slow_explicit_loop_with_the_same_rng():
+    from kit.finetune.stats import bootstrap_statistics
+
+    diff = np.array([[0.1, 0.3, np.nan, 0.0], [0.2, -0.1, 0.05, 0.4], [0.3, 0.3, 0.1, np.nan]])
+    fast = bootstrap_statistics(diff, 300, seed=5)
+    rng = np.random.default_rng(5)
+    seeds = rng.integers(0, 3, size=(300, 3))
+    subjects = rng.integers(0, 4, size=(300, 3, 4))
+    slow = []
+    for b in range(300):
+        per_seed = []
+        for k in range(3):
+            values = [diff[seeds[b, k], subjects[b, k, j]] for j in range(4)]
+            values = [v for v in values if not np.isnan(v)]
+            if values:
+                per_seed.append(sum(values) / len(values))
+        slow.append(sum(per_seed) / len(per_seed))
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+
+
+def test_bootstrap_matches_exact_enumeration_of_a_tiny_case():
+    """2 seeds x 3 subjects: every seed draw (2^2 = 4) and subject draw (3^3 = 27 per drawn seed)
+    enumerated; the bootstrap's mean, variance and 2.5 / 97.5 % quantiles match the exact distribution."""
+    import itertools
+
+    from kit.finetune.stats import bootstrap_statistics, paired_bootstrap
+
+    diff = np.array([[0.0, 0.1, 0.5], [0.2, 0.3, -0.2]])
+    per_seed_draws = [[float(np.mean(diff[s, list(j)])) for j in itertools.product(range(3), repeat=3)] for s in range(2)]
+    exact = np.array([(a + b) / 2 for s1, s2 in itertools.product(range(2), repeat=2)
+                      for a in per_seed_draws[s1] for b in per_seed_draws[s2]])  # equally likely outcomes
+    boot = bootstrap_statistics(diff, 40000, seed=1)
+    assert boot.mean() == pytest.approx(exact.mean(), abs=0.003)
+    assert boot.var() == pytest.approx(exact.var(), rel=0.04)
+    table = paired_bootstrap(_per_subject(diff), "dice_mean", "p", n_boot=40000, seed=1)
+    row = table.iloc[0]
+    assert row.mean_diff == pytest.approx(diff.mean()) and (row.n_seeds, row.n_subjects) == (2, 3)
+    assert row.ci_low == pytest.approx(np.quantile(exact, 0.025), abs=0.01)
+    assert row.ci_high == pytest.approx(np.quantile(exact, 0.975), abs=0.01)
+
+
+def test_paired_bootstrap_keeps_the_pairing_and_the_present_rule():
+    from kit.finetune.stats import comparison_table, paired_bootstrap
+
+    # a constant +0.05 under large shared noise: paired, the interval is exactly the difference
+    table = _per_subject(np.full((3, 5), 0.05))
+    row = paired_bootstrap(table, "dice_mean", "p", n_boot=500).iloc[0]
+    assert row.ci_low == pytest.approx(0.05) and row.ci_high == pytest.approx(0.05)
+    # dice_ET_present: subjects without ET in the reference leave the bootstrap
+    et = table.assign(dice_ET=table.dice_mean, ref_voxels_ET=np.where(table.subject == "x0", 0, 10))
+    assert paired_bootstrap(et, "dice_ET_present", "p", n_boot=200).iloc[0].n_subjects == 4
+    # comparison.csv carries the bootstrap interval beside the t-interval
+    results = table.groupby(["init", "task", "label_fraction", "seed"], as_index=False).dice_mean.mean()
+    comp = comparison_table(results, "dice_mean", "fine-tune", per_subject=table, n_boot=200)
+    assert {"boot_ci_low", "boot_ci_high", "boot_n_subjects"} <= set(comp.columns)
+    assert comp.boot_ci_low.iloc[0] == pytest.approx(0.05)

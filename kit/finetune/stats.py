@@ -14,7 +14,7 @@ from scipy import stats
 
 __all__ = ["mean_ci", "metric_range", "summarise", "paired_difference", "minimal_detectable_difference",
            "catch_up_point", "plot_label_efficiency", "comparison_table",
-           "plot_paired_differences"]
+           "plot_paired_differences", "paired_bootstrap", "bootstrap_statistics", "subject_metric"]
 
 # Metrics bounded by construction: a t-interval past these limits is clipped (the mean never is).
 _UNIT_RANGE_PREFIXES = ("dice", "auc", "accuracy", "sensitivity", "specificity", "mass_in", "pointing")
@@ -68,8 +68,19 @@ def mean_ci(
     return mean, low, high
 
 
+def _with_protocol(results: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """``keys`` plus ``protocol`` when the table has that column (rows from before it: 'full')."""
+    keys = list(keys)
+    if "protocol" in results.columns and "protocol" not in keys:
+        results = results.assign(protocol=results["protocol"].fillna("full"))
+        keys.append("protocol")
+    return results, keys
+
+
 def summarise(results: pd.DataFrame, metric: str, by: Sequence[str] = ("init", "task", "label_fraction")) -> pd.DataFrame:
     """Mean, 95 % CI and n of ``metric`` per group (the results table has one row per run).
+
+    When the results carry a ``protocol`` column (kit.finetune.study), it is one more group key.
 
     The interval is clipped to the metric's range (:func:`metric_range`). When the results carry
     ``n_train`` (labelled subjects), its median per group is kept, for the figures' x-axis.
@@ -80,6 +91,7 @@ def summarise(results: pd.DataFrame, metric: str, by: Sequence[str] = ("init", "
         3
     """
     rows = []
+    results, by = _with_protocol(results, by)
     for key, group in results.groupby(list(by), sort=True):
         mean, lo, hi = mean_ci(group[metric].tolist(), bounds=metric_range(metric))
         row = {**dict(zip(by, key if isinstance(key, tuple) else (key,))), "metric": metric,
@@ -97,7 +109,8 @@ def paired_difference(
     """Treatment minus control of ``metric``, paired on the same split and seed, with a 95 % CI.
 
     Pairing removes the split-to-split variation that both arms share (same training subjects,
-    same test set), which is most of the noise at small label fractions.
+    same test set), which is most of the noise at small label fractions. With a ``protocol``
+    column, runs pair within a protocol and it is one more group key.
 
     Returns:
         One row per ``by`` group: mean difference, CI, n pairs, the paired t-test p-value, the SD of
@@ -110,7 +123,8 @@ def paired_difference(
         >>> round(float(paired_difference(df, "dice", "s12").loc[0, "mean_diff"]), 3)
         0.1
     """
-    keys = list(pair_on)
+    results, keys = _with_protocol(results, pair_on)
+    _, by = _with_protocol(results, by)
     a = results[results.init == treatment].set_index(keys)[metric]
     b = results[results.init == control].set_index(keys)[metric]
     paired = pd.concat({"treatment": a, "control": b}, axis=1).dropna().reset_index()
@@ -129,12 +143,16 @@ def paired_difference(
     return pd.DataFrame(rows)
 
 
-def comparison_table(results: pd.DataFrame, metric: str, readout: str, control: str = "scratch") -> pd.DataFrame:
+def comparison_table(results: pd.DataFrame, metric: str, readout: str, control: str = "scratch",
+                     per_subject: pd.DataFrame | None = None, n_boot: int = 2000) -> pd.DataFrame:
     """Every initialisation against ``control``: paired differences per task and label count.
 
     The objectives x label-counts table of a comparison: :func:`paired_difference` for each init in
     ``results`` other than ``control``, with the init's objective (the part before ``:``), its mean,
     the median number of labelled subjects, and ``readout`` (e.g. ``'linear probe'``, ``'fine-tune'``).
+    With ``per_subject`` (the study's ``per_subject.csv``), the :func:`paired_bootstrap` interval
+    over seeds and test subjects is added as ``boot_ci_low``, ``boot_ci_high`` (and ``boot_n_subjects``)
+    beside the t-interval over seeds.
 
     Example:
         >>> df = pd.DataFrame({"init": ["scratch", "mim:stage1+2"] * 2, "task": ["seg"] * 4, "label_fraction": [.1] * 4,
@@ -148,16 +166,127 @@ def comparison_table(results: pd.DataFrame, metric: str, readout: str, control: 
         diff = paired_difference(results, metric, init, control)
         if not len(diff):
             continue
-        rows = results[results.init == init]
-        means = rows.groupby(["task", "label_fraction"])[metric].mean().rename("treatment_mean")
-        diff = diff.join(means, on=["task", "label_fraction"])
+        rows, by = _with_protocol(results[results.init == init], ["task", "label_fraction"])
+        means = rows.groupby(by)[metric].mean().rename("treatment_mean")
+        diff = diff.join(means, on=by)
         if "n_train" in rows:
-            diff = diff.join(rows.groupby(["task", "label_fraction"])["n_train"].median().astype(int),
-                             on=["task", "label_fraction"])
+            diff = diff.join(rows.groupby(by)["n_train"].median().astype(int), on=by)
+        if per_subject is not None:
+            boot = paired_bootstrap(per_subject, metric, init, control, n_boot=n_boot)
+            if len(boot):
+                boot = boot.set_index(by)[["ci_low", "ci_high", "n_subjects"]].add_prefix("boot_")
+                diff = diff.join(boot, on=by)
         diff.insert(0, "objective", init.split(":")[0] if ":" in init else "swin_trio")
         diff.insert(0, "readout", readout)
         parts.append(diff)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def subject_metric(per_subject: pd.DataFrame, metric: str) -> pd.Series:
+    """A metric per test subject; ``dice_<R>_present`` is ``dice_<R>`` where the reference has R and nan
+    elsewhere (the empty-reference rule, :func:`kit.finetune.evaluate.empty_reference_summary`).
+
+    Example:
+        >>> t = pd.DataFrame({"dice_ET": [1.0, 0.4], "ref_voxels_ET": [0, 9]})
+        >>> subject_metric(t, "dice_ET_present").tolist()
+        [nan, 0.4]
+    """
+    if metric in per_subject.columns:
+        return per_subject[metric].astype(float)
+    if metric.startswith("dice_") and metric.endswith("_present"):
+        region = metric[len("dice_"):-len("_present")]
+        return per_subject[f"dice_{region}"].astype(float).where(per_subject[f"ref_voxels_{region}"] > 0)
+    raise KeyError(f"subject_metric: the per-subject table has no {metric!r} (nor what it is computed from)")
+
+
+def bootstrap_statistics(diff: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates of the mean difference of a (seeds, subjects) matrix, resampling seeds and,
+    within each drawn seed, subjects (a two-stage, nested bootstrap).
+
+    One replicate draws ``S`` seeds with replacement, then for each drawn seed ``J`` subjects with
+    replacement; its value is the mean over the drawn seeds of the mean over their drawn subjects
+    (nan entries, e.g. subjects the empty-reference rule leaves out, are skipped). The draws come
+    from ``numpy.random.default_rng(seed)``: first the ``(n_boot, S)`` seed indices, then the
+    ``(n_boot, S, J)`` subject indices.
+
+    Args:
+        diff: (S, J) treatment minus control per seed and test subject (paired: the same seed and subject).
+        n_boot: replicates.
+
+    Returns:
+        (n_boot,) replicate values.
+
+    Example:
+        >>> d = np.array([[0.1, 0.3], [0.2, 0.2]])
+        >>> b = bootstrap_statistics(d, 4000)
+        >>> b.shape, round(float(b.mean()), 2), float(b.min()) >= 0.1, float(b.max()) <= 0.3
+        ((4000,), 0.2, True, True)
+    """
+    diff = np.asarray(diff, dtype=float)
+    n_seeds, n_subjects = diff.shape
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    subjects = rng.integers(0, n_subjects, size=(n_boot, n_seeds, n_subjects))
+    drawn = diff[seeds[:, :, None], subjects]  # (n_boot, S, J)
+    import warnings
+
+    with warnings.catch_warnings():  # a draw of only nan subjects for one seed: that seed is skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.nanmean(drawn, axis=2), axis=1)
+
+
+def paired_bootstrap(
+    per_subject: pd.DataFrame, metric: str, treatment: str, control: str = "scratch",
+    by: Sequence[str] = ("task", "label_fraction"), n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+) -> pd.DataFrame:
+    """Treatment minus control of ``metric`` with a percentile interval from a paired, two-stage bootstrap.
+
+    The t-interval of :func:`paired_difference` treats the seeds as the only source of noise; with
+    a fixed test set of a few subjects, the choice of those subjects is a second one, which it does
+    not see. Here each replicate resamples the seeds, and the test subjects within each drawn seed
+    (:func:`bootstrap_statistics`), on the per-subject differences: both inits are scored on the
+    same seed and subject, so the pairing is kept. The percentile interval is clipped to the range
+    a difference of the metric can take. With one seed the seed stage resamples nothing, so the
+    interval is over subjects only (``n_seeds`` says so).
+
+    Args:
+        per_subject: the study's ``per_subject.csv`` (``init``, ``seed``, ``subject``, ``by`` columns
+            and ``metric``, or what :func:`subject_metric` computes it from).
+        metric: e.g. ``'dice_mean'``, ``'dice_TC_WT'``, ``'dice_ET_present'``.
+        n_boot, confidence, seed: replicates, interval level, and the bootstrap's RNG seed.
+
+    Returns:
+        One row per ``by`` group (and ``protocol`` when present): ``mean_diff`` (mean over seeds of
+        the mean over subjects), ``ci_low``, ``ci_high``, ``n_seeds``, ``n_subjects``, ``n_boot``.
+
+    Example:
+        >>> rows = [{"init": i, "task": "seg", "label_fraction": 1.0, "seed": s, "subject": j,
+        ...          "dice_mean": 0.5 + 0.1 * (i == "p") + 0.02 * s + 0.01 * j}
+        ...         for i in ("scratch", "p") for s in range(3) for j in range(4)]
+        >>> out = paired_bootstrap(pd.DataFrame(rows), "dice_mean", "p")
+        >>> round(float(out.mean_diff[0]), 3), round(float(out.ci_low[0]), 3), round(float(out.ci_high[0]), 3)
+        (0.1, 0.1, 0.1)
+    """
+    table = per_subject.assign(_value=subject_metric(per_subject, metric))
+    table, by = _with_protocol(table, by)
+    keys = [*by, "seed", "subject"]
+    a = table[table.init == treatment].set_index(keys)["_value"]
+    b = table[table.init == control].set_index(keys)["_value"]
+    paired = pd.concat({"treatment": a, "control": b}, axis=1).dropna(how="any").reset_index()
+    paired["diff"] = paired.treatment - paired.control
+    low, high = metric_range(metric)
+    rows = []
+    for key, group in paired.groupby(by, sort=True):
+        matrix = group.pivot(index="seed", columns="subject", values="diff").to_numpy(dtype=float)
+        point = float(np.nanmean(np.nanmean(matrix, axis=1)))
+        replicates = bootstrap_statistics(matrix, int(n_boot), seed)
+        alpha = (1 - confidence) / 2
+        lo, hi = (float(v) for v in np.nanquantile(replicates, [alpha, 1 - alpha]))
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "metric": metric,
+                     "treatment": treatment, "control": control, "mean_diff": point,
+                     "ci_low": float(np.clip(lo, low - high, high - low)), "ci_high": float(np.clip(hi, low - high, high - low)),
+                     "n_seeds": int(matrix.shape[0]), "n_subjects": int(matrix.shape[1]), "n_boot": int(n_boot)})
+    return pd.DataFrame(rows)
 
 
 def minimal_detectable_difference(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
