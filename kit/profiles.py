@@ -227,7 +227,8 @@ FINETUNE_KEYS = ("config", "tasks", "fractions", "seeds", "test_fraction", "n_ov
 SLICE_STUDY_KEYS = ("counts", "seeds", "test_fraction", "modes", "uncurated", "config")
 TASK_KEYS = ("name", "task", "cohort", "pool", "target", "inits", "counts", "seeds", "fractions", "config", "val_size",
              "count_config")
-PROBES_KEYS = ("tasks", "counts", "seeds", "cls_counts", "per_value")
+# pool: the classification probes' pooling, 'avg' (default), 'max' or 'avgmax' (kit.finetune.probes.pooled_features)
+PROBES_KEYS = ("tasks", "counts", "seeds", "cls_counts", "per_value", "pool")
 SALIENCY_KEYS = ("task", "inits", "n_cases", "random_n", "dilate_mm", "min_auc", "methods", "method_kwargs")
 
 

@@ -83,3 +83,28 @@ def test_run_probes_resumes_and_summarises(cohort, tmp_path):  # noqa: F811
     assert set(summary.metric) == {"dice_mean", "auc"}
     assert (summary.n[summary.label_fraction == 1.0] == 1).all()
     assert ((summary.ci_low >= 0) | summary.ci_low.isna()).all() and ((summary.ci_high <= 1) | summary.ci_high.isna()).all()
+
+
+def test_max_pooling_sees_a_small_tumour_that_the_mean_dilutes(cohort, tmp_path):  # noqa: F811
+    torch.manual_seed(0)
+    net = create_model("segresnet_small", in_channels=1, init_filters=8).eval()
+    brain = torch.ones(1, 32, 32, 32) + 0.05 * torch.randn(1, 32, 32, 32)
+    tumour = brain.clone()
+    tumour[0, 12:16, 12:16, 12:16] += 4.0  # 64 of 32768 voxels (0.2 %)
+
+    def change(pool):
+        a, b = pooled_features(net, brain, pool), pooled_features(net, tumour, pool)
+        return float(np.linalg.norm(b - a) / np.linalg.norm(a))
+
+    assert change("max") > 5 * change("avg")
+    both = pooled_features(net, tumour, "avgmax")
+    assert np.array_equal(both, np.concatenate([pooled_features(net, tumour, "avg"), pooled_features(net, tumour, "max")]))
+    with pytest.raises(ValueError, match="pool"):
+        pooled_features(net, tumour, "median")
+    # run_probes pools the classification probes as asked and records it per row
+    task = {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
+            "counts": ["all"]}
+    table = run_probes({"tumor": cohort}, [task], {"scratch": "scratch"}, [0], ["all"],
+                       {"backbone": "segresnet_small", "model": {"init_filters": 8}, "input_size": 16},
+                       tmp_path / "p.csv", test_fraction=3, val_size=1, progress=False, pool="avgmax")
+    assert list(table["pool"]) == ["avgmax"] and table.auc.notna().all()

@@ -11,7 +11,11 @@ is fitted on the frozen features of the labelled subjects and scored on the fixe
   ET) are sums of label probabilities, thresholded at 0.5, and scored with Dice / HD95 on the
   whole brain, as fine-tuned models are. Training voxels are sampled per subject, balanced over
   label values, and weighted back to their true frequencies, so the fitted prior is the real one;
-- classification (pooled): the mean of each encoder level over the brain, concatenated.
+- classification (pooled): each encoder level pooled over the brain, concatenated: the mean
+  (``pool="avg"``, the default), the maximum (``"max"``) or both (``"avgmax"``). A mean over a
+  whole brain dilutes a tumour of a few percent of its voxels to almost nothing, so an
+  average-pooled tumour-presence probe sits near chance by construction whatever the encoder
+  knows; the maximum keeps a local response (as the fine-tuned head's ``head_pool="avgmax"``).
 
 ``scratch`` is a randomly initialised, frozen encoder: the random-features baseline any
 pretraining must beat (Hinton's "random features" control). The splits are the fine-tuning
@@ -93,26 +97,38 @@ def encoder_hypercolumn(backbone: nn.Module, image: Any) -> torch.Tensor:
     return torch.cat(up, dim=1)[0][(slice(None),) + tuple(slice(0, s) for s in spatial)].float()
 
 
-@torch.no_grad()
-def pooled_features(backbone: nn.Module, volume: torch.Tensor) -> np.ndarray:
-    """Mean of each encoder level over the non-zero (brain) voxels, concatenated: (F,) float32.
+POOLS = ("avg", "max", "avgmax")
 
-    ``volume`` is the classifier input (C, *size) (kit.finetune.classification_input).
+
+@torch.no_grad()
+def pooled_features(backbone: nn.Module, volume: torch.Tensor, pool: str = "avg") -> np.ndarray:
+    """Each encoder level pooled over the non-zero (brain) voxels, concatenated: (F,) float32, or
+    (2F,) for ``pool="avgmax"`` (all means, then all maxima).
+
+    ``volume`` is the classifier input (C, *size) (kit.finetune.classification_input). ``pool``:
+    ``'avg'`` (mean), ``'max'`` (maximum) or ``'avgmax'`` (both; see the module docstring for why
+    tumour presence needs the maximum).
 
     Example:
         >>> from kit.models import create_model
-        >>> pooled_features(create_model("segresnet_small", in_channels=1), torch.ones(1, 32, 32, 32)).shape
-        (120,)
+        >>> net = create_model("segresnet_small", in_channels=1)
+        >>> pooled_features(net, torch.ones(1, 32, 32, 32)).shape, pooled_features(net, torch.ones(1, 32, 32, 32), "avgmax").shape
+        ((120,), (240,))
     """
+    if pool not in POOLS:
+        raise ValueError(f"pooled_features: pool must be one of {POOLS}, got {pool!r}")
     padded, _ = _pad_to(backbone, volume.float())
     backbone.eval()
     brain = (padded.abs().sum(0) > 1e-6).float()[None, None]
-    out = []
+    means, maxima = [], []
     for level in _levels(backbone, padded[None]):
         mask = torch.nn.functional.interpolate(brain, size=tuple(level.shape[2:]), mode="nearest")
         denom = mask.sum().clamp_min(1.0)
-        out.append(((level * mask).sum(dim=(2, 3, 4)) / denom)[0])
-    return torch.cat(out).numpy().astype(np.float32)
+        means.append(((level * mask).sum(dim=(2, 3, 4)) / denom)[0])
+        inside = mask[0, 0] > 0 if mask.any() else torch.ones_like(mask[0, 0], dtype=torch.bool)
+        maxima.append(level[0][:, inside].amax(dim=1))
+    parts = {"avg": means, "max": maxima, "avgmax": means + maxima}[pool]
+    return torch.cat(parts).numpy().astype(np.float32)
 
 
 def probe_encoder(init: str, in_channels: int, modalities: Sequence[str], base_config: Mapping) -> nn.Module:
@@ -285,6 +301,7 @@ def run_probes(
     per_value: int = 200,
     c: float = 1.0,
     progress: bool = True,
+    pool: str = "avg",
 ) -> pd.DataFrame:
     """Fit and score linear probes for every init x task x label count x seed (resumable).
 
@@ -295,6 +312,8 @@ def run_probes(
         base_config: ``backbone``, ``model`` and ``input_size`` (classification) of the encoder.
         per_value: voxels sampled per label value and subject (segmentation).
         c: inverse L2 strength of the logistic regression.
+        pool: the classification probes' pooling (:func:`pooled_features`); recorded per row. Rows
+            already in ``out_csv`` are kept whatever pooling made them: change it in a new file.
 
     Returns:
         Every row of ``out_csv``: ``init, task, label_fraction, seed, n_train, n_test, <metrics>,
@@ -304,6 +323,9 @@ def run_probes(
     from kit.finetune.study import _done_keys, study_design, task_pool
     from kit.finetune.evaluate import classification_metrics
 
+    features_pool = pool  # `pool` below is the training pool of subjects
+    if features_pool not in POOLS:
+        raise ValueError(f"run_probes: pool must be one of {POOLS}, got {features_pool!r}")
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     done = set(_done_keys(out_csv))  # probe rows are matched on their key alone
@@ -336,7 +358,8 @@ def run_probes(
                 lookup = {str(v): k for k, v in enumerate(classes)}
                 size = base_config.get("input_size", 32)
                 images = cache.images()
-                feats = {i: pooled_features(backbone, classification_input(images[i], size)) for i in pool + list(test_idx)}
+                feats = {i: pooled_features(backbone, classification_input(images[i], size), pool=features_pool)
+                         for i in pool + list(test_idx)}
                 y_of = {i: lookup[str(cache.entries[i][target])] for i in feats}
             features_s = time.perf_counter() - tic
             for key in keys:
@@ -363,6 +386,7 @@ def run_probes(
                     metrics = {k: v for k, v in m.items() if k != "n"}
                 row = {"init": init_name, "task": spec["name"], "label_fraction": fraction, "seed": seed,
                        "n_train": len(train_idx), "n_test": len(test_idx), **metrics,
+                       **({} if is_seg else {"pool": features_pool}),
                        "fit_s": round(time.perf_counter() - tic, 2), "features_s": round(features_s, 1)}
                 _append(out_csv, row)
                 done.add(key)

@@ -273,6 +273,7 @@ if probes_cfg:
         caches, probe_tasks, inits, [seed + s for s in probes_cfg["seeds"]], probes_cfg["counts"], config["config"],
         out / "probe_results.csv", test_fraction=config["test_fraction"], val_size=config.get("val_size", 0),
         regions=regions, label_values=label_values, per_value=probes_cfg.get("per_value", 200),
+        pool=probes_cfg.get("pool", "avg"),
     )
     probe_table = probe_summary(probe_results)
     probe_table.to_csv(out / "probe_summary.csv", index=False)
@@ -323,9 +324,11 @@ print(catch_note)
 # %% [markdown] tags=["3d"]
 # ## Objectives compared: every init against scratch, linear probe and fine-tune
 # The same paired differences for every initialisation the run has (its own objective and those
-# notebook 03 compared), per label count: the probe on its seeds, the fine-tune on the tasks' seeds.
-# `mdd` is what this number of pairs could have detected; intervals crossing zero are no evidence
-# either way. Written to `comparison.csv`.
+# notebook 03 compared), per label count: the probe on its seeds, the fine-tune on the tasks' seeds,
+# segmentation (Dice) and classification (AUC) alike. `mdd` is what this number of pairs could have
+# detected; intervals crossing zero are no evidence either way. For segmentation, `boot_ci_*` is the
+# paired bootstrap over seeds and test subjects (`per_subject.csv`), which also counts the choice of
+# test subjects as noise. Written to `comparison.csv`.
 
 # %% tags=["3d"]
 comparison_parts = []
@@ -333,7 +336,15 @@ if probe_table is not None:
     for task_name, part in probe_table.groupby("task", sort=False):
         comparison_parts.append(comparison_table(probe_results[probe_results.task == task_name],
                                                  part.metric.iloc[0], "linear probe"))
-comparison_parts.append(comparison_table(seg_rows, "dice_mean", "fine-tune"))
+subjects_path = out / "per_subject.csv"
+per_subject = pd.read_csv(subjects_path) if subjects_path.exists() else None
+comparison_parts.append(comparison_table(seg_rows, "dice_mean", "fine-tune",
+                                         per_subject=None if per_subject is None else per_subject[per_subject.task == seg_task]))
+for spec in config["tasks"]:  # every classifier: AUC of each init minus scratch
+    cls_rows = results[results.task == spec["name"]]
+    if spec["task"] == "classification" and "auc" in cls_rows and cls_rows.auc.notna().any():
+        readout = "trained head, frozen encoder" if spec.get("config", {}).get("freeze_encoder") else "fine-tune"
+        comparison_parts.append(comparison_table(cls_rows, "auc", readout))
 comparison = pd.concat([c for c in comparison_parts if len(c)], ignore_index=True) if any(
     len(c) for c in comparison_parts) else pd.DataFrame()
 if len(comparison):
