@@ -162,3 +162,23 @@ def test_paired_bootstrap_keeps_the_pairing_and_the_present_rule():
     comp = comparison_table(results, "dice_mean", "fine-tune", per_subject=table, n_boot=200)
     assert {"boot_ci_low", "boot_ci_high", "boot_n_subjects"} <= set(comp.columns)
     assert comp.boot_ci_low.iloc[0] == pytest.approx(0.05)
+
+
+def test_label_efficiency_figure_draws_points_marks_single_runs_and_chance():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kit.finetune.stats import plot_label_efficiency
+
+    s = pd.DataFrame({"init": ["scratch", "scratch", "p"], "label_fraction": [0.1, 1.0, 1.0], "metric": ["auc"] * 3,
+                      "mean": [0.6, 0.8, 0.9], "ci_low": [0.5, 0.7, np.nan], "ci_high": [0.7, 0.9, np.nan],
+                      "n": [3, 3, 1], "n_train": [1, 10, 10]})
+    ax = plot_label_efficiency(s)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert len(lines["scratch"].get_xdata()) == 2  # a curve through two label counts
+    assert not any(len(ln.get_xdata()) > 1 and ln.get_color() == lines["p"].get_color() and ln.get_linestyle() != "None"
+                   for ln in ax.get_lines() if ln.get_label() != "chance (AUC 0.5)")  # one count: points only
+    hollow = [ln for ln in ax.get_lines() if ln.get_markerfacecolor() == "white" and len(ln.get_xdata())]
+    assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [100.0]  # the n = 1 mean, marked apart
+    assert "one run (no interval)" in lines and list(lines["chance (AUC 0.5)"].get_ydata()) == [0.5, 0.5]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 subject\n(10%)", "10 subjects\n(100%)"]

@@ -362,8 +362,11 @@ def catch_up_point(summary: pd.DataFrame, pretrained: str, control: str = "scrat
 def plot_label_efficiency(summary: pd.DataFrame, title: str = "", ax=None):
     """Metric against label fraction (log axis), one line per initialisation, CI as a band.
 
-    The x ticks are the fractions in the study, with the number of labelled subjects under each
-    when the summary has ``n_train``; the y axis spans the metric's range where it is bounded.
+    The x ticks are the fractions in the study, labelled "N subjects" (with the fraction under it)
+    when the summary has ``n_train``; the y axis spans the metric's range where it is bounded. An
+    init measured at a single label count is drawn as points with error bars, never a line or a
+    band; a mean over one run (``n == 1``: no interval) is an open marker, named in the legend;
+    AUC plots carry the chance level (0.5) as a dotted line.
 
     Args:
         summary: output of :func:`summarise` for one task and metric.
@@ -373,7 +376,7 @@ def plot_label_efficiency(summary: pd.DataFrame, title: str = "", ax=None):
         ...                   "ci_low": [.3, .6], "ci_high": [.5, .8], "metric": ["dice"] * 2, "n_train": [2, 19]})
         >>> ax = plot_label_efficiency(s)
         >>> ax.get_xscale(), [t.get_text() for t in ax.get_xticklabels()]
-        ('log', ['10%\\n2 subj.', '100%\\n19 subj.'])
+        ('log', ['2 subjects\\n(10%)', '19 subjects\\n(100%)'])
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, NullLocator
@@ -382,21 +385,37 @@ def plot_label_efficiency(summary: pd.DataFrame, title: str = "", ax=None):
         _, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
     metric = str(summary["metric"].iloc[0]) if len(summary) else "metric"
     low, high = metric_range(metric)
+    single_run = False
     for init, group in summary.groupby("init", sort=False):
         group = group.sort_values("label_fraction")
         x = group.label_fraction.to_numpy(dtype=float) * 100
-        line = ax.plot(x, group["mean"], marker="o", label=str(init))[0]
+        mean = group["mean"].to_numpy(dtype=float)
         band_low = np.clip(group.ci_low.to_numpy(dtype=float), low, high)
         band_high = np.clip(group.ci_high.to_numpy(dtype=float), low, high)
-        ax.fill_between(x, band_low, band_high, color=line.get_color(), alpha=0.2)
+        alone = (group["n"].to_numpy() <= 1) if "n" in group else np.zeros(len(group), bool)
+        single_run |= bool(alone.any())
+        if len(group) > 1:  # a curve only through two label counts or more
+            line = ax.plot(x, mean, label=str(init))[0]
+            ax.fill_between(x, band_low, band_high, color=line.get_color(), alpha=0.2)
+            color = line.get_color()
+        else:
+            color = ax.plot([], [], marker="o", linestyle="none", label=str(init))[0].get_color()  # legend entry
+            err = np.nan_to_num(np.vstack([mean - band_low, band_high - mean]).clip(min=0))
+            ax.errorbar(x, mean, yerr=err, fmt="none", capsize=4, color=color)
+        ax.plot(x[~alone], mean[~alone], marker="o", linestyle="none", color=color)
+        ax.plot(x[alone], mean[alone], marker="o", linestyle="none", markerfacecolor="white", color=color)
+    if single_run:
+        ax.plot([], [], marker="o", linestyle="none", markerfacecolor="white", color="grey", label="one run (no interval)")
+    if metric.startswith("auc"):
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (AUC 0.5)")
     ax.set_xscale("log")
     ticks = summary.drop_duplicates("label_fraction").sort_values("label_fraction")
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    labels = [f"{f:.0%}" + (f"\n{int(n)} subj." if "n_train" in ticks and pd.notna(n) else "")
+    labels = [(f"{int(n)} subject{'s' if int(n) != 1 else ''}\n({f:.0%})" if pd.notna(n) else f"{f:.0%}")
               for f, n in zip(ticks.label_fraction, ticks.get("n_train", pd.Series([None] * len(ticks))))]
     ax.set_xticks(ticks.label_fraction.to_numpy(dtype=float) * 100, labels)
-    ax.set_xlabel("labelled training subjects (fraction, count)")
+    ax.set_xlabel("labelled training subjects (share of the training pool)")
     ax.set_ylabel(metric)
     if (low, high) == (0.0, 1.0):
         ax.set_ylim(0, 1)
@@ -425,8 +444,12 @@ def plot_paired_differences(table: pd.DataFrame, title: str = "", ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 0.45 * max(len(table), 2) + 1.2), constrained_layout=True)
     several = table["label_fraction"].nunique() > 1 if len(table) else False
-    labels = [f"{r.treatment}" + (f" @ {int(r.n_train) if 'n_train' in table else r.label_fraction} labelled" if several else "")
-              for r in table.itertuples()]
+    def count(r) -> str:
+        if "n_train" in table and pd.notna(r.n_train):
+            return f"{int(r.n_train)} subject{'s' if int(r.n_train) != 1 else ''}"
+        return f"{r.label_fraction:.0%} of the labels"
+
+    labels = [f"{r.treatment}" + (f", {count(r)}" if several else "") for r in table.itertuples()]
     y = np.arange(len(table))[::-1]
     mean = table["mean_diff"].to_numpy(float)
     low = np.where(np.isfinite(table["ci_low"]), mean - table["ci_low"], 0.0)
