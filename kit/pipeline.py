@@ -461,6 +461,7 @@ def reproduce(
     """
     from kit.runstate import clear_stage, decide, stage_settings
 
+    # Everything is checked and every stage decided before the first write: a refusal leaves `out` as it was.
     config = profile_config(profile)
     if objective is not None:
         from kit.ssl import list_objectives
@@ -482,27 +483,14 @@ def reproduce(
         from kit.data.cohorts import check_data_root
 
         check_data_root(config["cohorts"], data_root)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_inits(extra_inits)
     run_json = run_dir / "run.json"
     run = json.loads(run_json.read_text()) if run_json.exists() else {}
-    if first > 0 and run.get("objective"):  # resuming: later stages use the objective the run pretrained with
-        if objective is not None and objective != run["objective"]:
-            raise ValueError(f"{run_dir} was pretrained with objective {run['objective']!r}, not {objective!r}; "
-                             "start from stage 02 (or use another --out) to change it")
-        objective = run["objective"]
-    objective = objective or config["stage1"].get("objective", "swin_trio")
     run.setdefault("stages", {})
+    objective = _call_objective(run_dir, run, objective, first, forced)
+    objective = objective or config["stage1"].get("objective", "swin_trio")
+    _check_objective_fits(run_dir, config, objective, first, last)
     data_root = str(Path(data_root).resolve()) if data_root else None
-    # run-wide fields describe the run as first made; a partial rerun records its own in its stages
-    fresh = not run.get("profile") or (first == 0 and STAGES[0] in forced)
-    run_wide = dict(profile=profile, seed=seed, device=device, data_root=data_root,
-                    started=time.strftime("%Y-%m-%d %H:%M:%S"))
-    for key, value in run_wide.items():
-        if fresh or key not in run:
-            run[key] = value
-    run["kit_version"] = kit.__version__
-    run.setdefault("objective", objective)
-    timeout = int(cell_timeout_s or config["cell_timeout_s"])
     parameters = {
         "profile": profile,
         "run_dir": str(run_dir),
@@ -511,20 +499,38 @@ def reproduce(
         "seed": seed,
         "interactive": False,
     }
+    plan = []  # (stage, notebook, parameters, settings, action); action None: the notebook does not exist yet
     upstream_redone = False
+    for stage in STAGES[first : last + 1]:
+        notebook = nb_dir / NOTEBOOKS[stage]
+        if not notebook.exists():
+            plan.append((stage, notebook, None, None, None))
+            continue
+        # notebook 01 has no SSL objective (papermill would warn about an unknown parameter)
+        params = parameters if stage == "01_curation" else {**parameters, "objective": objective}
+        if extra_inits and stage == "04_finetune":
+            params["extra_inits"] = dict(extra_inits)
+        settings = stage_settings(stage, params, config)
+        action = decide(stage, run["stages"].get(stage), settings, forced=stage in forced,
+                        upstream_redone=upstream_redone)
+        upstream_redone = upstream_redone or action != "skip"
+        plan.append((stage, notebook, params, settings, action))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # run-wide fields describe the run as first made; a partial rerun records its own in its stages
+    fresh = not run.get("profile") or (first == 0 and STAGES[0] in forced)
+    run_wide = dict(profile=profile, seed=seed, device=device, data_root=data_root,
+                    started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    for key, value in run_wide.items():
+        if fresh or key not in run:
+            run[key] = value
+    run["kit_version"] = kit.__version__
+    timeout = int(cell_timeout_s or config["cell_timeout_s"])
     try:
-        for stage in STAGES[first : last + 1]:
-            notebook = nb_dir / NOTEBOOKS[stage]
-            if not notebook.exists():
+        for stage, notebook, params, settings, action in plan:
+            if action is None:
                 run["stages"][stage] = {"status": "skipped", "error": f"{notebook.name} does not exist yet"}
                 continue
-            # notebook 01 has no SSL objective (papermill would warn about an unknown parameter)
-            params = parameters if stage == "01_curation" else {**parameters, "objective": objective}
-            if extra_inits and stage == "04_finetune":
-                params["extra_inits"] = dict(extra_inits)
-            settings = stage_settings(stage, params, config)
-            action = decide(stage, run["stages"].get(stage), settings, forced=stage in forced,
-                            upstream_redone=upstream_redone)
             if action == "skip":
                 print(f"{stage}: done earlier with these settings; kept as is (--force {stage} redoes it)",
                       file=sys.stderr)
@@ -533,11 +539,12 @@ def reproduce(
                 clear_stage(run_dir, stage)
             if stage == "02_stage1":
                 run["objective"] = objective  # the objective this run pretrains with
-            upstream_redone = True
+            # the objective each stage ran with (02-05), beside its settings
+            per_stage = {} if stage == "01_curation" else {"objective": objective}
             # a resumed stage (failed or interrupted earlier) keeps the time its earlier sessions took
             earlier = (run["stages"].get(stage) or {}) if action == "run" else {}
             earlier_s = {k: float(earlier.get(k) or 0.0) for k in ("wall_s", "cpu_s")}
-            run["stages"][stage] = {"status": "running", "settings": settings}
+            run["stages"][stage] = {"status": "running", **per_stage, "settings": settings}
             write_json_atomic(run_json, run)
             start, cpu_start = time.perf_counter(), _cpu_seconds()
             label = f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {notebook.stem}"
@@ -547,16 +554,97 @@ def reproduce(
                     run_notebook(notebook, stage_dir(run_dir, stage) / notebook.name, params, timeout, progress,
                                  label=label, drop_tags=cells_to_drop(objective))
             except KeyboardInterrupt:  # Ctrl-C (or SIGTERM, see kit.cli): resumable, with the time it ran
-                run["stages"][stage] = {"status": "interrupted", "settings": settings,
+                run["stages"][stage] = {"status": "interrupted", **per_stage, "settings": settings,
                                         **_stage_times(start, cpu_start, earlier_s)}
                 raise
             except NotebookFailed as err:
-                run["stages"][stage] = {"status": "failed", "error": str(err), "settings": settings,
+                run["stages"][stage] = {"status": "failed", "error": str(err), **per_stage, "settings": settings,
                                         **_stage_times(start, cpu_start, earlier_s)}
                 raise
-            run["stages"][stage] = {"status": "done", "settings": settings, **_stage_times(start, cpu_start, earlier_s)}
+            run["stages"][stage] = {"status": "done", **per_stage, "settings": settings,
+                                    **_stage_times(start, cpu_start, earlier_s)}
             print(f"{label} done in {run['stages'][stage]['wall_s']:.0f} s", file=sys.stderr, flush=True)
     finally:
         write_json_atomic(run_json, run)
         report = write_report(run_dir)
     return report
+
+
+def _stage_objective(record: dict | None) -> str | None:
+    """The SSL objective a stage of ``run.json`` ran with (its own field, else its settings'), or None."""
+    record = record or {}
+    return record.get("objective") or (record.get("settings") or {}).get("objective")
+
+
+def _call_objective(run_dir: Path, run: dict, objective: str | None, first: int, forced: set[str]) -> str | None:
+    """The objective of this ``kit reproduce`` call, or a refusal that names the stage it conflicts with.
+
+    Stage 01 does not depend on the objective, so a run that holds only stage 01 takes any. A stage 02
+    done (or started) with another objective is the conflict: from stage 02 on, :func:`kit.runstate.decide`
+    refuses a done one unless forced, and a started one is refused here (its checkpoint belongs to the
+    other objective); from stage 03 on, the later stages continue from stage 02's weights. Without
+    ``--objective``, the objective of the run's stage 02 is kept.
+    """
+    record = run["stages"].get("02_stage1") or {}
+    pretrained = _stage_objective(record)
+    if pretrained is None and record.get("status") == "done":
+        pretrained = run.get("objective")  # run.json of an older kit: the run-wide field
+    if objective is None:
+        return pretrained
+    if pretrained is None or objective == pretrained or "02_stage1" in forced:
+        return objective
+    status = record.get("status")
+    if first > STAGES.index("02_stage1"):
+        raise ValueError(f"--objective {objective}: {run_dir / '02_stage1'} was pretrained with {pretrained!r} and "
+                         f"{STAGES[first]} continues from its weights; rerun from stage 02 (--from 02 --force 02_stage1) "
+                         "to change the objective, or use another --out")
+    if status != "done":
+        raise ValueError(f"--objective {objective}: {run_dir / '02_stage1'} was started with {pretrained!r} ({status}); "
+                         f"pass --force 02_stage1 to start it over with {objective!r}, or use another --out")
+    return objective  # a done stage 02 with another objective: decide() names the conflict and --force
+
+
+def _check_inits(extra_inits: dict[str, str] | None) -> None:
+    """Each ``--init NAME=CKPT`` must be a readable kit checkpoint (checked before notebook 01 starts)."""
+    from kit.models.checkpoints import CheckpointError, load_checkpoint
+
+    for name, path in (extra_inits or {}).items():
+        try:
+            load_checkpoint(path)
+        except (FileNotFoundError, CheckpointError) as err:
+            raise ValueError(f"--init {name}={path}: {str(err).removeprefix(f'{path}: ')}") from None
+
+
+def _check_objective_fits(run_dir: Path, config: dict, objective: str, first: int, last: int) -> None:
+    """The pretraining stages of this call (02, 03) against what ``objective`` needs, before any notebook.
+
+    The contrasts come from the run's datalist when stage 01 is done and not rerun, else from each
+    cohort's manifest (what notebook 01 will write); a 2D objective's slice table is checked when it exists.
+    """
+    from kit.data.cohorts import load_cohort
+    from kit.train.checks import check_slices, check_stage_settings
+    from kit.train.pretrain import STAGE_SETTINGS, stage_for_objective
+
+    datalist = run_dir / "01_curation" / "datalist.json"
+    for number, (folder, cohort, key) in STAGE_SETTINGS.items():
+        if not first <= STAGES.index(folder) <= last:
+            continue
+        stage = stage_for_objective(config[key], objective)
+        cohort = stage.get("cohort", cohort)  # a profile may pretrain a stage on another cohort
+        if first > 0 and datalist.exists():
+            entries, meta = load_cohort(datalist, cohort)
+            modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
+            source = f"{datalist} cohort {cohort!r}"
+        else:
+            from kit.data.manifest import load_manifest
+
+            manifest = config["cohorts"][cohort]["manifest"]
+            entries, modalities = None, list(load_manifest(manifest).modalities)
+            source = f"the {manifest} manifest of cohort {cohort!r}"
+        try:
+            check_stage_settings(stage, modalities, source)
+            slices = run_dir / "01_curation" / "slices.csv"
+            if stage.get("slices") is not None and entries is not None and slices.exists():
+                check_slices(slices, stage, [str(e["subject"]) for e in entries], cohort, config.get("slice_filter"))
+        except ValueError as err:
+            raise ValueError(f"{folder}: {err}") from None

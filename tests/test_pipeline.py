@@ -144,10 +144,10 @@ def test_objective_reaches_notebooks_02_on_and_is_recorded(tmp_path, notebooks):
     reproduce("smoke", run, objective="mim", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
     assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["objective"] == "mim"
     assert json.loads((run / "run.json").read_text())["objective"] == "mim"
-    # resuming keeps the run's objective, and refuses another one
+    # resuming keeps the run's objective, and refuses another one, naming the stage done with it
     reproduce("smoke", run, from_stage="02", notebooks_dir=notebooks, progress=False, cell_timeout_s=120)
     assert json.loads((run / "02_stage1" / "summary.json").read_text())["figures"]["objective"] == "mim"
-    with pytest.raises(ValueError, match="pretrained with objective 'mim'"):
+    with pytest.raises(ValueError, match="02_stage1 is already done .*objective 'mim' then, 'cross_contrast' now"):
         reproduce("smoke", run, from_stage="02", objective="cross_contrast", notebooks_dir=notebooks, progress=False)
 
 

@@ -28,15 +28,18 @@ QUICK = ["--set", "steps=1", "--set", "warmup_steps=0", "--set", "batch_size=2"]
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     """A run folder after notebook 01: datalist.json and slices.csv of 2 healthy and 2 tumour subjects."""
+    from kit.train.pretrain import stage_settings
+
     run = tmp_path_factory.mktemp("curated")
-    results = prepare_cohorts({"healthy": {"layout": "ukb", "manifest": "ukb", "n": 2},
-                               "tumor": {"layout": "brats2021", "manifest": "brats2021", "n": 2}},
-                              run, resolution_mm=4.0, progress=False)
+    smoke = profile_config("smoke")
+    cohorts = ["healthy", stage_settings("smoke", 2).get("cohort", "tumor")]  # the cohorts stages 1 and 2 read
+    results = prepare_cohorts({name: {**smoke["cohorts"][name], "n": 2} for name in cohorts}, run, resolution_mm=4.0,
+                              progress=False)
     datalist = combined_datalist(results)
     write_json_atomic(run / "01_curation" / "datalist.json", datalist)
-    rule = profile_config("smoke")["slice_filter"]
+    rule = smoke["slice_filter"]
     tables = []
-    for cohort in ("healthy", "tumor"):
+    for cohort in cohorts:
         table = curate_slices(datalist[cohort], SliceFilter(axis=rule["axis"], entropy_threshold=rule["entropy_threshold"],
                                                             position_window=tuple(rule["position_window"])))
         tables.append(table.assign(cohort=cohort))
@@ -48,6 +51,17 @@ def fresh_run(curated: Path, to: Path) -> Path:
     """A copy of the curated run's 01_curation folder (its data stay where the datalist points)."""
     shutil.copytree(curated / "01_curation", to / "01_curation")
     return to
+
+
+def single_contrast(run: Path) -> Path:
+    """Rewrite the run's datalist so that the healthy cohort has its first contrast only (t1); returns its path."""
+    datalist = run / "01_curation" / "datalist.json"
+    data = json.loads(datalist.read_text())
+    data["cohorts"]["healthy"]["modality"] = {"0": "t1"}
+    for entry in data["healthy"]:
+        entry["image"] = entry["image"][:1]
+    datalist.write_text(json.dumps(data))
+    return datalist
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
@@ -132,12 +146,7 @@ def test_moco_v3_when_the_slice_filter_kept_no_slice(curated, tmp_path, capsys):
 
 def test_cross_contrast_on_a_single_contrast_datalist(curated, tmp_path, capsys):
     run = fresh_run(curated, tmp_path / "run")
-    datalist = run / "01_curation" / "datalist.json"
-    data = json.loads(datalist.read_text())
-    data["cohorts"]["healthy"]["modality"] = {"0": "t1"}
-    for entry in data["healthy"]:
-        entry["image"] = entry["image"][:1]
-    datalist.write_text(json.dumps(data))
+    datalist = single_contrast(run)
     expected = (f"kit pretrain: objective 'cross_contrast' needs >= 2 contrasts; {datalist} cohort 'healthy' "
                 "has 1 (t1)")
     assert refused(pretrain(run, "--objective", "cross_contrast"), capsys, expected, run, curated) == expected
@@ -252,3 +261,85 @@ def test_every_exported_json_parses_strictly(seg_checkpoint, tmp_path, capsys):
     default = tmp_path / "default"  # without --spacing: the checkpoint's own (2 mm)
     assert kit_main(export(seg_checkpoint, default)) == 0
     assert strict_json(default / "configs" / "metadata.json")["kit"]["spacing_mm"] == [2.0, 2.0, 2.0]
+
+
+# ----------------------------------------------------------------------------- kit reproduce
+
+from test_reliability import _notebook, _STAGE_CELL, notebooks  # noqa: E402,F401  (tiny real notebooks)
+
+
+def reproduce_args(run: Path, notebooks: Path, *extra: str) -> list[str]:
+    return ["reproduce", "--profile", "smoke", "--out", str(run), "--notebooks", str(notebooks), "--quiet",
+            "--cell-timeout", "120", *extra]
+
+
+def stage_record(run: Path, stage: str) -> dict:
+    return json.loads((run / "run.json").read_text())["stages"][stage]
+
+
+def test_from_02_with_another_objective_on_a_run_holding_only_stage_01(tmp_path, notebooks, capsys):
+    """The issue's case: stage 01 does not depend on the objective, so changing it from stage 02 works."""
+    run = tmp_path / "run"
+    assert kit_main(reproduce_args(run, notebooks, "--to", "01")) == 0
+    assert "objective" not in json.loads((run / "run.json").read_text())  # nothing pretrained yet
+    assert kit_main(reproduce_args(run, notebooks, "--from", "02", "--objective", "mim")) == 0
+    assert stage_record(run, "02_stage1")["objective"] == "mim" and stage_record(run, "02_stage1")["status"] == "done"
+    assert json.loads((run / "run.json").read_text())["objective"] == "mim"
+    capsys.readouterr()
+    # the real conflicts are refused, naming the stage done with the other objective, and change nothing
+    err = refused(reproduce_args(run, notebooks, "--from", "02", "--objective", "cross_contrast"), capsys,
+                  "02_stage1 is already done in this run directory with other settings (objective 'mim' then, "
+                  "'cross_contrast' now): pass --force 02_stage1", run)
+    assert err.startswith("kit reproduce: ")
+    _notebook(notebooks / "03_stage2_pretrain.ipynb", ["STAGE = '03_stage2'", _STAGE_CELL])
+    refused(reproduce_args(run, notebooks, "--from", "03", "--objective", "cross_contrast"), capsys,
+            f"--objective cross_contrast: {run / '02_stage1'} was pretrained with 'mim' and 03_stage2 continues "
+            "from its weights; rerun from stage 02 (--from 02 --force 02_stage1)", run)
+    assert kit_main(reproduce_args(run, notebooks, "--from", "02", "--objective", "cross_contrast",
+                                   "--force", "02_stage1")) == 0
+    assert stage_record(run, "02_stage1")["objective"] == stage_record(run, "03_stage2")["objective"] == "cross_contrast"
+
+
+def test_a_stage_02_started_with_another_objective_is_not_resumed_with_a_new_one(tmp_path, notebooks, capsys):
+    run = tmp_path / "run"
+    _notebook(notebooks / "02_stage1_pretrain.ipynb", ["STAGE = '02_stage1'", "raise RuntimeError('out of memory')"])
+    assert kit_main(reproduce_args(run, notebooks, "--objective", "mim")) == 1
+    capsys.readouterr()
+    assert stage_record(run, "02_stage1")["status"] == "failed"
+    refused(reproduce_args(run, notebooks, "--from", "02", "--objective", "swin_trio"), capsys,
+            f"--objective swin_trio: {run / '02_stage1'} was started with 'mim' (failed); pass --force 02_stage1 to "
+            "start it over with 'swin_trio'", run)
+
+
+def test_reproduce_refuses_a_datalist_the_objective_cannot_use(curated, tmp_path, notebooks, capsys):
+    run = fresh_run(curated, tmp_path / "run")
+    datalist = single_contrast(run)
+    refused(reproduce_args(run, notebooks, "--from", "02", "--objective", "cross_contrast"), capsys,
+            f"kit reproduce: 02_stage1: objective 'cross_contrast' needs >= 2 contrasts; {datalist} cohort 'healthy' "
+            "has 1 (t1)", run, curated)
+    slices = run / "01_curation" / "slices.csv"
+    pd.read_csv(slices).assign(kept=False).to_csv(slices, index=False)
+    refused(reproduce_args(run, notebooks, "--from", "02", "--objective", "moco_v3"), capsys,
+            f"kit reproduce: 02_stage1: {slices}: the slice filter kept no slice of cohort 'healthy'", run, curated)
+
+
+def test_reproduce_refuses_an_init_that_is_not_a_checkpoint_before_creating_the_run(tmp_path, notebooks, capsys):
+    notes = tmp_path / "notes.pt"
+    notes.write_text("not weights")
+    run = tmp_path / "run"
+    refused(reproduce_args(run, notebooks, "--init", f"mine={notes}"), capsys,
+            f"kit reproduce: --init mine={notes}: cannot read checkpoint", tmp_path)
+    assert not run.exists() and notes.read_text() == "not weights"
+
+
+def test_reproduce_refuses_profile_settings_before_notebook_01(tmp_path, notebooks, capsys, monkeypatch):
+    """A profile whose crop the objective cannot use (mim needs two 16-voxel patches) is refused up front."""
+    from kit import profiles
+
+    smoke = json.loads(json.dumps(profiles.PROFILES["smoke"]))
+    smoke["stage1"]["crop"] = 16
+    monkeypatch.setitem(profiles.PROFILES, "smoke", smoke)
+    run = tmp_path / "run"
+    refused(reproduce_args(run, notebooks, "--objective", "mim"), capsys,
+            "kit reproduce: 02_stage1: objective 'mim' needs crop >= 32 voxels per side; the stage's crop is 16", tmp_path)
+    assert not run.exists()

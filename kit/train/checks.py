@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 __all__ = ["check_setting", "check_settings", "stage_channels", "check_objective_fits", "check_slices",
-           "check_pretrain_request"]
+           "check_stage_settings", "check_pretrain_request"]
 
 # TrainConfig fields the command sets from its own arguments: a --set of them would be ignored.
 _COMMAND_ARGS = {"device": "--device", "seed": "--seed", "progress": "--quiet"}
@@ -145,6 +145,8 @@ def check_setting(key: str, value: Any) -> None:
         problem = None if isinstance(value, dict) else f"{key} must be a JSON object, e.g. {{}}"
     elif key == "slices":
         problem = _check_slices_setting(value)
+    elif key == "cohort":
+        problem = None if isinstance(value, str) and value else "cohort must be the name of a cohort of the run's datalist"
     else:  # pragma: no cover - every STAGE_EXTRA_KEYS entry is handled above
         problem = None
     if problem:
@@ -375,6 +377,40 @@ def check_pretrain_request(
         >>> check_pretrain_request(stage_settings("smoke", 1), ["t1"], subjects=["s1"], datalist="d.json",
         ...                        cohort="healthy")  # doctest: +SKIP
     """
+    objective = stage.get("objective", "swin_trio")
+    source = f"{datalist} cohort {cohort!r}"
+    if not subjects:
+        raise ValueError(f"{source} has no subject to pretrain on")
+    if stage.get("slices") is not None:
+        if slices is None:
+            raise ValueError(f"objective {objective!r} trains on 2D slices: it needs notebook 01's slices.csv")
+        check_objective_fits(objective, stage, modalities, source)  # the table is read only if the stage fits
+        check_slices(slices, stage, subjects, cohort, slice_filter)
+    model = check_stage_settings(stage, modalities, source)
+    if init_checkpoint is not None:
+        _check_init(model, Path(init_checkpoint), stage, objective, stage_channels(stage, modalities), init_label)
+
+
+def check_stage_settings(stage: Mapping[str, Any], modalities: Sequence[str], source: str):
+    """A stage's settings against the schema, :class:`TrainConfig`, its objective's needs and its backbone.
+
+    Needs no run folder: ``kit reproduce`` runs it on the profile before notebook 01 (``modalities`` from
+    the cohort's manifest) and :func:`check_pretrain_request` on the run's datalist.
+
+    Returns:
+        a throwaway model of the stage (to check an initial checkpoint against).
+
+    Raises:
+        ValueError: one line naming the setting, e.g. ``objective 'mim' needs crop >= 32 voxels per side``.
+
+    Example:
+        >>> from kit.train.pretrain import stage_settings
+        >>> _ = check_stage_settings(stage_settings("smoke", 1), ["t1", "flair"], "datalist.json cohort 'healthy'")
+        >>> check_stage_settings(stage_settings("smoke", 1, "mim", {"crop": 16}), ["t1"], "d")
+        Traceback (most recent call last):
+        ...
+        ValueError: objective 'mim' needs crop >= 32 voxels per side; the stage's crop is 16
+    """
     from kit.train.pretrain import train_config_from
 
     objective = stage.get("objective", "swin_trio")
@@ -383,15 +419,5 @@ def check_pretrain_request(
         train_config_from(dict(stage), seed=0, device="auto", progress=False)
     except (TypeError, ValueError) as err:
         raise ValueError(f"stage settings: {_first_line(err)}") from None
-    source = f"{datalist} cohort {cohort!r}"
-    if not subjects:
-        raise ValueError(f"{source} has no subject to pretrain on")
     check_objective_fits(objective, stage, modalities, source)
-    if stage.get("slices") is not None:
-        if slices is None:
-            raise ValueError(f"objective {objective!r} trains on 2D slices: it needs notebook 01's slices.csv")
-        check_slices(slices, stage, subjects, cohort, slice_filter)
-    channels = stage_channels(stage, modalities)
-    model = _build(stage, objective, channels)
-    if init_checkpoint is not None:
-        _check_init(model, Path(init_checkpoint), stage, objective, channels, init_label)
+    return _build(stage, objective, stage_channels(stage, modalities))
