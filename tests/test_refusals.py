@@ -190,6 +190,9 @@ def test_valid_settings_still_train_after_the_checks(curated, tmp_path, capsys):
     assert kit_main(pretrain(run, *QUICK, "--set", "crop=16")) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps_run"] == 1 and (run / "02_stage1" / "checkpoint.pt").is_file()
+    # stage 2 from that checkpoint (2 -> 4 contrasts) passes the --init checks, for another objective too
+    assert kit_main(pretrain(run, *QUICK, "--set", "crop=32", "--objective", "mim", stage="2")) == 0
+    assert (run / "03_stage2" / "checkpoint.pt").is_file()
 
 
 # ----------------------------------------------------------------------------- kit export-bundle
