@@ -66,9 +66,12 @@ LR = {1: (5e-4, 100), 2: (2e-4, 50)}  # (peak lr, warm-up steps): the study prof
 # options that make each pretext task meaningful at 32^3 crops of 3 mm brains (see each objective's docstring)
 OBJECTIVE_CFG = {
     "swin_trio": {},
-    "mim": {"patch_size": 8},
-    "cross_contrast": {},
-    "anatomy_hierarchy": {},
+    # 64 patches of 8^3 per crop (16^3 would leave 8 octants), 60 % hidden, one deepest-map voxel per patch
+    "mim": {"patch_size": 8, "mask_ratio": 0.6},
+    # dropped blocks of 8^3 voxels (24 mm; the published 16^3 at 1 mm would be 5 voxels here, 4^3 ones 1-2)
+    "cross_contrast": {"scheme": "large", "block_size": 8},
+    # the grid on the whole brain resized to 32^3 (input_mode 'brain'): cells of 32, 16 and 8 voxels
+    "anatomy_hierarchy": {"view_size": 32, "grid_sizes": [1, 2, 4]},
 }
 EVAL_EVERY, EVAL_CROPS, EVAL_BATCH = 250, 64, 8
 SEED = 0

@@ -3,8 +3,9 @@
 Not a speed benchmark: a reproducible, CPU-sized instance of the comparison the tailored-curation
 paper (Computerized Medical Imaging and Graphics 123, 2025) makes, on synthetic data, so that the
 code path is exercised end to end and the figures have a reference. One synthetic BraTS-layout
-tumour cohort; notebook 01's slice filter; MoCo v3 (``resnet18_2d``) pretrained twice with the same
-budget (steps x batch) on the curated slices and on all slices of the same subjects; then the slice
+tumour cohort for the slice task and an unlabelled tumour pool of other subjects; notebook 01's slice
+filter; MoCo v3 (``resnet18_2d``) pretrained twice on the pool with the same budget (steps x batch), on
+its curated slices and on all its slices (the leakage guard refuses an init that saw a study subject); then the slice
 task (tumour present per slice, :func:`kit.finetune.slice_task.slice_study`): linear probe and
 fine-tune per init, label fractions in subjects, seeds, one fixed test set of subjects.
 
@@ -38,6 +39,7 @@ from kit.data.slices import SliceDataset
 from kit.models import create_model
 from kit.ssl import create_objective
 from kit.finetune import FinetuneConfig
+from kit.train.provenance import guard_leakage, record_seen_subjects
 from kit.finetune.slice_task import slice_study
 from kit.finetune.stats import paired_difference, plot_label_efficiency, plot_paired_differences, summarise
 from kit.train import TrainConfig, train
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--width", type=float, default=0.25, help="resnet18_2d widen_factor")
     parser.add_argument("--pretrain-steps", type=int, default=120)
+    parser.add_argument("--pool", type=int, default=16, help="unlabelled pool subjects MoCo v3 pretrains on")
     parser.add_argument("--finetune-steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.2, 1.0])
@@ -103,15 +106,22 @@ def main(argv: list[str] | None = None) -> dict:
     timings = {}
     with tempfile.TemporaryDirectory(prefix="slices_ablation_") as tmp:
         tmp = Path(tmp)
-        cohorts = {"tumor": {"layout": "brats2021", "manifest": "brats2021", "n": args.n}}
-        result = prepare_cohorts(cohorts, tmp, seed=0, resolution_mm=args.resolution)["tumor"]
+        # MoCo v3 pretrains on an unlabelled pool of other subjects (IDs BraTS2021_10000...), never on the
+        # slice study's labelled or test subjects (the guard below refuses otherwise)
+        cohorts = {"tumor": {"layout": "brats2021", "manifest": "brats2021", "n": args.n},
+                   "tumor_pool": {"kind": "tumor", "layout": "brats2021", "manifest": "brats2021", "n": args.pool,
+                                  "first_index": 10000}}
+        prepared = prepare_cohorts(cohorts, tmp, seed=0, resolution_mm=args.resolution)
+        result, pool = prepared["tumor"], prepared["tumor_pool"]
         entries, modalities = result.subjects, list(result.manifest.modalities)
         table = curate_slices(entries, params)
         cache = build_cache(entries, modalities, tmp / "cache")
+        pool_table = curate_slices(pool.subjects, params)
+        pool_cache = build_cache(pool.subjects, modalities, tmp / "cache_pool")
         inits = {"scratch": "scratch"}
         pretrain = {}
         for name, curated in (("moco_v3:curated", True), ("moco_v3:uncurated", False)):
-            slices = SliceDataset(cache, table, axis=params.axis, size=args.size, curated=curated)
+            slices = SliceDataset(pool_cache, pool_table, axis=params.axis, size=args.size, curated=curated)
             torch.manual_seed(0)
             objective = create_objective("moco_v3", create_model("resnet18_2d", len(modalities), **model_cfg),
                                          dim=64, mlp_dim=256, temperature=1.0, total_steps=args.pretrain_steps,
@@ -127,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: {len(slices)} slices, loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f} "
                   f"({timings[f'pretrain_{name}_s']} s)", flush=True)
             inits[name] = summary["checkpoint"]
+            record_seen_subjects(Path(summary["checkpoint"]).parent, name, [e["subject"] for e in pool.subjects],
+                                 cohort="tumor_pool")
+        guard_leakage(inits, [str(e["subject"]) for e in entries], "refuse", "slices_ablation")
         config = FinetuneConfig(task="classification", target="tumor_present", backbone="resnet18_2d", model=model_cfg,
                                 steps=args.finetune_steps, batch_size=args.batch_size, lr=1e-3, warmup_steps=4,
                                 device="cpu", class_weights="balanced")

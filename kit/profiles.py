@@ -47,6 +47,13 @@ BASE: dict = {
     "saliency": {"task": "tumor_present", "inits": ["scratch", "stage1+2"]},
 }
 
+# The unlabelled pool of the live stage 2 (notebook 03) in the synthetic profiles: tumour brains with subject IDs
+# (BraTS2021_10000...) and a seed of their own, so that no subject the study labels, validates or tests was seen in
+# pretraining (kit.data.cohorts.prepare_cohorts checks it); `full` keeps the published transductive protocol.
+def _tumor_pool(n: int) -> dict:
+    return {"kind": "tumor", "layout": "brats2021", "manifest": "brats2021", "n": n, "first_index": 10000}
+
+
 # shared pieces of the CPU profiles (smoke, workshop, study)
 _SMALL_3D = {"backbone": "segresnet_small", "model": {"init_filters": 8}, "crop": 32}
 _ALL_METHODS = ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "gradcampp", "occlusion"]
@@ -76,11 +83,12 @@ OVERRIDES: dict[str, dict] = {
         "description": "CI and tests: every code path on 2 CPU cores in minutes",
         "cell_timeout_s": 600,
         "resolution_mm": 4.0,
-        "cohorts": {"healthy": {"n": 6}, "tumor": {"n": 8}, "stroke": {"n": 4}},
+        "cohorts": {"healthy": {"n": 6}, "tumor": {"n": 8}, "stroke": {"n": 4}, "tumor_pool": _tumor_pool(4)},
         "n_show": 2,
         "stage1": {**_SMALL_3D, "steps": 8, "batch_size": 2, "lr": 3e-4, "warmup_steps": 2, "ckpt_every": 4,
                    **_MOCO_SMOKE},
         "stage2": {**_SMALL_3D, "steps": 6, "batch_size": 2, "lr": 2e-4, "warmup_steps": 2, "ckpt_every": 3,
+                   "cohort": "tumor_pool",
                    "compare_objectives": ["mim"], **_MOCO_SMOKE},
         "finetune": {
             "config": {**_SMALL_3D, "steps": 3, "batch_size": 2, "input_size": 32, "lr": 1e-3, "warmup_steps": 1,
@@ -93,7 +101,7 @@ OVERRIDES: dict[str, dict] = {
                 {"name": "stroke_seg", "task": "segmentation", "cohort": "stroke", "pool": "lesion",
                  "inits": ["scratch", "stage1"]},
             ],
-            "fractions": [0.5, 1.0], "seeds": [0], "test_fraction": 0.3, "n_overlays": 2, "val_size": 1, "leakage": "flag",
+            "fractions": [0.5, 1.0], "seeds": [0], "test_fraction": 0.3, "n_overlays": 2, "val_size": 1, "leakage": "refuse",
             "probes": {"tasks": ["tumor_seg", "tumor_present"], "counts": [1, "all"], "seeds": [0, 1],
                        "cls_counts": [2, "all"], "per_value": 50},
         },
@@ -108,11 +116,12 @@ OVERRIDES: dict[str, dict] = {
                        "on 5 seeds, a few live fine-tunes; the converged study's figures come from `study`",
         "cell_timeout_s": 3600,
         "resolution_mm": 3.0,
-        "cohorts": {"healthy": {"n": 24}, "tumor": {"n": 60}, "stroke": {"n": 6}},
+        "cohorts": {"healthy": {"n": 24}, "tumor": {"n": 60}, "stroke": {"n": 6}, "tumor_pool": _tumor_pool(24)},
         "n_show": 3,
         "stage1": {**_SMALL_3D, "steps": 60, "batch_size": 4, "lr": 5e-4, "warmup_steps": 5, "ckpt_every": 20,
                    **_MOCO_SMALL},
         "stage2": {**_SMALL_3D, "steps": 30, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3, "ckpt_every": 15,
+                   "cohort": "tumor_pool",
                    # the objectives the workshop compares with this one: stage 1 + 2 each, same budget
                    "compare_objectives": ["cross_contrast", "mim"], **_MOCO_SMALL},
         "finetune": {
@@ -131,7 +140,7 @@ OVERRIDES: dict[str, dict] = {
                  "inits": ["scratch", "swin_trio:stage1+2"], "counts": ["all"], "seeds": [0],
                  "config": {"steps": 200, "lr": 3e-3, "val_every": 25, "patience": 4}},
             ],
-            "fractions": [1.0], "seeds": [0, 1, 2], "test_fraction": 16, "val_size": 6, "n_overlays": 3, "leakage": "flag",
+            "fractions": [1.0], "seeds": [0, 1, 2], "test_fraction": 16, "val_size": 6, "n_overlays": 3, "leakage": "refuse",
             "probes": _CLASS_PROBES,
         },
         "saliency": {
@@ -146,11 +155,12 @@ OVERRIDES: dict[str, dict] = {
                        "20 test subjects, 1/2/4/all labelled subjects; resumable from results.csv",
         "cell_timeout_s": 4 * 3600,
         "resolution_mm": 3.0,
-        "cohorts": {"healthy": {"n": 32}, "tumor": {"n": 80}, "stroke": {"n": 6}},
+        "cohorts": {"healthy": {"n": 32}, "tumor": {"n": 80}, "stroke": {"n": 6}, "tumor_pool": _tumor_pool(40)},
         "n_show": 3,
         "stage1": {**_SMALL_3D, "steps": 200, "batch_size": 4, "lr": 5e-4, "warmup_steps": 10, "ckpt_every": 50,
                    **_MOCO_SMALL},
         "stage2": {**_SMALL_3D, "steps": 100, "batch_size": 4, "lr": 2e-4, "warmup_steps": 5, "ckpt_every": 50,
+                   "cohort": "tumor_pool",
                    **_MOCO_SMALL},
         "finetune": {
             "config": _CONVERGED,
@@ -169,7 +179,7 @@ OVERRIDES: dict[str, dict] = {
                  "count_config": {"all": {"steps": 1000, "val_every": 125}}},
             ],
             "fractions": [1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 20, "val_size": 8, "n_overlays": 3,
-            "leakage": "flag", "probes": _CLASS_PROBES, "workers": 2,
+            "leakage": "refuse", "probes": _CLASS_PROBES, "workers": 2,
         },
         "saliency": {
             # occlusion at overlap 0.25 (512 occluded copies of a 48^3 input, not 1728): the workshop's 4
@@ -188,7 +198,10 @@ OVERRIDES: dict[str, dict] = {
         # BrainSegFounder: AdamW 4e-4 (stage 1) / 6e-6 (stage 2), wd 0.1, warmup 500, 96^3 crops
         "stage1": {"backbone": "swinunetr", "model": {"feature_size": 48}, "crop": 96, "steps": 20000, "batch_size": 4,
                    "lr": 4e-4, "warmup_steps": 500, "ckpt_every": 500, "num_workers": 4, **_MOCO_FULL},
+        # stage 2 on the downstream cohort itself, test subjects included: BrainSegFounder's transductive
+        # protocol, run on purpose and reported as such (finetune.leakage 'flag' writes leakage.json)
         "stage2": {"backbone": "swinunetr", "model": {"feature_size": 48}, "crop": 96, "steps": 5000, "batch_size": 4,
+                   "cohort": "tumor",
                    "lr": 6e-6, "warmup_steps": 500, "ckpt_every": 500, "num_workers": 4, **_MOCO_FULL},
         "finetune": {
             "config": {"backbone": "swinunetr", "model": {"feature_size": 48}, "steps": 30000, "batch_size": 2,
@@ -203,6 +216,7 @@ OVERRIDES: dict[str, dict] = {
                  "inits": ["scratch", "stage1"]},
             ],
             "fractions": [0.01, 0.05, 0.1, 0.25, 1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 0.2, "n_overlays": 4,
+            "leakage": "flag",
         },
         "saliency": {
             "n_cases": 50, "random_n": 200, "dilate_mm": 5.0, "methods": _ALL_METHODS,
@@ -216,14 +230,14 @@ OVERRIDES: dict[str, dict] = {
 
 TOP_KEYS = ("description", "cell_timeout_s", "resolution_mm", "cohorts", "slice_filter", "n_show", "stage1",
             "stage2", "finetune", "saliency")
-COHORT_KEYS = ("layout", "manifest", "n")
+COHORT_KEYS = ("layout", "manifest", "n", "kind", "first_index")
 SLICE_FILTER_KEYS = ("axis", "entropy_threshold", "position_window")
 SLICES_KEYS = ("axis", "size", "channels", "curated")
 # stage settings that are not kit.train.loop.TrainConfig fields
 STAGE_EXTRA_KEYS = ("backbone", "model", "objective", "objective_cfg", "objective_cfgs", "objective_stages", "crop",
-                    "compare_objectives", "slices")
+                    "compare_objectives", "slices", "cohort")
 FINETUNE_KEYS = ("config", "tasks", "fractions", "seeds", "test_fraction", "n_overlays", "val_size", "leakage", "probes",
-                 "slice_study", "workers")
+                 "slice_study", "workers", "extra_inits")
 SLICE_STUDY_KEYS = ("counts", "seeds", "test_fraction", "modes", "uncurated", "config")
 TASK_KEYS = ("name", "task", "cohort", "pool", "target", "inits", "counts", "seeds", "fractions", "config", "val_size",
              "count_config")
@@ -286,6 +300,13 @@ def _check_static(name: str, profile: Mapping) -> None:
         check_keys(task, TASK_KEYS, f"{where} finetune.tasks[{i}] ({task.get('name')})")
     check_keys(finetune.get("probes") or {}, PROBES_KEYS, f"{where} finetune.probes")
     check_keys(profile.get("saliency") or {}, SALIENCY_KEYS, f"{where} saliency")
+    for stage in ("stage1", "stage2"):
+        cohort = (profile.get(stage) or {}).get("cohort")
+        if cohort is not None and cohort not in (profile.get("cohorts") or {}):
+            raise ValueError(f"{where} {stage}.cohort: {cohort!r} is not one of its cohorts "
+                             f"{sorted(profile.get('cohorts') or {})}")
+    if finetune.get("leakage", "refuse") not in ("refuse", "flag"):
+        raise ValueError(f"{where} finetune.leakage: must be 'refuse' or 'flag', got {finetune['leakage']!r}")
 
 
 def validate_profile(name: str, profile: Mapping) -> None:

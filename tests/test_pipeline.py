@@ -94,7 +94,8 @@ def test_stage_names_and_profiles():
         resolve_stage("06")
     with pytest.raises(ValueError, match="unknown profile"):
         profile_config("huge")
-    assert set(profile_config("smoke")["cohorts"]) == {"healthy", "tumor", "stroke"}
+    assert set(profile_config("smoke")["cohorts"]) == {"healthy", "tumor", "stroke", "tumor_pool"}
+    assert profile_config("smoke")["stage2"]["cohort"] == "tumor_pool" and profile_config("full")["stage2"]["cohort"] == "tumor"
 
 
 def test_report_without_run_json(tmp_path):

@@ -85,3 +85,25 @@ def test_pretrain_pool_smoke_writes_a_complete_record_and_resumes(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert again.returncode == 0, again.stderr[-2000:]
     assert sha256_of(results / "checkpoint.pt") == sha and len(pd.read_csv(results / "curves.csv")) == len(curves)
+
+
+def test_run_cohorts_keep_the_unlabelled_pool_apart(tmp_path):
+    """prepare_cohorts: a synthetic pool gets IDs of its own, a pool that reuses the labelled IDs is refused by
+    ID, and on a real dataset the pool is drawn from the subjects the labelled cohort left."""
+    from kit.data.cohorts import prepare_cohorts
+
+    tumor = {"layout": "brats2021", "manifest": "brats2021", "n": 2}
+    pool = {"kind": "tumor", "layout": "brats2021", "manifest": "brats2021", "n": 2, "first_index": 10000}
+    results = prepare_cohorts({"tumor": tumor, "tumor_pool": pool}, tmp_path / "run", resolution_mm=8.0, progress=False)
+    assert list(results) == ["tumor", "tumor_pool"]
+    assert [e["subject"] for e in results["tumor_pool"].subjects] == ["BraTS2021_10000", "BraTS2021_10001"]
+    with pytest.raises(ValueError, match="subject 'BraTS2021_00000' is in both 'tumor' and 'tumor_pool'"):
+        prepare_cohorts({"tumor": tumor, "tumor_pool": {**pool, "first_index": 0}}, tmp_path / "run2",
+                        resolution_mm=8.0, progress=False)
+    # real data: one BraTS folder of 5 subjects serves both cohorts, without a subject in common
+    synth_cohort("tumor", "brats2021", 5, tmp_path / "data" / "brats2021", seed=9, resolution_mm=8.0)
+    real = prepare_cohorts({"tumor": {**tumor, "n": 3}, "tumor_pool": {**pool, "n": 3}}, tmp_path / "run3",
+                           data_root=tmp_path / "data", resolution_mm=8.0, progress=False)
+    labelled = {e["subject"] for e in real["tumor"].subjects}
+    pooled = {e["subject"] for e in real["tumor_pool"].subjects}
+    assert len(labelled) == 3 and len(pooled) == 2 and not labelled & pooled

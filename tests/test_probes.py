@@ -108,3 +108,21 @@ def test_max_pooling_sees_a_small_tumour_that_the_mean_dilutes(cohort, tmp_path)
                        {"backbone": "segresnet_small", "model": {"init_filters": 8}, "input_size": 16},
                        tmp_path / "p.csv", test_fraction=3, val_size=1, progress=False, pool="avgmax")
     assert list(table["pool"]) == ["avgmax"] and table.auc.notna().all()
+
+
+def test_probes_refuse_an_init_that_saw_a_study_subject(cohort, tmp_path):  # noqa: F811
+    """The study's leakage guard also stands before the probes: a validation or test subject in an init's
+    pretraining, or an init without a record, stops them before any feature is computed."""
+    from kit.train.provenance import record_seen_subjects
+
+    task = {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion"}
+    base = {"backbone": "segresnet_small", "model": {"init_filters": 8}, "input_size": 16}
+    kwargs = dict(test_fraction=3, val_size=1, regions={"tumor": BRATS21}, per_value=100, progress=False)
+    seen = record_seen_subjects(tmp_path / "pre", "pool", [str(e["subject"]) for e in cohort.entries], cohort="tumor")
+    with pytest.raises(ValueError, match=r"run_probes: task 'tumor_seg': init 'pre' saw study subjects in pretraining \(3 test, 1 validation, 1 labelled subjects"):
+        run_probes({"tumor": cohort}, [task], {"pre": str(seen.with_name("checkpoint.pt"))}, [0], [1], base,
+                   tmp_path / "probes.csv", **kwargs)
+    with pytest.raises(ValueError, match="has no seen_subjects.json beside it"):
+        run_probes({"tumor": cohort}, [task], {"pre": str(tmp_path / "none" / "checkpoint.pt")}, [0], [1], base,
+                   tmp_path / "probes.csv", **kwargs)
+    assert not (tmp_path / "probes.csv").exists()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kit.data.cache import build_cache
-from kit.train.provenance import leakage_report, record_seen_subjects, seen_subjects
+from kit.train.provenance import guard_leakage, leakage_report, record_seen_subjects, seen_subjects
 from kit.finetune.study import counts_to_fractions, run_study, study_design, study_splits
 
 from test_finetune import BRATS21, write_subject
@@ -52,9 +52,23 @@ def test_seen_subjects_follow_the_lineage(tmp_path):
     assert seen_subjects(tmp_path / "nowhere" / "checkpoint.pt") is None
     inits = {"scratch": "scratch", "stage1": str(one.with_name("checkpoint.pt")),
              "stage1+2": str(two.with_name("checkpoint.pt"))}
-    assert leakage_report(inits, ["s1", "s2"]) == {"stage1+2": {"stages": ["03_stage2"], "subjects": ["s1"]}}
+    assert leakage_report(inits, ["s1", "s2"]) == {"stage1+2": {"stages": ["03_stage2"], "subjects": ["s1"],
+                                                                "roles": {"test": ["s1"]}}}
+    assert leakage_report({"x": str(tmp_path / "ckpt.pt")}, ["s1"])["x"]["unrecorded"] is True
     with pytest.warns(UserWarning, match="cannot check"):
-        assert leakage_report({"x": str(tmp_path / "ckpt.pt")}, ["s1"]) == {}
+        assert guard_leakage({"x": str(tmp_path / "ckpt.pt")}, ["s1"], "flag", "here") == {}
+
+
+def test_guard_refuses_validation_subjects_and_unrecorded_checkpoints(tmp_path):
+    one = record_seen_subjects(tmp_path / "p", "pool", ["v1", "u9"], cohort="tumor").with_name("checkpoint.pt")
+    roles = {"test": ["t1"], "validation": ["v1", "v2"], "labelled": ["l1"]}
+    with pytest.raises(ValueError, match=r"here: init 'pre' saw study subjects in pretraining \(1 validation subjects"):
+        guard_leakage({"pre": str(one)}, roles, "refuse", "here")
+    assert guard_leakage({"pre": str(one)}, roles, "flag", "here")["pre"]["roles"] == {"validation": ["v1"]}
+    clean = record_seen_subjects(tmp_path / "q", "pool", ["u1"], cohort="tumor").with_name("checkpoint.pt")
+    assert guard_leakage({"pre": str(clean), "scratch": "scratch"}, roles, "refuse", "here") == {}
+    with pytest.raises(ValueError, match="has no seen_subjects.json beside it"):
+        guard_leakage({"pre": str(tmp_path / "r" / "checkpoint.pt")}, roles, "refuse", "here")
 
 
 def test_study_refuses_or_flags_test_subjects_seen_in_pretraining(cohort, tmp_path):
@@ -64,7 +78,7 @@ def test_study_refuses_or_flags_test_subjects_seen_in_pretraining(cohort, tmp_pa
     inits = {"scratch": "scratch", "stage1+2": str(stage2.with_name("checkpoint.pt"))}
     base = {"backbone": "segresnet_small", "model": {"init_filters": 8}, "steps": 2, "batch_size": 1, "crop": 16,
             "val_every": 1, "inference": "whole", "augment": False}
-    with pytest.raises(ValueError, match=f"seen in pretraining.*{test[0]}"):
+    with pytest.raises(ValueError, match=f"saw study subjects in pretraining \\(1 test subjects.*{test[0]}"):
         run_study({"tumor": cohort}, [spec], inits, [1.0], [0], base, tmp_path / "r.csv", test_fraction=3,
                   device="cpu", progress=False)
     assert not (tmp_path / "r.csv").exists()

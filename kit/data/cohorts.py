@@ -18,7 +18,7 @@ from pathlib import Path
 __all__ = ["is_real", "cohort_root", "check_data_root", "prepare_cohorts", "combined_datalist", "load_cohort"]
 
 # Each cohort gets its own seed stream so adding subjects to one does not change another.
-_COHORT_SEED_OFFSET = {"healthy": 0, "tumor": 1000, "stroke": 2000}
+_COHORT_SEED_OFFSET = {"healthy": 0, "tumor": 1000, "stroke": 2000, "tumor_pool": 3000}
 
 
 def is_real(spec: dict, data_root: str | Path | None) -> bool:
@@ -59,7 +59,12 @@ def prepare_cohorts(
     """Generate missing synthetic cohorts (or locate real ones) and validate each against its manifest.
 
     Args:
-        cohorts: ``{name: {"layout", "manifest", "n"}}`` as in a profile (:data:`kit.pipeline.PROFILES`).
+        cohorts: ``{name: {"layout", "manifest", "n"}}`` as in a profile (:data:`kit.pipeline.PROFILES`);
+            optional ``"kind"`` (the synthetic cohort, default the name: ``tumor_pool`` is ``kind: tumor``)
+            and ``"first_index"`` (synthetic subject IDs start there). A cohort named ``*_pool`` is an
+            unlabelled pretraining pool: on real data it is chosen among the subjects the other cohorts
+            of the same dataset left, and any subject shared by two cohorts of one dataset is refused
+            (:func:`kit.train.pools.check_disjoint`).
         run_dir: the run directory (synthetic data goes to ``run_dir/data/<name>``).
         data_root: directory with one real dataset per manifest name, or None for synthetic data.
         seed: run seed; each cohort derives its own.
@@ -78,13 +83,19 @@ def prepare_cohorts(
     from kit.data.synth import synth_cohort
     from kit.data.validate import validate_dataset
 
+    from kit.train.pools import check_disjoint
+
     results = {}
-    for name, spec in cohorts.items():
+    taken: dict[str, set[str]] = {}  # manifest -> subjects already chosen by another cohort of the run
+    # the labelled cohorts choose first, so an unlabelled pool on the same dataset takes what they leave
+    for name, spec in sorted(cohorts.items(), key=lambda item: item[0].endswith("_pool")):
         cohort_seed = seed + _COHORT_SEED_OFFSET.get(name, 0)
         if is_real(spec, data_root):
             # a real dataset at the profile's scale: a seeded subset, resampled copies if needed
             real = validate_dataset(spec["manifest"], cohort_root(name, spec, run_dir, data_root), progress=progress)
-            chosen = pick_subjects(real.subjects, int(spec["n"]), cohort_seed)
+            free = [e for e in real.subjects if str(e["subject"]) not in taken.get(spec["manifest"], set())]
+            chosen = pick_subjects(free, int(spec["n"]), cohort_seed)
+            taken.setdefault(spec["manifest"], set()).update(str(e["subject"]) for e in chosen)
             if any(needs_resampling(_first_spacing(e), resolution_mm) for e in chosen):
                 copy = resample_subjects(chosen, real.root, Path(run_dir) / "data" / name, resolution_mm)
                 results[name] = validate_dataset(spec["manifest"], copy, progress=progress)
@@ -97,16 +108,22 @@ def prepare_cohorts(
         root = cohort_root(name, spec, run_dir, None)
         if not _synthetic_complete(root, int(spec["n"])):
             synth_cohort(
-                name,
+                spec.get("kind", name),
                 spec["layout"],
                 n=int(spec["n"]),
                 out=root,
                 seed=cohort_seed,
                 resolution_mm=resolution_mm,
                 progress=progress,
+                first_index=int(spec.get("first_index", 0)),
             )
         results[name] = validate_dataset(spec["manifest"], root, progress=progress)
-    return results
+        taken.setdefault(spec["manifest"], set()).update(str(e["subject"]) for e in results[name].subjects)
+    # an unlabelled pool shares no subject with a labelled cohort of the same dataset (IDs checked, not assumed)
+    for manifest in {spec["manifest"] for spec in cohorts.values()}:
+        check_disjoint({name: [e["subject"] for e in results[name].subjects]
+                        for name, spec in cohorts.items() if spec["manifest"] == manifest})
+    return {name: results[name] for name in cohorts}
 
 
 def check_data_root(cohorts: dict, data_root: str | Path) -> None:

@@ -302,6 +302,7 @@ def run_probes(
     c: float = 1.0,
     progress: bool = True,
     pool: str = "avg",
+    leakage: str = "refuse",
 ) -> pd.DataFrame:
     """Fit and score linear probes for every init x task x label count x seed (resumable).
 
@@ -314,6 +315,8 @@ def run_probes(
         c: inverse L2 strength of the logistic regression.
         pool: the classification probes' pooling (:func:`pooled_features`); recorded per row. Rows
             already in ``out_csv`` are kept whatever pooling made them: change it in a new file.
+        leakage: 'refuse' or 'flag', as in :func:`kit.finetune.study.run_study`: the same guard
+            (:func:`kit.train.provenance.guard_leakage`) on the probe's test, validation and labelled subjects.
 
     Returns:
         Every row of ``out_csv``: ``init, task, label_fraction, seed, n_train, n_test, <metrics>,
@@ -322,6 +325,7 @@ def run_probes(
     from kit.finetune.data import class_table, classification_input
     from kit.finetune.study import _done_keys, study_design, task_pool
     from kit.finetune.evaluate import classification_metrics
+    from kit.train.provenance import guard_leakage
 
     features_pool = pool  # `pool` below is the training pool of subjects
     if features_pool not in POOLS:
@@ -338,6 +342,11 @@ def run_probes(
             design = study_design(cache, spec, None, seeds, test_fraction, min_subjects=1 if is_seg else 2,
                                   val_size=spec.get("val_size", val_size), counts=spec.get("counts", counts))
             per_seed = design["per_seed"]
+            subject = [str(e["subject"]) for e in cache.entries]
+            guard_leakage({init_name: init}, {
+                "test": [subject[i] for i in design["test"]], "validation": [subject[i] for i in design["val"]],
+                "labelled": sorted({subject[i] for subsets in per_seed.values() for v in subsets.values() for i in v})},
+                leakage, f"run_probes: task {spec['name']!r}")
             fitted = {f: set(distinct_sets(per_seed, seeds, f)) for f in design["fractions"]}
             keys = [(init_name, spec["name"], float(f), int(s)) for s in seeds for f in design["fractions"]
                     if s in fitted[f]]

@@ -101,7 +101,7 @@ def pretrain_uncurated(profile: str, run_dir: str | Path, objective: str, out_di
         if config.get("slices") is None:
             raise ValueError(f"objective {objective!r}: stage {stage} has no slice settings; nothing to un-curate")
         config["slices"] = {**config["slices"], "curated": False}
-        _, cohort, _ = STAGE_SETTINGS[stage]
+        cohort = config.get("cohort", STAGE_SETTINGS[stage][1])
         entries, meta = load_cohort(run / "01_curation" / "datalist.json", cohort)
         modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
         setup = prepare_pretraining(config, entries, modalities, out / f"stage{stage}", seed=seed, device=device,
@@ -173,9 +173,10 @@ def run_slice_finetune(
     uncurated init when the profile asks for it (``uncurated/``), runs
     :func:`kit.finetune.slice_task.slice_study` with one row per finished run in ``results.csv``
     (rerunning skips finished runs) and keeps the fine-tuned classifiers of every init at all labels,
-    first seed, as ``models/tumor_present_2d__<init>.pt`` (for notebook 05). ``leakage.json`` lists
-    the test subjects each init's pretraining saw (:func:`kit.train.provenance.leakage_report`:
-    stage 2 pretrains on the whole tumour cohort, as the published two-stage protocol).
+    first seed, as ``models/tumor_present_2d__<init>.pt`` (for notebook 05). The leakage guard of the
+    3D study (:func:`kit.train.provenance.guard_leakage`, the profile's ``finetune.leakage``) runs
+    before any fine-tune: ``refuse`` stops when an init's pretraining saw a test or labelled subject;
+    ``flag`` runs and lists them in ``leakage.json``.
 
     Returns:
         :func:`study_table` of ``results.csv``: ``init``, ``task``, ``mode``, ``label_fraction``, ``seed``,
@@ -186,9 +187,9 @@ def run_slice_finetune(
     """
     from kit.data.cache import build_cache
     from kit.data.cohorts import load_cohort
-    from kit.pipeline import stage_dir, write_json_atomic
+    from kit.pipeline import profile_config, stage_dir, write_json_atomic
     from kit.finetune import FinetuneConfig
-    from kit.train.provenance import leakage_report
+    from kit.train.provenance import guard_leakage
     from kit.finetune.slice_task import slice_study
     from kit.finetune.study import kept_model_path
 
@@ -211,13 +212,16 @@ def run_slice_finetune(
         return kept_model_path(models, SLICE_TASK, init) if mode == "finetune" and fraction == 1.0 and seed_ == seeds[0] else None
 
     spec = settings["slices"]
+    test = slice_test_split(cache, run / "01_curation" / "slices.csv", settings["test_fraction"], int(spec["axis"]),
+                            cohort="tumor")
+    # the guard of the 3D study: the slice study's test subjects and the rest, its labelled pool
+    leaks = guard_leakage(inits, {"test": test, "labelled": sorted({str(e["subject"]) for e in entries} - set(test))},
+                          profile_config(profile)["finetune"].get("leakage", "refuse"), f"the {SLICE_TASK} slice study")
+    write_json_atomic(out / "leakage.json", {SLICE_TASK: leaks})
     results = slice_study(cache, run / "01_curation" / "slices.csv", inits, config, counts=settings["counts"],
                           seeds=seeds, test_fraction=settings["test_fraction"], axis=int(spec["axis"]), cohort="tumor",
                           channels=spec.get("channels", "all"), size=int(spec["size"]), modes=settings["modes"],
                           results_path=out / "results.csv", save_models=keep)
-    test = slice_test_split(cache, run / "01_curation" / "slices.csv", settings["test_fraction"], int(spec["axis"]),
-                            cohort="tumor")
-    write_json_atomic(out / "leakage.json", {SLICE_TASK: leakage_report(inits, test)})
     return study_table(results)
 
 

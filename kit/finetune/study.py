@@ -11,7 +11,8 @@ makes models better with few labels. :func:`run_study` tests it the way a reader
   selection and early stopping (:mod:`kit.finetune.selection`), never the test set;
 - label counts in subjects (``counts: [1, 2, 4, "all"]``), the informative regime of small
   cohorts, or label fractions;
-- a leakage guard: a test subject seen by a pretraining stage (:mod:`kit.train.provenance`) makes
+- a leakage guard: a test, validation or labelled subject seen by a pretraining stage, or a
+  checkpoint with no record of what it saw (:func:`kit.train.provenance.guard_leakage`), makes
   the study refuse to run (``leakage="refuse"``) or is flagged in every row and in
   ``leakage.json`` (``leakage="flag"``, for the published two-stage protocol, whose stage 2
   pretrains on every BraTS subject);
@@ -61,7 +62,7 @@ from kit.finetune.config import PROTOCOL_DEFAULTS, FinetuneConfig
 from kit.finetune.data import class_table, is_missing
 from kit.finetune.finetune import finetune
 from kit.tempfiles import atomic_write
-from kit.train.provenance import leakage_report
+from kit.train.provenance import guard_leakage
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
            "objective_of_init", "pretrained_inits", "kept_model_path", "count_overrides",
@@ -492,8 +493,9 @@ def run_study(
             across seeds and inits, for ``val_every`` / ``patience`` in the config.
         counts: label counts in subjects (e.g. ``[1, 2, 4, "all"]``) instead of ``fractions``;
             ``spec["counts"]`` overrides it per task.
-        leakage: 'refuse' (raise when a test subject was seen by a pretraining stage of an init)
-            or 'flag' (run, and record the overlap per row and in ``leakage.json``).
+        leakage: 'refuse' (raise when a test, validation or labelled subject was seen by a pretraining
+            stage of an init, or when an init's checkpoint has no seen-subjects record) or 'flag' (run,
+            and record the overlap per row (test subjects) and in ``leakage.json`` (every role)).
         regions, label_values: per cohort, the manifest's segmentation regions and label values.
         device: 'auto', 'cpu' or 'cuda'.
         save_models: ``f(init, task, fraction, seed) -> path or None``; the trained model of a run
@@ -535,14 +537,12 @@ def run_study(
         task_fractions = design["fractions"]
         test_subjects = [str(cache.entries[i]["subject"]) for i in test_idx]
         task_inits = {k: v for k, v in inits.items() if init_allowed(k, spec.get("inits"))}
-        task_leaks = leakage_report(task_inits, test_subjects)
+        roles = {"test": test_subjects, "validation": [str(cache.entries[i]["subject"]) for i in val_idx],
+                 "labelled": sorted({str(cache.entries[i]["subject"]) for subsets in per_seed.values()
+                                     for chosen in subsets.values() for i in chosen})}
+        task_leaks = guard_leakage(task_inits, roles, leakage, f"run_study: task {spec['name']!r}")
         if task_leaks:
             leaks[spec["name"]] = task_leaks
-            if leakage == "refuse":
-                text = "; ".join(f"{init}: {len(v['subjects'])} test subjects seen in {v['stages']} "
-                                 f"(e.g. {v['subjects'][:3]})" for init, v in task_leaks.items())
-                raise ValueError(f"run_study: task {spec['name']!r}: test subjects were seen in pretraining ({text}); "
-                                 "pretrain without them, or pass leakage='flag' to run the published protocol and report it")
             _write_json(out_csv.with_name("leakage.json"), leaks)
         classes = None
         if not is_seg:
@@ -568,7 +568,7 @@ def run_study(
                         label_values=(label_values or {}).get(spec["cohort"]) if is_seg else None,
                         classes=classes, target=spec.get("target"), run_dir=runs_dir / _run_folder_name(key),
                         save_path=save_models(*key) if save_models is not None else None,
-                        n_seen=len(task_leaks.get(label, {}).get("subjects", []))))
+                        n_seen=len(task_leaks.get(label, {}).get("roles", {}).get("test", []))))
 
     if stale:
         # rows of another recipe must not be mixed with this one's: they run again

@@ -38,7 +38,8 @@ __all__ = [
     "pretrain_comparison",
 ]
 
-# stage number -> (run-directory folder, cohort of the run's datalist, profile key)
+# stage number -> (run-directory folder, default cohort of the run's datalist, profile key); a profile's stage
+# setting ``cohort`` names another (the synthetic profiles pretrain stage 2 on the unlabelled 'tumor_pool')
 STAGE_SETTINGS = {1: ("02_stage1", "healthy", "stage1"), 2: ("03_stage2", "tumor", "stage2")}
 
 
@@ -306,6 +307,7 @@ def prepare_stage(
 
     config = stage_settings(profile, stage, objective, overrides)
     folder, cohort, _ = STAGE_SETTINGS[stage]
+    cohort = config.get("cohort", cohort)  # e.g. stage 2 on an unlabelled pool ('tumor_pool'), not the study's cohort
     run = Path(run_dir)
     given_init = init_checkpoint is not None
     if init_checkpoint is None and stage == 2:

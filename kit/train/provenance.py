@@ -4,7 +4,9 @@ A label-efficiency study is only honest if its test subjects were never seen by 
 fine-tunes. BrainSegFounder's stage 2 pretrains on every BraTS subject, test cases included, so
 a comparison on the same test set flatters the pretrained model. Each stage therefore writes
 ``seen_subjects.json`` beside its checkpoint: its own subjects plus those of the stage it started
-from (the lineage), and :func:`leakage_report` intersects that with a test set::
+from (the lineage), and :func:`leakage_report` intersects that with a study's test, validation and
+labelled subjects (:func:`guard_leakage` refuses any overlap, and any checkpoint without a record, in
+``refuse`` mode)::
 
     {"stages": [{"stage": "02_stage1", "cohort": "healthy", "subjects": [...]},
                 {"stage": "03_stage2", "cohort": "tumor", "subjects": [...]}]}
@@ -20,7 +22,8 @@ from pathlib import Path
 
 from kit.tempfiles import write_text_atomic
 
-__all__ = ["SEEN_FILE", "record_seen_subjects", "seen_subjects", "leakage_report"]
+__all__ = ["SEEN_FILE", "LEAKAGE_MODES", "record_seen_subjects", "seen_subjects", "leakage_report", "guard_leakage",
+           "describe_leakage"]
 
 SEEN_FILE = "seen_subjects.json"
 
@@ -77,54 +80,117 @@ def record_seen_subjects(out_dir: str | os.PathLike, stage: str, subjects: Seque
     return path
 
 
-def leakage_report(inits: Mapping[str, str], test_subjects: Sequence[str]) -> dict[str, dict]:
-    """The test subjects each initialisation's pretraining saw.
+#: ``refuse``: an init whose pretraining saw a study subject (or has no record) stops the study;
+#: ``flag``: it runs and the overlap is reported (the published transductive protocol, ``full`` only)
+LEAKAGE_MODES = ("refuse", "flag")
+
+
+def _roles(subjects: Sequence[str] | Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+    if isinstance(subjects, Mapping):
+        return {str(role): {str(s) for s in ids} for role, ids in subjects.items()}
+    return {"test": {str(s) for s in subjects}}
+
+
+def leakage_report(inits: Mapping[str, str], subjects: Sequence[str] | Mapping[str, Sequence[str]]) -> dict[str, dict]:
+    """The study subjects each initialisation's pretraining saw.
 
     Args:
         inits: init name -> 'scratch' or a checkpoint path.
-        test_subjects: the study's test set (subject ids).
+        subjects: the study's subjects by role (``{"test": [...], "validation": [...], "labelled": [...]}``),
+            or a plain list of test subjects.
 
     Returns:
-        ``{init: {"stages": [stages that saw test subjects], "subjects": [those subjects]}}``, only
-        for inits with an overlap. A checkpoint without a record is warned about, not reported.
+        ``{init: {"stages": [stages that saw study subjects], "subjects": [those subjects],
+        "roles": {role: [subjects]}}}``, only for inits with an overlap; an init whose checkpoint has
+        no ``seen_subjects.json`` (provenance unknown) gets ``{"stages": [], "subjects": [],
+        "roles": {}, "unrecorded": True}``.
 
     Example:
         >>> leakage_report({"scratch": "scratch"}, ["s1"])
         {}
     """
-    test = {str(s) for s in test_subjects}
+    roles = _roles(subjects)
+    study = set().union(*roles.values()) if roles else set()
     out = {}
     for name, init in inits.items():
         if str(init) == "scratch":
             continue
         seen = seen_subjects(init)
         if seen is None:
-            warnings.warn(f"{init}: no {SEEN_FILE} beside it; cannot check that test subjects were unseen "
-                          "in its pretraining", stacklevel=2)
+            out[name] = {"stages": [], "subjects": [], "roles": {}, "unrecorded": True}
             continue
-        stages = [stage for stage, subjects in seen.items() if test & set(subjects)]
+        stages = [stage for stage, ids in seen.items() if study & set(ids)]
         if stages:
-            out[name] = {"stages": stages, "subjects": sorted(test & {s for st in stages for s in seen[st]})}
+            hit = study & {s for st in stages for s in seen[st]}
+            out[name] = {"stages": stages, "subjects": sorted(hit),
+                         "roles": {role: sorted(ids & hit) for role, ids in roles.items() if ids & hit}}
     return out
 
 
-def describe_leakage(leaks: Mapping[str, Mapping[str, dict]]) -> str:
-    """One line for a report from ``leakage.json`` (task -> :func:`leakage_report`): how many test
-    subjects each task's inits saw, and in which stages.
+def guard_leakage(inits: Mapping[str, str], subjects: Sequence[str] | Mapping[str, Sequence[str]], mode: str,
+                  where: str) -> dict[str, dict]:
+    """The leakage guard of every fine-tuning readout (study, probes, the 2D slice study).
+
+    Args:
+        inits, subjects: as for :func:`leakage_report`.
+        mode: ``'refuse'`` (raise when an init's pretraining saw any of ``subjects``, or when its
+            checkpoint has no seen-subjects record) or ``'flag'`` (return the overlap, warn about
+            unrecorded checkpoints).
+        where: what is checked, for the message (e.g. ``"run_study: task 'tumor_seg'"``).
+
+    Returns:
+        :func:`leakage_report` (empty when nothing leaked).
+
+    Raises:
+        ValueError: one line naming the init, the stage, the roles and example subjects.
 
     Example:
-        >>> describe_leakage({"tumor_seg": {"stage1+2": {"stages": ["03_stage2"], "subjects": ["a", "b"]},
-        ...                                 "mim:stage1+2": {"stages": ["03_stage2"], "subjects": ["a", "b"]}}})
-        'test subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: tumor_seg: 2 in 03_stage2 (stage1+2, mim:stage1+2)'
+        >>> guard_leakage({"scratch": "scratch"}, {"test": ["s1"]}, "refuse", "demo")
+        {}
+        >>> guard_leakage({"x": "/nowhere/ckpt.pt"}, {"test": ["s1"]}, "refuse", "demo")
+        Traceback (most recent call last):
+        ...
+        ValueError: demo: init 'x' (/nowhere/ckpt.pt) has no seen_subjects.json beside it, so nothing shows which subjects its pretraining saw; record them or use leakage='flag'
+    """
+    if mode not in LEAKAGE_MODES:
+        raise ValueError(f"{where}: leakage must be one of {LEAKAGE_MODES}, got {mode!r}")
+    report = leakage_report(inits, subjects)
+    for name, entry in report.items():
+        if entry.get("unrecorded"):
+            if mode == "refuse":
+                raise ValueError(f"{where}: init {name!r} ({inits[name]}) has no {SEEN_FILE} beside it, so nothing "
+                                 "shows which subjects its pretraining saw; record them or use leakage='flag'")
+            warnings.warn(f"{inits[name]}: no {SEEN_FILE} beside it; cannot check that study subjects were unseen "
+                          "in its pretraining", stacklevel=2)
+        elif mode == "refuse":
+            roles = ", ".join(f"{len(ids)} {role}" for role, ids in entry["roles"].items())
+            raise ValueError(f"{where}: init {name!r} saw study subjects in pretraining ({roles} subjects in "
+                             f"{entry['stages']}, e.g. {entry['subjects'][:3]}); pretrain on a pool without them, "
+                             "or use leakage='flag' to run the published transductive protocol and report it")
+    return {name: entry for name, entry in report.items() if not entry.get("unrecorded")}
+
+
+def describe_leakage(leaks: Mapping[str, Mapping[str, dict]]) -> str:
+    """One line for a report from ``leakage.json`` (task -> :func:`leakage_report`): how many study
+    subjects (test, validation, labelled) each task's inits saw, and in which stages.
+
+    Example:
+        >>> describe_leakage({"tumor_seg": {"stage1+2": {"stages": ["03_stage2"], "subjects": ["a", "b"],
+        ...                                              "roles": {"test": ["a"], "validation": ["b"]}},
+        ...                                 "mim:stage1+2": {"stages": ["03_stage2"], "subjects": ["a", "b"],
+        ...                                                  "roles": {"test": ["a"], "validation": ["b"]}}}})
+        'study subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: tumor_seg: 1 test + 1 validation in 03_stage2 (stage1+2, mim:stage1+2)'
         >>> describe_leakage({})
-        'no test subject seen in pretraining'
+        'no study subject (test, validation or labelled) seen in pretraining'
     """
     parts = []
     for task, per_init in leaks.items():
         groups: dict[tuple, list[str]] = {}
         for init, entry in per_init.items():
-            groups.setdefault((len(entry["subjects"]), ", ".join(entry["stages"])), []).append(init)
+            roles = entry.get("roles") or {"test": entry["subjects"]}  # leakage.json from before roles: test only
+            counts = " + ".join(f"{len(ids)} {role}" for role, ids in roles.items())
+            groups.setdefault((counts, ", ".join(entry["stages"])), []).append(init)
         parts.append(f"{task}: " + ", ".join(f"{n} in {stages} ({', '.join(inits)})" for (n, stages), inits in groups.items()))
     if not parts:
-        return "no test subject seen in pretraining"
-    return "test subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: " + "; ".join(parts)
+        return "no study subject (test, validation or labelled) seen in pretraining"
+    return "study subjects seen (unlabelled) in pretraining, as in the published two-stage protocol: " + "; ".join(parts)

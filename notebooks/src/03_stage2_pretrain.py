@@ -13,9 +13,15 @@
 #
 # BrainSegFounder's second stage continues the same self-supervised tasks (rotation, inpainting,
 # contrastive, or the objective chosen with the `objective` parameter, as in notebook 02) on the
-# **target population**: here the tumour cohort in the BraTS layout, with
+# **target population**: here tumour brains in the BraTS layout, with
 # 4 channels (FLAIR, T1ce, T1, T2) where stage 1 had 2 (T1, FLAIR). The paper's learning rate is
 # far lower in stage 2 (6e-6 vs 4e-4): the aim is to adapt, not to relearn.
+#
+# **Which tumour brains.** The paper's stage 2 pretrains on every BraTS subject, the test subjects
+# of its fine-tuning included (a transductive protocol). The synthetic profiles pretrain stage 2 on an
+# unlabelled pool of its own (`tumor_pool`: other subjects, other IDs), so that notebook 04 can compare
+# with scratch on subjects pretraining never saw (its leakage guard refuses otherwise); the `full`
+# profile keeps the paper's protocol on purpose and reports it.
 #
 # **The first layer.** The public BrainSegFounder code re-initialised the patch embedding when the
 # channel count changed, discarding the pretrained first layer. Here the stage-1 input filters are
@@ -47,7 +53,6 @@ from kit.viz import plot_first_layer, plot_loss_curves, plot_ssl_preview
 
 run_dir = find_run_dir(run_dir, profile)  # the run kit reproduce made, also when opened in JupyterLab
 show_smoke_banner(profile)
-STAGE, COHORT = "03_stage2", "tumor"
 stage1_checkpoint = Path(run_dir) / "02_stage1" / "checkpoint.pt"
 stage1 = load_checkpoint(stage1_checkpoint)
 print(f"stage 1: {stage1_checkpoint} ({stage1['extra'].get('modalities')}, step {stage1['extra'].get('step')})")
@@ -57,6 +62,7 @@ print(f"stage 1: {stage1_checkpoint} ({stage1['extra'].get('modalities')}, step 
 stage = prepare_stage(profile, 2, run_dir, objective=objective, init_checkpoint=stage1_checkpoint, seed=seed,
                       device=device, progress=True)
 config, entries, modalities, out, setup = stage.config, stage.entries, stage.modalities, stage.out, stage.setup
+STAGE, COHORT = "03_stage2", config.get("cohort", "tumor")
 print(f"stage 2: {len(entries)} {COHORT} subjects, channels {modalities}; objective {config['objective']}")
 print(f"cache: {len(setup.cache)} subjects in {setup.cache.root}")
 

@@ -274,6 +274,7 @@ if probes_cfg:
         out / "probe_results.csv", test_fraction=config["test_fraction"], val_size=config.get("val_size", 0),
         regions=regions, label_values=label_values, per_value=probes_cfg.get("per_value", 200),
         pool=probes_cfg.get("pool", "avg"),
+        leakage=config.get("leakage", "refuse"),
     )
     probe_table = probe_summary(probe_results)
     probe_table.to_csv(out / "probe_summary.csv", index=False)
