@@ -141,3 +141,110 @@ def test_reproduce_init_reaches_notebook_04_only(tmp_path, monkeypatch, capsys):
     assert all("extra_inits" not in p for name, p in calls.items() if name != "04_finetune.ipynb")
     assert main(["reproduce", "--out", str(run), "--from", "03", "--init", "x=missing.pt"]) == 1
     assert "--init x: missing.pt does not exist" in capsys.readouterr().err
+
+
+def _digest(folder) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_wrong_inputs_get_one_line_naming_the_argument_or_file_and_change_nothing(tmp_path, capsys):
+    from kit.models import create_model, save_checkpoint
+
+    inputs, outs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir(), outs.mkdir()
+    torch.manual_seed(0)
+    bsf = inputs / "bsf.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in BrainSegFounderSSLHead(2, 12).state_dict().items()}}, bsf)
+    odd = inputs / "odd_width.pt"  # a Swin encoder of embedding width 18: builds in MONAI, but no SwinUNETR
+    narrow = SwinTransformer(in_chans=1, embed_dim=18, window_size=(7, 7, 7), patch_size=(2, 2, 2), depths=(2, 2, 2, 2),
+                             num_heads=(3, 6, 12, 24), spatial_dims=3)
+    torch.save({"state_dict": {"module." + k.replace(".mlp.linear", ".mlp.fc"): v
+                               for k, v in narrow.state_dict().items()}}, odd)
+    net = create_model("swinunetr", in_channels=2, feature_size=12)
+    kit_file = save_checkpoint(inputs / "kit.pt", model_config=net.config, state_dict=net.state_dict(),
+                               extra={"modalities": ["t1", "flair"]})
+    monai = inputs / "model_swinvit.pt"
+    monai_ssl_file(monai, feature_size=12)
+    (outs / "taken.pt").write_bytes(b"keep me")
+    before_in, before_out = _digest(inputs), _digest(outs)
+
+    def run(*args):
+        return main(["import-weights", *args])
+
+    cases = [
+        (["--format", "brainsegfounder", "--src", str(bsf), "--in-channels", "0", "--out", str(outs / "a.pt")],
+         "--in-channels must be a positive number of input contrasts, got 0"),
+        (["--format", "brainsegfounder", "--src", str(bsf), "--in-channels", "-2", "--out", str(outs / "a.pt")],
+         "--in-channels"),
+        (["--format", "monai-ssl", "--src", str(inputs), "--in-channels", "4", "--out", str(outs / "a.pt")],
+         f"--src {inputs} is a folder, not a checkpoint file"),
+        (["--format", "monai-ssl", "--src", str(bsf), "--in-channels", "4", "--out", str(outs / "a.pt")],
+         f"{bsf}: is BrainSegFounder"),
+        (["--format", "brainsegfounder", "--src", str(monai), "--in-channels", "4", "--out", str(outs / "a.pt")],
+         "not the --format brainsegfounder layout"),
+        (["--format", "brainsegfounder", "--src", str(kit_file), "--in-channels", "4", "--out", str(outs / "a.pt")],
+         "is kit checkpoint"),
+        (["--format", "monai-ssl", "--src", str(odd), "--in-channels", "4", "--out", str(outs / "a.pt")],
+         f"{odd}: its Swin embedding width"),
+        (["--format", "brainsegfounder", "--src", str(bsf), "--in-channels", "4", "--modalities", "t1", "t2",
+          "--out", str(outs / "a.pt")], "--modalities: 2 names"),
+        (["--format", "brainsegfounder", "--src", str(bsf), "--in-channels", "2", "--modalities", "t1", "T1w",
+          "--out", str(outs / "a.pt")], "--modalities: names must be distinct"),
+        (["--format", "brainsegfounder", "--src", str(bsf), "--in-channels", "4", "--src-modalities", "t1",
+          "--out", str(outs / "a.pt")], "--src-modalities: 1 names"),
+        (["--format", "brainsegfounder", "--src", str(bsf), "--in-channels", "3", "--out", str(outs / "a.pt")],
+         "--modalities: no default contrast names for --in-channels 3"),
+        (["--format", "brainsegfounder", "--src", str(bsf), "--in-channels", "4", "--out", str(outs / "taken.pt")],
+         "taken.pt exists"),
+        (["--format", "brainsegfounder", "--src", str(inputs / "nope.pt"), "--in-channels", "4",
+          "--out", str(outs / "a.pt")], "nope.pt does not exist"),
+    ]
+    for args, expected in cases:
+        assert run(*args) == 1, args
+        printed = capsys.readouterr()
+        lines = printed.err.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and lines[0].startswith("kit import-weights: "), (args, printed.err)
+        print(f"| {' '.join(a for a in args if '/' not in a)} | {lines[0]} |")
+        assert _digest(inputs) == before_in and _digest(outs) == before_out, args
+        assert sorted(p.name for p in outs.iterdir()) == ["taken.pt"], args
+
+
+def test_axis_order_check_finds_the_orientation_tiny_weights_were_trained_in(tmp_path):
+    """A tiny SSLHead trained (rotation task) on brains with x and y swapped prefers that orientation;
+    a file without a head says the check could not run."""
+    from kit.models.axis_check import IDENTITY, check_axis_order, orient, synthetic_brain
+
+    torch.manual_seed(0)
+    head = BrainSegFounderSSLHead(in_channels=1, feature_size=12)
+    trained_in = "permute (1, 0, 2)"
+    brains = [orient(synthetic_brain(["t1"], size=32, index=i), trained_in) for i in range(2)]
+    optimiser = torch.optim.Adam(head.parameters(), lr=1e-3)
+    for step in range(60):
+        x = brains[step % 2]
+        batch = torch.cat([torch.rot90(x, k, dims=(3, 4)) for k in range(4)])
+        logits = head.rotation_head(head.swinViT(batch)[4].flatten(2)[:, :, 0])
+        loss = torch.nn.functional.cross_entropy(logits, torch.arange(4))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    state = {k: v for k, v in head.state_dict().items() if k.startswith(("swinViT.", "rotation_head."))}
+    arch = {"in_channels": 1, "feature_size": 12, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24),
+            "patch_merging": "current"}
+    found = check_axis_order(state, arch, ["t1"], size=32)
+    print(found.summary(), {k: round(v, 3) for k, v in found.scores.items()})
+    assert found.preferred == trained_in and not found.ras_ok and "WARNING" in found.summary()
+    assert found.scores[trained_in] > found.scores[IDENTITY]
+
+    # Through kit import-weights: the report and the checkpoint carry the finding.
+    src = tmp_path / "bsf.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in head.state_dict().items()}}, src)
+    report = import_weights("brainsegfounder", src, 1, tmp_path / "k.pt", modalities=["t1"])
+    assert report.axis_check is not None and report.axis_check.head == "rotation"
+    assert load_checkpoint(tmp_path / "k.pt")["extra"]["imported"]["axis_check"]["head"] == "rotation"
+    monai = tmp_path / "model_swinvit.pt"
+    monai_ssl_file(monai, feature_size=12)
+    report = import_weights("monai-ssl", monai, 1, tmp_path / "m.pt", modalities=["t1"])
+    assert "axis order: not checked" in report.summary()
+    assert load_checkpoint(tmp_path / "m.pt")["extra"]["imported"]["axis_check"] == "not checked"

@@ -152,7 +152,7 @@ class AxisCheck:
 
 
 def check_axis_order(state: Mapping[str, torch.Tensor], arch: Mapping, modalities: Sequence[str] | None,
-                     size: int = 64) -> AxisCheck | None:
+                     size: int = 32) -> AxisCheck | None:
     """Score the SSL head of a Swin SSLHead state dict on a synthetic brain in :data:`ORIENTATIONS`.
 
     Args:
