@@ -237,7 +237,7 @@ SLICES_KEYS = ("axis", "size", "channels", "curated")
 STAGE_EXTRA_KEYS = ("backbone", "model", "objective", "objective_cfg", "objective_cfgs", "objective_stages", "crop",
                     "compare_objectives", "slices", "cohort")
 FINETUNE_KEYS = ("config", "tasks", "fractions", "seeds", "test_fraction", "n_overlays", "val_size", "leakage", "probes",
-                 "slice_study", "workers", "extra_inits")
+                 "slice_study", "workers", "extra_inits", "committed_inits")
 SLICE_STUDY_KEYS = ("counts", "seeds", "test_fraction", "modes", "uncurated", "config")
 TASK_KEYS = ("name", "task", "cohort", "pool", "target", "inits", "counts", "seeds", "fractions", "config", "val_size",
              "count_config")

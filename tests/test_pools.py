@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from kit.data.synth import synth_cohort
-from kit.train.pools import PROVENANCE_KEYS, check_disjoint, check_provenance, held_out_split, sha256_of
+from kit.train.pools import (PROVENANCE_KEYS, check_disjoint, check_provenance, committed_checkpoint, held_out_split,
+                             sha256_of)
 from kit.train.provenance import seen_subjects
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,10 @@ def test_pretrain_pool_smoke_writes_a_complete_record_and_resumes(tmp_path):
     assert held and not held & pool  # pretext metrics come from subjects pretraining never saw
     assert seen_subjects(results / "stage1" / "checkpoint.pt").keys() == {"stage1"}
     assert not (results / "resume").exists() or not any((results / "resume").iterdir())
+    path, committed = committed_checkpoint("mim", root=tmp_path / "results")
+    assert path == results / "checkpoint.pt" and committed["partial"] is False
+    with pytest.raises(FileNotFoundError, match="python benchmarks/pretrain_pool.py --objective swin_trio"):
+        committed_checkpoint("swin_trio", root=tmp_path / "results")
     sha = sha256_of(results / "checkpoint.pt")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": ""})
     assert again.returncode == 0, again.stderr[-2000:]

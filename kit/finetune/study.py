@@ -65,7 +65,7 @@ from kit.tempfiles import atomic_write
 from kit.train.provenance import guard_leakage
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
-           "objective_of_init", "pretrained_inits", "kept_model_path", "count_overrides",
+           "objective_of_init", "pretrained_inits", "committed_inits", "kept_model_path", "count_overrides",
            "settings_id"]
 
 RESULT_KEYS = ("init", "task", "label_fraction", "seed")
@@ -142,6 +142,27 @@ def pretrained_inits(run_dir: str | Path, objective: str | None = None) -> dict[
     for checkpoint in sorted((run / "03_stage2" / "objectives").glob("*/checkpoint.pt")):
         inits.setdefault(init_name("stage1+2", checkpoint.parent.name), str(checkpoint))
     return inits
+
+
+def committed_inits(objectives: Sequence[str]) -> dict[str, str]:
+    """The repository's pool-pretrained checkpoints as study inits, named ``init_name('pool', objective)``
+    (``'pool'`` for swin_trio, ``'mim:pool'``...): stage 1 + 2 on unlabelled pools that hold no study
+    subject (:func:`kit.train.pools.committed_checkpoint`; ``benchmarks/pretrain_pool.py`` makes them).
+
+    Example:
+        >>> sorted(committed_inits(["swin_trio", "mim"]))  # doctest: +SKIP
+        ['mim:pool', 'pool']
+    """
+    from kit.train.pools import committed_checkpoint
+
+    out = {}
+    for objective in objectives:
+        path, record = committed_checkpoint(objective)
+        if record.get("partial"):
+            steps = {k: f"{v.get('steps_done', v.get('steps'))}/{v.get('steps')}" for k, v in record["stages"].items()}
+            print(f"note: the committed {objective} pretraining is partial (steps per stage {steps})", flush=True)
+        out[init_name("pool", objective)] = str(path)
+    return out
 
 
 def kept_model_path(models_dir: str | Path, task: str, init: str) -> Path:

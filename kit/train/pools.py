@@ -36,7 +36,10 @@ import numpy as np
 from kit.tempfiles import write_text_atomic
 
 __all__ = ["check_disjoint", "held_out_split", "sha256_of", "PROVENANCE_KEYS", "write_provenance", "check_provenance",
-           "machine_description", "git_commit"]
+           "machine_description", "git_commit", "COMMITTED_DIR", "committed_checkpoint"]
+
+#: where the repository keeps the pretrained checkpoints made on the pools (``benchmarks/pretrain_pool.py``)
+COMMITTED_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "pretraining"
 
 #: what every provenance file holds (``check_provenance`` refuses a file missing any of them)
 PROVENANCE_KEYS = ("checkpoint", "sha256", "objective", "command", "seed", "commit", "machine", "pool", "stages",
@@ -182,3 +185,32 @@ def check_provenance(path: str | os.PathLike) -> dict:
     if actual != record["sha256"]:
         raise ValueError(f"{path}: {checkpoint.name} has sha256 {actual[:12]}..., the record says {record['sha256'][:12]}...")
     return record
+
+
+def committed_checkpoint(objective: str, root: str | os.PathLike = COMMITTED_DIR) -> tuple[Path, dict]:
+    """The repository's pool-pretrained checkpoint of ``objective`` (stage 1 + 2) and its checked provenance.
+
+    Returns:
+        ``(checkpoint path, provenance record)``; the record's ``partial`` is True while the
+        pretraining has not reached its budget (the checkpoint is then the last one exported).
+
+    Raises:
+        FileNotFoundError: one line naming the folder and the command that makes the checkpoint.
+        ValueError: the provenance does not match the file (:func:`check_provenance`).
+
+    Example:
+        >>> path, record = committed_checkpoint("swin_trio")  # doctest: +SKIP
+        >>> path.name, record["objective"]  # doctest: +SKIP
+        ('checkpoint.pt', 'swin_trio')
+    """
+    folder = Path(root) / objective
+    checkpoint = folder / "checkpoint.pt"
+    if not checkpoint.is_file() or not (folder / "provenance.json").is_file():
+        raise FileNotFoundError(f"{folder}: no committed stage 1+2 checkpoint of {objective!r} (a checkout of the "
+                                f"repository holds them; make it with python benchmarks/pretrain_pool.py --objective "
+                                f"{objective})")
+    record = check_provenance(folder / "provenance.json")
+    if record["checkpoint"] != "checkpoint.pt":
+        raise FileNotFoundError(f"{folder}: the committed pretraining of {objective!r} has not reached stage 2 yet "
+                                f"(provenance describes {record['checkpoint']})")
+    return checkpoint, record

@@ -61,7 +61,7 @@ from kit.finetune.probes import probe_summary, run_probes
 from kit.data.regions import regions_to_labels
 from kit.finetune.stats import (catch_up_point, comparison_table, paired_difference, plot_label_efficiency,
                                 plot_paired_differences, summarise)
-from kit.finetune.study import init_name, kept_model_path, pretrained_inits, run_study, study_splits
+from kit.finetune.study import committed_inits, init_name, kept_model_path, pretrained_inits, run_study, study_splits
 from kit.train.provenance import describe_leakage
 from kit.viz import label_colors_for, plot_subjects
 
@@ -73,6 +73,9 @@ run = Path(run_dir)
 objective = objective or profile_config(profile)["stage1"]["objective"]
 inits = pretrained_inits(run, objective)  # scratch, stage1, stage1+2 (named with the objective)
 final_init = init_name("stage1+2", objective)
+# The repository's checkpoints pretrained on unlabelled pools apart from every subject here ("pool", "mim:pool"...):
+# 20,000 crops each, 10x one fine-tune (benchmarks/results/pretraining/README.md), beside the short live demo of 02-03.
+inits.update(committed_inits(config.get("committed_inits", [])))
 # Further inits from the profile ("extra_inits") or the parameter (`kit reproduce --init NAME=CKPT`).
 inits.update({**config.get("extra_inits", {}), **extra_inits})
 seeds = [seed + s for s in config["seeds"]]
