@@ -173,3 +173,20 @@ def test_a_permuted_import_puts_each_filter_under_its_own_name(tmp_path):
                    src_modalities=["t1", "t2", "flair"])
     written = load_checkpoint(tmp_path / "k4.pt")["state_dict"][PATCH]
     assert torch.equal(written[:, 0], three.patch_embed.proj.weight[:, 1])
+
+
+def test_pretraining_from_an_import_inherits_its_merging_order(tmp_path):
+    """kit pretrain --stage 2 --init IMPORTED: the stage builds the legacy model the weights need, unless it sets
+    an order itself."""
+    from kit.train.pretrain import inherit_patch_merging
+
+    src = tmp_path / "bsf.pt"
+    publish(old_encoder(2, feature_size=12, seed=0), "brainsegfounder", src)
+    out = tmp_path / "bsf_kit.pt"
+    import_weights("brainsegfounder", src, 2, out, modalities=["t1", "flair"])
+    stage = {"backbone": "swinunetr", "model": {"feature_size": 12}, "crop": 64}
+    assert inherit_patch_merging(stage, out)["model"] == {"feature_size": 12, "patch_merging": "legacy"}
+    assert "patch_merging" not in stage["model"]  # the profile's settings are not changed in place
+    explicit = {**stage, "model": {"feature_size": 12, "patch_merging": "current"}}
+    assert inherit_patch_merging(explicit, out) == explicit
+    assert inherit_patch_merging({**stage, "backbone": "segresnet_small"}, out)["model"] == stage["model"]

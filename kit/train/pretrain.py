@@ -36,6 +36,7 @@ __all__ = [
     "stage_for_objective",
     "comparison_dir",
     "pretrain_comparison",
+    "inherit_patch_merging",
 ]
 
 # stage number -> (run-directory folder, default cohort of the run's datalist, profile key); a profile's stage
@@ -248,6 +249,29 @@ def stage_settings(profile: str, stage: int, objective: str | None = None, overr
     return config
 
 
+def inherit_patch_merging(config: dict, init_checkpoint: str | Path | None) -> dict:
+    """The stage settings with the init checkpoint's SwinUNETR ``patch_merging`` order when the stage does not set
+    one: weights imported from the published SSL files (``kit import-weights``: ``legacy``, MONAI < 1.5's order)
+    compute their publisher's function only with that order. A stage that sets another order keeps it (loading
+    the weights then refuses the mismatch, naming the setting); other backbones and unreadable files are left alone.
+
+    Example:
+        >>> inherit_patch_merging({"backbone": "segresnet_small", "model": {}}, None)
+        {'backbone': 'segresnet_small', 'model': {}}
+    """
+    if init_checkpoint is None or not Path(init_checkpoint).is_file() or "patch_merging" in (config.get("model") or {}):
+        return config
+    from kit.models.checkpoints import load_checkpoint
+
+    try:
+        model_config = load_checkpoint(init_checkpoint, map_location="cpu")["model_config"]
+    except Exception:  # noqa: BLE001  (an unreadable --init is refused, with its own message, by the checks)
+        return config
+    if model_config.get("name") != config.get("backbone") or "patch_merging" not in model_config:
+        return config
+    return {**config, "model": {**(config.get("model") or {}), "patch_merging": model_config["patch_merging"]}}
+
+
 @dataclass
 class PretrainStage:
     """One stage of a run, ready to train: what notebooks 02/03 and ``kit pretrain`` share.
@@ -314,6 +338,7 @@ def prepare_stage(
         init_checkpoint = run / "02_stage1" / "checkpoint.pt"
         if not init_checkpoint.is_file():
             raise FileNotFoundError(f"{init_checkpoint}: stage 2 starts from stage 1's checkpoint; run stage 1 first")
+    config = inherit_patch_merging(config, init_checkpoint)
     entries, meta = load_cohort(run / "01_curation" / "datalist.json", cohort)
     modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
     # every refusal happens here, before the stage folder, its cache or seen_subjects.json exist
