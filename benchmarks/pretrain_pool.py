@@ -133,7 +133,9 @@ def smoke_settings(folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objective", required=True, choices=sorted(OBJECTIVE_CFG))
+    parser.add_argument("--objective", choices=sorted(OBJECTIVE_CFG), help="required unless --figure")
+    parser.add_argument("--figure", action="store_true",
+                        help="only draw curves.png from every objective's curves.csv and comparison.csv")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--export-only", action="store_true", help="write the committed files from the work folder")
@@ -144,10 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke is not None:
         smoke_settings(args.smoke)
     torch.set_num_threads(args.threads)
+    if args.figure:
+        draw_curves(RESULTS)
+        return 0
+    if args.objective is None:
+        parser.error("--objective is required (or --figure)")
     name = args.objective
     work, results = WORK / name, RESULTS / name
     results.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/pretrain_pool.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = argv if argv is not None else sys.argv[1:]
+    # the command that trains (an --export-only pass records the run, not itself)
+    command = "python benchmarks/pretrain_pool.py " + " ".join(a for a in given if a != "--export-only")
 
     pools, held, train_entries, modalities = {}, {}, {}, {}
     for stage in (1, 2):
@@ -241,11 +250,82 @@ def main(argv: list[str] | None = None) -> int:
                              "session_s": round(time.time() - stage_start, 1), "objective_cfg": config["objective_cfg"],
                              "modalities": modalities[stage], "complete": True}
         init = out / "checkpoint.pt"
-    write_record(name, command, stage_info, held, train_entries)
+    comparison = compare_on_held_out_tumours(name, modalities, held_data)
+    write_record(name, command, stage_info, held, train_entries, comparison)
     return 0
 
 
-def write_record(name: str, command: str, stage_info: dict, held: dict, train_entries: dict) -> None:
+def compare_on_held_out_tumours(name: str, modalities: dict, held_data) -> list[dict]:
+    """What each stage added, on the held-out tumour subjects: the stage-2 objective at its random init, with
+    stage 1's weights (first layer mapped to the 4 contrasts, as stage 2 starts), and after stage 2."""
+    from kit.models import create_model
+    from kit.ssl import create_objective
+    from kit.ssl.base import objective_class
+    from kit.train.loop import _initialise_from
+
+    config = stage_config(name, 2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = create_model(config["backbone"], in_channels=len(modalities[2]), out_channels=3, **config["model"])
+        options = dict(config["objective_cfg"])
+        if getattr(objective_class(name), "uses_total_steps", False):
+            options["total_steps"] = STEPS[2]  # as prepare_pretraining sets it
+        random_init = create_objective(name, model, **options)
+    rows = [{"init": "random", "steps": 0, **held_out_metrics(random_init, held_data)}]
+    stage1, stage2 = WORK / name / "stage1" / "checkpoint.pt", WORK / name / "stage2" / "checkpoint.pt"
+    for label, ckpt in (("stage 1", stage1), ("stage 1+2", stage2)):
+        if not ckpt.exists():
+            continue
+        objective = copy.deepcopy(random_init)
+        if label == "stage 1":
+            _initialise_from(objective, ckpt, modalities[2])
+        else:
+            state = load_checkpoint(ckpt)
+            objective.model.load_state_dict(state["state_dict"])
+            objective.load_checkpoint_extra(state.get("extra") or {})
+        steps = int((load_checkpoint(ckpt).get("extra") or {}).get("step", 0))
+        rows.append({"init": label, "steps": steps, **held_out_metrics(objective, held_data)})
+    table = pd.DataFrame(rows)
+    table.to_csv(RESULTS / name / "comparison.csv", index=False)
+    print(table.round(4).to_string(index=False), flush=True)
+    return rows
+
+
+def draw_curves(results: Path) -> Path:
+    """curves.png: each objective's held-out pretext loss against the crops pretraining has seen (stage 1, then
+    stage 2 on the tumour pool, x continued), with its random-init level; swin_trio's rotation accuracy beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in OBJECTIVE_CFG if (results / n / "curves.csv").exists()]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False, constrained_layout=True)
+    for ax, name in zip(axes[0], names):
+        curves = pd.read_csv(results / name / "curves.csv").sort_values(["stage", "step"])
+        offset = 0
+        for stage, style in ((1, "o-"), (2, "s--")):
+            part = curves[curves.stage == stage]
+            if not len(part):
+                continue
+            if stage == 2:
+                offset = STEPS[1] * STAGE["batch_size"]
+            x = offset + part.crops_seen
+            ax.plot(x, part["loss"], style, ms=3, label=f"stage {stage} ({'healthy' if stage == 1 else 'tumour'} pool)")
+            ax.axhline(part["loss"].iloc[0], color=ax.lines[-1].get_color(), lw=0.7, ls=":",
+                       label=f"stage {stage} start ({'random init' if stage == 1 else 'stage-1 weights'})")
+        total = int(curves.crops_seen.where(curves.stage == 1, 0).max() + curves.crops_seen.where(curves.stage == 2, 0).max())
+        budget = sum(STEPS.values()) * STAGE["batch_size"]
+        ax.set(xlabel=f"crops seen in pretraining ({STAGE['crop']}^3 voxels)", ylabel="held-out pretext loss (lower is better)",
+               title=f"{name}\n{total:,} of {budget:,} crops" + (" (partial run)" if total < budget else ""))
+        ax.legend(fontsize=7)
+    out = results / "curves.png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def write_record(name: str, command: str, stage_info: dict, held: dict, train_entries: dict,
+                 comparison: list[dict]) -> None:
     """provenance.json beside the committed checkpoint (or beside stage1.pt while stage 2 has not started)."""
     results = RESULTS / name
     for stage in (1, 2):
@@ -273,7 +353,7 @@ def write_record(name: str, command: str, stage_info: dict, held: dict, train_en
             "machine": machine_description(), "partial": partial,
             "pool": {f"stage{s}": {**{k: v for k, v in POOLS[s].items()}, "train_subjects": len(train_entries[s]),
                                    "held_out_subjects": held[s], "resolution_mm": RESOLUTION_MM} for s in (1, 2)},
-            "stages": stage_info, "pretext_metrics": final,
+            "stages": stage_info, "pretext_metrics": {**final, "held_out_tumour_subjects": comparison},
             "budget": {"crops_total": sum(STEPS.values()) * STAGE["batch_size"],
                        "study_finetune_crops": {"1 or 4 subjects": 500 * 4, "all subjects": 1000 * 4}}}
     write_provenance(results / "provenance.json", target, info)
