@@ -321,6 +321,32 @@ def draw_curves(results: Path) -> Path:
         ax.legend(fontsize=7)
     out = results / "curves.png"
     fig.savefig(out, dpi=110)
+    write_summary(results, names)
+    return out
+
+
+def write_summary(results: Path, names: list[str]) -> Path:
+    """summary.csv, one row per objective, read from each provenance.json and comparison.csv (what the README
+    quotes): steps and crops done, wall time, held-out loss at the start and the last measurement of each stage,
+    and on held-out tumour subjects the loss of a random init, stage 1 and stage 1+2."""
+    rows = []
+    for name in names:
+        record = json.loads((results / name / "provenance.json").read_text())
+        row = {"objective": name, "partial": record["partial"], "sha256": record["sha256"][:12]}
+        for stage in ("1", "2"):
+            info = record["stages"].get(stage, {})
+            row[f"stage{stage}_steps"] = f"{info.get('steps_done', info.get('steps', 0) if info else 0)}/{STEPS[int(stage)]}"
+            row[f"stage{stage}_crops"] = info.get("crops", 0)
+            row[f"stage{stage}_wall_h"] = round(info.get("wall_s", 0) / 3600, 2)
+            metrics = record["pretext_metrics"].get(f"stage{stage}")
+            if metrics:
+                row[f"stage{stage}_loss_start"] = round(metrics["start"]["loss"], 4)
+                row[f"stage{stage}_loss_last"] = round(metrics["last"]["loss"], 4)
+        for entry in record["pretext_metrics"].get("held_out_tumour_subjects", []):
+            row[f"tumour_loss_{entry['init'].replace(' ', '').replace('+', '_')}"] = round(entry["loss"], 4)
+        rows.append(row)
+    out = results / "summary.csv"
+    pd.DataFrame(rows).to_csv(out, index=False)
     return out
 
 
