@@ -8,6 +8,10 @@ of silently falling back to a default.
 Profiles: ``smoke`` (CI), ``workshop`` (a class on 2 CPU cores), ``study`` (the converged, powered
 fine-tuning study on synthetic data), ``full`` (the published protocol on real data and GPUs).
 
+At the bottom of the kit: this module imports nothing of it, so every room reads the profiles without an
+arrow up; the check of the stage and fine-tuning keys against TrainConfig and FinetuneConfig is
+:mod:`kit.run.profiles`.
+
 Example:
     >>> PROFILES["smoke"]["stage1"]["objective"], PROFILES["full"]["stage1"]["backbone"]
     ('swin_trio', 'swinunetr')
@@ -22,7 +26,7 @@ import json
 from typing import Iterable, Mapping
 
 __all__ = ["BASE", "OVERRIDES", "PROFILES", "deep_merge", "resolve", "profile_config", "check_keys",
-           "stage_keys", "validate_profile"]
+           "validate_profile"]
 
 # Cohorts are (cohort, layout, manifest, n): the synthetic cohorts are written in the real datasets'
 # layouts and validated with the real manifests, so real data takes the same path. Stage 1 sees
@@ -265,28 +269,6 @@ def check_keys(given: Iterable[str], valid: Iterable[str], where: str) -> None:
         raise ValueError(f"{where}: unknown key {key!r}; {hint}")
 
 
-def stage_keys() -> tuple[str, ...]:
-    """Keys a pretraining stage may set: :class:`kit.train.loop.TrainConfig` fields plus the stage's own.
-
-    Example:
-        >>> {"steps", "lr", "backbone", "slices"} <= set(stage_keys())
-        True
-    """
-    from dataclasses import fields
-
-    from kit.train.loop import TrainConfig
-
-    return tuple(f.name for f in fields(TrainConfig)) + STAGE_EXTRA_KEYS
-
-
-def _finetune_config_keys() -> tuple[str, ...]:
-    from dataclasses import fields
-
-    from kit.finetune import FinetuneConfig
-
-    return tuple(f.name for f in fields(FinetuneConfig))
-
-
 def _check_static(name: str, profile: Mapping) -> None:
     """The keys that need no import of torch: checked at import for every profile."""
     where = f"profile {name!r}"
@@ -309,19 +291,21 @@ def _check_static(name: str, profile: Mapping) -> None:
         raise ValueError(f"{where} finetune.leakage: must be 'refuse' or 'flag', got {finetune['leakage']!r}")
 
 
-def validate_profile(name: str, profile: Mapping) -> None:
-    """Refuse any unknown key of a resolved profile (stage keys: TrainConfig fields and the stage's own;
-    fine-tuning keys: :class:`kit.finetune.FinetuneConfig` fields), naming the nearest valid one.
+def validate_profile(name: str, profile: Mapping, *, stage_keys: Iterable[str], config_keys: Iterable[str]) -> None:
+    """Refuse any unknown key of a resolved profile, naming the nearest valid one: stage keys against
+    ``stage_keys``, fine-tuning configs against ``config_keys``. The two schemas come from the rooms that own
+    them (:func:`kit.train.checks.stage_keys`, :class:`kit.finetune.FinetuneConfig`'s fields), passed in so
+    that this module, at the bottom of the kit, imports nothing above it; :func:`kit.run.profiles.validate_profile`
+    passes them.
 
     Example:
-        >>> validate_profile("smoke", PROFILES["smoke"])
-        >>> validate_profile("x", {"stage1": {"stpes": 3}})
+        >>> validate_profile("x", {"stage1": {"stpes": 3}}, stage_keys=("steps", "lr"), config_keys=())
         Traceback (most recent call last):
         ...
         ValueError: profile 'x' stage1: unknown key 'stpes'; did you mean 'steps'?
     """
     _check_static(name, profile)
-    where, keys = f"profile {name!r}", stage_keys()
+    where, keys = f"profile {name!r}", tuple(stage_keys)
     for stage in ("stage1", "stage2"):
         settings = profile.get(stage) or {}
         check_keys(settings, keys, f"{where} {stage}")
@@ -329,7 +313,7 @@ def validate_profile(name: str, profile: Mapping) -> None:
             check_keys(extra, keys, f"{where} {stage}.objective_stages.{objective}")
             check_keys(extra.get("slices") or {}, SLICES_KEYS, f"{where} {stage}.objective_stages.{objective}.slices")
         check_keys(settings.get("slices") or {}, SLICES_KEYS, f"{where} {stage}.slices")
-    finetune, config_keys = profile.get("finetune") or {}, _finetune_config_keys()
+    finetune, config_keys = profile.get("finetune") or {}, tuple(config_keys)
     check_keys(finetune.get("config") or {}, config_keys, f"{where} finetune.config")
     for i, task in enumerate(finetune.get("tasks") or []):
         check_keys(task.get("config") or {}, config_keys, f"{where} finetune.tasks[{i}].config")
@@ -393,7 +377,9 @@ for _name, _study in _SLICE_STUDIES.items():
 
 
 def profile_config(profile: str) -> dict:
-    """The settings of a profile (a deep copy, safe to modify in a notebook), every key checked.
+    """The settings of a profile (a deep copy, safe to modify in a notebook); its keys were checked when the
+    profile was resolved, and :func:`kit.run.profiles.profile_config` also checks them against the TrainConfig
+    and FinetuneConfig fields.
 
     Example:
         >>> profile_config("smoke")["resolution_mm"]
@@ -403,5 +389,4 @@ def profile_config(profile: str) -> dict:
         close = difflib.get_close_matches(str(profile), list(PROFILES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown profile {profile!r}{hint}; choose one of {sorted(PROFILES)}")
-    validate_profile(profile, PROFILES[profile])
     return json.loads(json.dumps(PROFILES[profile]))

@@ -186,7 +186,7 @@ def test_stage_clock_writes_a_running_stage_time(tmp_path):
     """A stage killed outright (kill -9) still has the time it ran in run.json, written by the clock."""
     import time as _time
 
-    from kit.pipeline import _StageClock
+    from kit.run.pipeline import _StageClock
 
     run_json = tmp_path / "run.json"
     run = {"stages": {"04_finetune": {"status": "running", "settings": {}}}}

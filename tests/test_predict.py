@@ -12,7 +12,7 @@ from torch import nn
 
 from kit.data.cache import build_cache
 from kit.models import CheckpointError
-from kit.predict_cli import add_predict_parser
+from kit.cli.predict import add_predict_parser
 from kit.predict import _channel_order, load_segmenter, predict_dataset, predict_files, preprocess_inputs, segment_files
 from kit.finetune import FinetuneConfig, finetune
 

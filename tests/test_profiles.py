@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kit import profiles
+from kit.run import profiles as run_profiles
 from kit.pipeline import PROFILES, profile_config
 from kit.train.pretrain import stage_settings, train_config_from
 
@@ -29,7 +30,7 @@ def test_resolved_profiles_equal_the_frozen_literal():
 
 def test_every_profile_passes_the_schema():
     for name, profile in PROFILES.items():
-        profiles.validate_profile(name, profile)
+        run_profiles.validate_profile(name, profile)
 
 
 def _leaves(obj, path=()):
@@ -63,7 +64,7 @@ def test_values_shared_by_every_profile_live_in_base():
 ])
 def test_unknown_keys_are_refused_with_the_nearest_name(override, message):
     with pytest.raises(ValueError) as error:
-        profiles.validate_profile("bad", profiles.resolve("bad", profiles.deep_merge(profiles.OVERRIDES["smoke"], override)))
+        run_profiles.validate_profile("bad", profiles.resolve("bad", profiles.deep_merge(profiles.OVERRIDES["smoke"], override)))
     assert message in str(error.value)
 
 

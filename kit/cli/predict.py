@@ -1,7 +1,7 @@
-"""The ``kit predict`` command line: its parser and entry point.
+"""``kit predict``: its parser and entry point.
 
-Kept apart from :mod:`kit.predict` so that ``kit --help`` builds every parser without importing
-torch (several seconds); the work is imported when the command runs.
+The work is :mod:`kit.deploy.predict`, imported when the command runs, so that ``kit --help`` builds every
+parser without importing torch (several seconds).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+
+from kit.cli.common import one_line
 
 __all__ = ["add_predict_parser", "predict_main"]
 
@@ -52,27 +54,25 @@ def predict_main(args: argparse.Namespace) -> int:
     With ``--manifest``, validation problems are printed (one line each: file, what is wrong) and
     the exit code is 1 when there was any, even though the clean subjects were written.
     """
+    from kit.deploy.predict import PredictOptions, predict_dataset, predict_files
     from kit.models.checkpoints import CheckpointError
-    from kit.predict import predict_dataset, predict_files
 
-    options = dict(device=args.device, amp=args.amp, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
-                   threshold=args.threshold, overwrite=getattr(args, "overwrite", False))
+    options = PredictOptions(device=args.device, amp=args.amp, overlap=args.overlap, sw_batch_size=args.sw_batch_size,
+                             threshold=args.threshold, overwrite=getattr(args, "overwrite", False))
     try:
         if args.inputs:
-            out = predict_files(args.checkpoint, args.inputs, args.out, **options)
+            out = predict_files(args.checkpoint, args.inputs, args.out, options)
             print(f"wrote {out}")
             return 0
         if args.root is None:
             print("kit predict: --manifest needs --root DIR (the dataset root)", file=sys.stderr)
             return 2
-        summary = predict_dataset(args.checkpoint, args.manifest, args.root, args.out,
-                                  progress=not args.quiet, **options)
+        summary = predict_dataset(args.checkpoint, args.manifest, args.root, args.out, options,
+                                  progress=not args.quiet)
     except (FileNotFoundError, ValueError, CheckpointError, RuntimeError) as err:
         if getattr(args, "debug", False):
             raise
-        from kit.pipeline import strip_ansi
-
-        print(f"kit predict: {' '.join(strip_ansi(str(err)).split())}", file=sys.stderr)
+        print(f"kit predict: {one_line(err)}", file=sys.stderr)
         return 1
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

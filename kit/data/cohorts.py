@@ -64,7 +64,7 @@ def prepare_cohorts(
             and ``"first_index"`` (synthetic subject IDs start there). A cohort named ``*_pool`` is an
             unlabelled pretraining pool: on real data it is chosen among the subjects the other cohorts
             of the same dataset left, and any subject shared by two cohorts of one dataset is refused
-            (:func:`kit.train.pools.check_disjoint`).
+            (:func:`kit.data.splits.check_disjoint`).
         run_dir: the run directory (synthetic data goes to ``run_dir/data/<name>``).
         data_root: directory with one real dataset per manifest name, or None for synthetic data.
         seed: run seed; each cohort derives its own.
@@ -83,7 +83,7 @@ def prepare_cohorts(
     from kit.data.synth import synth_cohort
     from kit.data.validate import validate_dataset
 
-    from kit.train.pools import check_disjoint
+    from kit.data.splits import check_disjoint
 
     results = {}
     taken: dict[str, set[str]] = {}  # manifest -> subjects already chosen by another cohort of the run

@@ -12,11 +12,11 @@ same side, so no subject leaks from training into test.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["stratified_order", "train_test_split", "label_fraction_subsets", "subjects_of"]
+__all__ = ["check_disjoint", "stratified_order", "train_test_split", "label_fraction_subsets", "subjects_of"]
 
 
 def subjects_of(entries: Sequence[dict]) -> list[str]:
@@ -170,3 +170,24 @@ def paired_seed_subsets(
         seen.add(key)
         out[int(seed)] = subsets
     return out
+
+
+def check_disjoint(groups: Mapping[str, Iterable[str]]) -> None:
+    """Refuse subject IDs that appear in more than one group, naming the first such subject and both groups.
+
+    Args:
+        groups: group name -> subject IDs (e.g. ``{"pretraining pool": [...], "test": [...]}``).
+
+    Raises:
+        ValueError: one line, ``subject 'ID' is in both 'A' and 'B': ...``.
+
+    Example:
+        >>> check_disjoint({"a": ["1", "2"], "b": ["3"]})
+    """
+    owner: dict[str, str] = {}
+    for name, subjects in groups.items():
+        for subject in sorted({str(s) for s in subjects}):
+            if subject in owner and owner[subject] != name:
+                raise ValueError(f"subject {subject!r} is in both {owner[subject]!r} and {name!r}: a pretraining pool "
+                                 "must hold no fine-tuning subject")
+            owner[subject] = name

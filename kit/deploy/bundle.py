@@ -13,7 +13,7 @@ The bundle (https://docs.monai.io/en/stable/mb_specification.html) runs without 
         --meta_file DIR/configs/metadata.json --dataset_dir SUBJECTS --output_dir OUT
 
 writes ``OUT/<subject>_seg.nii.gz`` for every subject folder of ``SUBJECTS``. The preprocessing and
-postprocessing are those of ``kit predict`` (kit.predict): ``LoadImaged`` (channels stacked in the
+postprocessing are those of ``kit predict`` (kit.deploy.predict): ``LoadImaged`` (channels stacked in the
 checkpoint's order), ``Orientationd`` to RAS+ (as in training), ``CropForegroundd`` on voxels > 0
 with a margin of 2, ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, no resampling (the
 model reads the voxel size it was trained on), Gaussian-weighted sliding windows of the training
@@ -282,7 +282,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
         CheckpointError: not a segmentation checkpoint; FileExistsError: ``out`` exists.
     """
     from kit.models.checkpoints import CheckpointError, load_checkpoint
-    from kit.predict import load_segmenter
+    from kit.deploy.predict import load_segmenter
 
     out = Path(out)
     # the arguments first, then the checkpoint: a refusal writes nothing
@@ -319,7 +319,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, spacing
             json.dumps(_metadata(ckpt, extra, patterns, spacing), indent=2, allow_nan=False))
         torch.save({k: v.detach().cpu() for k, v in monai_net.state_dict().items()}, tmp / "models" / "model.pt")
         shutil.copyfile(Path(__file__).with_name("bundle_scripts.py"), tmp / "scripts" / "kit_bundle.py")
-        shutil.copyfile(Path(__file__).parent / "models" / "patch_merging.py", tmp / "scripts" / "patch_merging.py")
+        shutil.copyfile(Path(__file__).parents[1] / "models" / "patch_merging.py", tmp / "scripts" / "patch_merging.py")
         (tmp / "scripts" / "__init__.py").write_text("")
         (tmp / "README.md").write_text(
             f"# {out.name}\n\nExported by brainfm-kit from `{Path(checkpoint).name}`. Run on a folder of subjects "

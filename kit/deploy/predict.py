@@ -19,7 +19,7 @@ With ``--manifest`` the data are first checked with :func:`kit.data.validate.val
 are written as ``OUT/<subject>.nii.gz``.
 
 Example:
-    >>> from kit.predict import predict_files
+    >>> from kit.deploy.predict import predict_files
     >>> predict_files("runs/x/04_finetune/seg.pt", ["s_flair.nii.gz", "s_t1ce.nii.gz", "s_t1.nii.gz",
     ...               "s_t2.nii.gz"], "s_pred.nii.gz")  # doctest: +SKIP
     PosixPath('s_pred.nii.gz')
@@ -46,6 +46,7 @@ from kit.data import orientation
 from kit.tensors import to_numpy
 
 __all__ = [
+    "PredictOptions",
     "PreparedImage",
     "preprocess_inputs",
     "segment_files",
@@ -306,18 +307,50 @@ def load_segmenter(checkpoint: str | os.PathLike, device: str = "auto") -> tuple
     return model.to(resolve_device(device)), extra
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """How :func:`predict_files` and :func:`predict_dataset` run a segmenter (the ``kit predict`` options).
+
+    Attributes:
+        device, amp: where and how to run ('auto' = CUDA when available, bf16/fp16 there).
+        overlap: sliding-window overlap (None: the checkpoint's ``sw_overlap``, 0.5).
+        sw_batch_size: windows per forward pass (None: 4 on a GPU, 1 on a CPU).
+        threshold: region probability threshold.
+        margin: brain-crop margin in voxels.
+        overwrite: replace existing outputs (an input file is never replaced).
+
+    Example:
+        >>> PredictOptions(device="cpu").with_settings(threshold=0.4).threshold
+        0.4
+    """
+
+    device: str = "auto"
+    amp: str = "auto"
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    threshold: float = 0.5
+    margin: int = 2
+    overwrite: bool = False
+
+    def with_settings(self, **settings: Any) -> "PredictOptions":
+        """A copy with ``settings`` changed (an unknown name is a ``TypeError`` naming it)."""
+        return dataclasses.replace(self, **settings) if settings else self
+
+    def segment(self, model: nn.Module, files: Sequence[str | os.PathLike], extra: Mapping[str, Any]) -> np.ndarray:
+        """:func:`segment_files` with these options and the checkpoint's regions, crop size and overlap."""
+        return segment_files(
+            model, files, extra["regions"], extra["roi"],
+            overlap=extra.get("sw_overlap", 0.5) if self.overlap is None else self.overlap,
+            sw_batch_size=self.sw_batch_size, threshold=self.threshold, margin=self.margin, amp=self.amp,
+        )
+
+
 def predict_files(
     checkpoint: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
     out_path: str | os.PathLike,
-    *,
-    device: str = "auto",
-    amp: str = "auto",
-    overlap: float | None = None,
-    sw_batch_size: int | None = None,
-    threshold: float = 0.5,
-    margin: int = 2,
-    overwrite: bool = False,
+    options: PredictOptions | None = None,
+    **settings: Any,
 ) -> Path:
     """Segment one subject's files and write its label map.
 
@@ -325,12 +358,9 @@ def predict_files(
         checkpoint: a segmentation checkpoint written by ``FinetuneResult.save``.
         inputs: NIfTI files in the checkpoint's modality order (``extra['modalities']``).
         out_path: output ``.nii.gz`` / ``.nii`` (uint8, the first input's grid, affine and header).
-        device, amp: where and how to run ('auto' = CUDA when available, bf16/fp16 there).
-        overlap: sliding-window overlap (default: the checkpoint's ``sw_overlap``, 0.5).
-        sw_batch_size: windows per forward pass (None: 4 on a GPU, 1 on a CPU).
-        threshold: region probability threshold.
-        margin: brain-crop margin in voxels.
-        overwrite: replace ``out_path`` if it exists (an input file is never replaced).
+        options: a :class:`PredictOptions` (default: its defaults).
+        **settings: :class:`PredictOptions` fields set by name (``device="cpu"``, ``overwrite=True``, ...),
+            over ``options``; ``overwrite`` replaces ``out_path`` if it exists (never an input).
 
     Warnings (stderr): inputs named like another contrast than expected at their position, a voxel
     size unlike the training data's (:func:`input_warnings`).
@@ -338,19 +368,15 @@ def predict_files(
     Returns:
         the path written.
     """
+    opts = (options or PredictOptions()).with_settings(**settings)
     paths = [Path(p) for p in inputs]
     _nifti_suffix(Path(out_path))
-    _refuse_overwrite(Path(out_path), paths, overwrite)  # before any work
-    model, extra = load_segmenter(checkpoint, device)
+    _refuse_overwrite(Path(out_path), paths, opts.overwrite)  # before any work
+    model, extra = load_segmenter(checkpoint, opts.device)
     paths = _check_inputs(inputs, extra["modalities"])
     for warning in input_warnings(paths, extra):
         print(f"warning: {warning}", file=sys.stderr)
-    labels = segment_files(
-        model, paths, extra["regions"], extra["roi"],
-        overlap=extra.get("sw_overlap", 0.5) if overlap is None else overlap,
-        sw_batch_size=sw_batch_size, threshold=threshold, margin=margin, amp=amp,
-    )
-    return save_label_nifti(labels, paths[0], out_path)
+    return save_label_nifti(opts.segment(model, paths, extra), paths[0], out_path)
 
 
 def _channel_order(model_modalities: Sequence[str], manifest_modalities: Sequence[str], where: str) -> list[int]:
@@ -373,15 +399,10 @@ def predict_dataset(
     manifest: Any,
     root: str | os.PathLike,
     out_dir: str | os.PathLike,
+    options: PredictOptions | None = None,
     *,
-    device: str = "auto",
-    amp: str = "auto",
-    overlap: float | None = None,
-    sw_batch_size: int | None = None,
-    threshold: float = 0.5,
-    margin: int = 2,
     progress: bool = False,
-    overwrite: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Validate a dataset against its manifest, then segment every clean subject into ``out_dir``.
 
@@ -393,10 +414,10 @@ def predict_dataset(
         manifest: a :class:`kit.data.manifest.Manifest`, a YAML path or a shipped name.
         root: the dataset root.
         out_dir: folder for ``<subject>.nii.gz`` (created).
-        device, amp, overlap, sw_batch_size, threshold, margin: see :func:`predict_files`.
-        progress: tqdm bar over subjects.
-        overwrite: replace existing ``<subject>.nii.gz`` files (inputs are never replaced); without
+        options, **settings: a :class:`PredictOptions` and fields set by name, as in :func:`predict_files`;
+            ``overwrite`` replaces existing ``<subject>.nii.gz`` files (inputs are never replaced); without
             it, existing outputs are refused before anything is written.
+        progress: tqdm bar over subjects.
 
     Returns:
         ``{'written': [paths], 'subjects': [ids], 'problems': [validation problems as text],
@@ -411,10 +432,11 @@ def predict_dataset(
     from kit.data.manifest import Manifest, load_manifest
     from kit.data.validate import validate_dataset
 
+    opts = (options or PredictOptions()).with_settings(**settings)
     spec = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     if spec.label is not None and spec.label.required:
         spec = dataclasses.replace(spec, label=dataclasses.replace(spec.label, required=False))
-    model, extra = load_segmenter(checkpoint, device)
+    model, extra = load_segmenter(checkpoint, opts.device)
     order = _channel_order(extra["modalities"], spec.modalities, f"{checkpoint} with manifest {spec.name}")
     result = validate_dataset(spec, root, progress=progress)
     out = Path(out_dir)
@@ -423,7 +445,7 @@ def predict_dataset(
     existing = [t for t in targets if os.path.lexists(t)]
     for target in targets:
         _refuse_overwrite(target, inputs, overwrite=True)  # an input is never replaced
-    if existing and not overwrite:
+    if existing and not opts.overwrite:
         raise ValueError(f"{existing[0]}: already exists ({len(existing)} of {len(targets)} label maps in {out} do); "
                          "pass --overwrite to replace them")
     result.warnings.extend(input_warnings([Path(e["image"][order[0]]) for e in result.subjects[:1]],
@@ -432,12 +454,7 @@ def predict_dataset(
     written, subjects = [], []
     for entry in tqdm(result.subjects, disable=not progress, desc="predict", unit="subject"):
         files = [entry["image"][k] for k in order]
-        labels = segment_files(
-            model, files, extra["regions"], extra["roi"],
-            overlap=extra.get("sw_overlap", 0.5) if overlap is None else overlap,
-            sw_batch_size=sw_batch_size, threshold=threshold, margin=margin, amp=amp,
-        )
-        written.append(save_label_nifti(labels, files[0], out / f"{entry['subject']}.nii.gz"))
+        written.append(save_label_nifti(opts.segment(model, files, extra), files[0], out / f"{entry['subject']}.nii.gz"))
         subjects.append(str(entry["subject"]))
     return {
         "written": written,

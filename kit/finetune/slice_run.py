@@ -64,7 +64,7 @@ def slice_study_settings(profile: str, objective: str) -> dict[str, Any]:
         >>> s["backbone"], s["slices"]["size"], s["counts"]
         ('resnet18_2d', 48, [1, 'all'])
     """
-    from kit.pipeline import profile_config
+    from kit.profiles import profile_config
     from kit.train.pretrain import stage_settings
 
     if not is_slice_objective(objective):
@@ -187,7 +187,8 @@ def run_slice_finetune(
     """
     from kit.data.cache import build_cache
     from kit.data.cohorts import load_cohort
-    from kit.pipeline import profile_config, stage_dir, write_json_atomic
+    from kit.profiles import profile_config
+    from kit.stages import stage_dir, write_json_atomic
     from kit.finetune import FinetuneConfig
     from kit.train.provenance import guard_leakage
     from kit.finetune.slice_task import slice_study

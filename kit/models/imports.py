@@ -49,11 +49,14 @@ from typing import Any
 
 import torch
 
-from kit.interop import FORMATS  # the CLI's choices live there so that `kit --help` needs no torch
 from kit.models.backbones import create_model
 from kit.models.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, _torch_load, normalize_state_dict,
                                     save_checkpoint, state_dict_of)
 from kit.models.transfer import canonical_modality, channel_sources, transfer_input_channels
+
+# Published weight layouts this module reads (the docstring above documents each). A plain literal: the command
+# line reads it from this file's source without importing torch (kit.cli.constants).
+FORMATS = ("monai-ssl", "brainsegfounder")
 
 __all__ = ["FORMATS", "ImportReport", "import_weights", "swin_config_from_state", "default_modalities",
            "detect_layout"]

@@ -45,15 +45,8 @@ import torch
 from torch import nn
 
 from kit.models.backbones import complete_config, create_model
-from kit.models.checkpoints import (
-    CheckpointError,
-    KeyMismatchError,
-    LoadReport,
-    load_checkpoint,
-    load_weights,
-    model_from_config,
-    normalize_state_dict,
-)
+from kit.models.checkpoints import (CheckpointError, KeyMismatchError, LoadReport, load_checkpoint, load_weights,
+                                    model_from_config, normalize_state_dict)
 
 __all__ = [
     "TRANSFER_KEYS",

@@ -1,4 +1,4 @@
-"""Papermill runner behind ``kit reproduce``: profiles, run directory, stage chaining, report.
+"""Papermill runner behind ``kit reproduce`` (room ``kit.run``): profiles, run directory, stage chaining, report.
 
 A run directory holds one folder per stage (the notebooks' contract)::
 
@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import kit
-from kit.profiles import PROFILES, profile_config  # noqa: F401  (re-exported: notebooks import them from here)
-from kit.tempfiles import write_text_atomic
+from kit.run.profiles import PROFILES, profile_config  # noqa: F401  (re-exported: notebooks import them from here)
+from kit.run.report import (SMOKE_BANNER, markdown_table, show_smoke_banner, smoke_banner,  # noqa: F401  (re-exported:
+                             write_report, write_summary)  # notebooks import them from here)
+from kit.stages import STAGES, stage_dir, write_json_atomic  # noqa: F401  (re-exported, as above)
 
-STAGES = ("01_curation", "02_stage1", "03_stage2", "04_finetune", "05_saliency")
 NOTEBOOKS = {
     "01_curation": "01_curation.ipynb",
     "02_stage1": "02_stage1_pretrain.ipynb",
@@ -121,150 +122,6 @@ def find_run_dir(run_dir: str | Path | None, profile: str) -> Path:
     if os.environ.get("KIT_RUN_DIR"):
         return Path(os.environ["KIT_RUN_DIR"]).expanduser().resolve()
     return repo_root() / "runs" / profile
-
-
-def stage_dir(run_dir: str | Path, stage: str) -> Path:
-    """``RUN_DIR/STAGE``, created if needed (with its ``figures/`` folder)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
-    path = Path(run_dir) / stage
-    (path / "figures").mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write ``obj`` as indented JSON via a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=str))
-
-
-def write_summary(run_dir: str | Path, stage: str, title: str, figures: dict, plots: list[str] | None = None,
-                  tables: dict[str, list[dict]] | None = None) -> Path:
-    """Record a stage's key figures (plain numbers/strings), tables and plot paths for ``report.md``.
-
-    Args:
-        run_dir: the run directory.
-        stage: one of :data:`STAGES`.
-        title: one line describing the stage's result.
-        figures: key figures, e.g. ``{"subjects": 8, "retained_fraction": 0.61}``.
-        plots: PNG paths (absolute or relative to the stage folder).
-        tables: title -> rows (dicts of plain values, e.g. ``DataFrame.to_dict("records")``), drawn
-            as markdown tables (floats to 3 decimals).
-
-    Example:
-        >>> write_summary(run_dir, "01_curation", "Curation", {"subjects": 8}, ["figures/qc.png"])  # doctest: +SKIP
-    """
-    folder = stage_dir(run_dir, stage)
-    rel = [os.path.relpath(Path(p) if Path(p).is_absolute() else folder / p, folder) for p in plots or []]
-    summary = {"title": title, "figures": figures, "plots": rel}
-    if tables:
-        summary["tables"] = tables
-    return write_json_atomic(folder / "summary.json", summary)
-
-
-def markdown_table(rows: list[dict]) -> list[str]:
-    """Markdown lines of a table (columns of the first row; floats to 3 decimals, NaN as blank).
-
-    Example:
-        >>> markdown_table([{"init": "mim", "diff": 0.12345, "ci_low": float("nan")}])
-        ['| init | diff | ci_low |', '| --- | --- | --- |', '| mim | 0.123 |  |']
-    """
-    if not rows:
-        return []
-    columns = list(rows[0])
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "" if value != value else f"{value:.3f}"
-        return str(value)
-
-    return ([f"| {' | '.join(columns)} |", f"| {' | '.join('---' for _ in columns)} |"]
-            + [f"| {' | '.join(cell(row.get(c)) for c in columns)} |" for row in rows])
-
-
-SMOKE_BANNER = (
-    "**Smoke run: this checks the plumbing, not the science.** A few training steps on a handful of "
-    "4 mm synthetic subjects: every number below only shows that the code path ran. Read results "
-    "from the `workshop` or `study` profiles."
-)
-
-
-def smoke_banner(profile: str) -> str | None:
-    """The warning shown at the top of smoke reports and notebooks, or None for other profiles.
-
-    Example:
-        >>> smoke_banner("smoke").startswith("**Smoke run"), smoke_banner("workshop")
-        (True, None)
-    """
-    return SMOKE_BANNER if profile == "smoke" else None
-
-
-def show_smoke_banner(profile: str) -> None:
-    """At the top of a notebook: display :data:`SMOKE_BANNER` for a smoke run (Markdown in Jupyter,
-    a plain line elsewhere); nothing for other profiles.
-
-    Example:
-        >>> show_smoke_banner("workshop")  # prints nothing
-    """
-    banner = smoke_banner(profile)
-    if banner is None:
-        return
-    try:
-        from IPython import get_ipython
-        from IPython.display import Markdown, display
-
-        if get_ipython() is not None:
-            display(Markdown(f"> {banner}"))
-            return
-    except ImportError:
-        pass
-    print(banner.replace("**", ""))
-
-
-def write_report(run_dir: str | Path) -> Path:
-    """Build ``RUN_DIR/report.md`` from each stage's ``summary.json`` (missing stages are listed as not run).
-
-    A smoke run's report opens with :data:`SMOKE_BANNER` and leaves out the stages' one-line
-    verdicts (a loss that went up, an accuracy of 1.0 on four subjects): its figures are listed as
-    plumbing values.
-    """
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    banner = smoke_banner(run.get("profile", ""))
-    lines = ["# brainfm-kit run report", ""]
-    if banner:
-        lines += [f"> {banner}", ""]
-    if run:
-        lines += [
-            f"- profile: `{run.get('profile')}`, seed {run.get('seed')}, device `{run.get('device')}`,"
-            f" data: {run.get('data_root') or 'synthetic cohorts'}",
-            f"- kit {run.get('kit_version')}, started {run.get('started')}",
-            "",
-        ]
-    for stage in STAGES:
-        summary_path = run_dir / stage / "summary.json"
-        status = (run.get("stages") or {}).get(stage, {})
-        lines.append(f"## {stage}")
-        if not summary_path.exists():
-            lines += [f"_not run_{': ' + status['error'] if status.get('error') else ''}", ""]
-            continue
-        summary = json.loads(summary_path.read_text())
-        lines.append("ran (smoke: plumbing values only)" if banner else summary.get("title", ""))
-        if status.get("wall_s") is not None:
-            lines.append(f"(wall time {status['wall_s']:.0f} s)")
-        lines.append("")
-        figures = summary.get("figures", {})
-        if figures:
-            lines += ["| figure | value |", "| --- | --- |"]
-            lines += [f"| {k} | {v} |" for k, v in figures.items()]
-            lines.append("")
-        for name, rows in (summary.get("tables") or {}).items():
-            lines += [f"**{name}**", "", *markdown_table(rows), ""]
-        for plot in summary.get("plots", []):
-            lines.append(f"![{Path(plot).stem}]({stage}/{plot})")
-        lines.append("")
-    return write_text_atomic(run_dir / "report.md", "\n".join(lines))
 
 
 class NotebookFailed(RuntimeError):
@@ -446,7 +303,7 @@ def reproduce(
             notebooks 02-05; None keeps the profile's (``swin_trio``).
 
     A stage already done in ``out`` with the same settings is skipped, its outputs untouched; see
-    :mod:`kit.runstate` for the rules of a rerun.
+    :mod:`kit.run.state` for the rules of a rerun.
 
     Returns:
         Path of ``report.md``. Notebooks that do not exist yet are skipped with a note.
@@ -454,12 +311,12 @@ def reproduce(
     Raises:
         NotebookFailed: naming the notebook and the failing cell; the report is still written.
         ValueError: a bad ``data_root`` (before any notebook runs), or a done stage asked for with
-            other settings (:class:`kit.runstate.SettingsChanged`).
+            other settings (:class:`kit.run.state.SettingsChanged`).
 
     Example:
         >>> reproduce("smoke", "runs/smoke", from_stage="02_stage1")  # doctest: +SKIP
     """
-    from kit.runstate import clear_stage, decide, stage_settings
+    from kit.run.state import clear_stage, decide, stage_settings
 
     # Everything is checked and every stage decided before the first write: a refusal leaves `out` as it was.
     config = profile_config(profile)
@@ -580,7 +437,7 @@ def _call_objective(run_dir: Path, run: dict, objective: str | None, first: int,
     """The objective of this ``kit reproduce`` call, or a refusal that names the stage it conflicts with.
 
     Stage 01 does not depend on the objective, so a run that holds only stage 01 takes any. A stage 02
-    done (or started) with another objective is the conflict: from stage 02 on, :func:`kit.runstate.decide`
+    done (or started) with another objective is the conflict: from stage 02 on, :func:`kit.run.state.decide`
     refuses a done one unless forced, and a started one is refused here (its checkpoint belongs to the
     other objective); from stage 03 on, the later stages continue from stage 02's weights. Without
     ``--objective``, the objective of the run's stage 02 is kept.

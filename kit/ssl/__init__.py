@@ -6,6 +6,8 @@ Example:
     ['anatomy_hierarchy', 'cross_contrast', 'mim', 'moco_v3', 'swin_trio']
 """
 
+from importlib import import_module
+
 from kit.ssl.base import (
     SSLObjective,
     check_batch,
@@ -15,15 +17,17 @@ from kit.ssl.base import (
     register_objective,
     sample_rng,
 )
-from kit.ssl import swin_trio  # noqa: F401  (registers 'swin_trio')
-from kit.ssl import cross_contrast  # noqa: F401  (registers 'cross_contrast')
-from kit.ssl import mim  # noqa: F401  (registers 'mim')
-from kit.ssl import anatomy_hierarchy  # noqa: F401  (registers 'anatomy_hierarchy')
-from kit.ssl import moco_v3  # noqa: F401  (registers 'moco_v3')
+# The built-in objectives, each the name of the module that registers it. A plain literal: the command line
+# reads it from this file's source without importing torch (kit.cli.constants).
+OBJECTIVES = ("swin_trio", "cross_contrast", "mim", "anatomy_hierarchy", "moco_v3")
+
+for _name in OBJECTIVES:
+    import_module(f"kit.ssl.{_name}")  # registers the objective
 from kit.ssl.moco_v3 import MoCoV3
 from kit.ssl.swin_trio import SwinTrio, make_views
 
 __all__ = [
+    "OBJECTIVES",
     "SSLObjective",
     "check_batch",
     "create_objective",

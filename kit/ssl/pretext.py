@@ -36,7 +36,7 @@ from kit.tensors import eval_mode
 
 __all__ = ["held_out_keys", "pretext_metrics", "objective_from_checkpoint", "pretext_table"]
 
-#: Added to the run seed for held-out sample seeds: the loop's stream (kit.train.sampling) uses the run seed.
+#: Added to the run seed for held-out sample seeds: the loop's stream (kit.train.sampling, kit.seeds) uses the run seed.
 HELD_OUT_SEED_OFFSET = 7_919_000
 
 
@@ -48,7 +48,7 @@ def held_out_keys(n_items: int, n_crops: int, seed: int = 0) -> list[tuple[int, 
         >>> held_out_keys(3, 4)[3][0], len(set(k[1] for k in held_out_keys(3, 4)))
         (0, 4)
     """
-    from kit.train.sampling import sample_seed
+    from kit.seeds import sample_seed
 
     return [(p % n_items, sample_seed(seed + HELD_OUT_SEED_OFFSET, p)) for p in range(n_crops)]
 

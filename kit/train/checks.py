@@ -1,7 +1,7 @@
 """Checks of a pretraining request before anything is written: settings, what the objective needs, ``--init``.
 
 ``kit pretrain`` (through :func:`kit.train.pretrain.prepare_stage`, which notebooks 02-03 call too) and
-``kit reproduce`` (:func:`kit.pipeline.reproduce`) run these first, so a refusal leaves the run folder
+``kit reproduce`` (:func:`kit.run.pipeline.reproduce`) run these first, so a refusal leaves the run folder
 as it was: no cache, no ``seen_subjects.json``, no stage folder. Each check raises ``ValueError`` (or
 ``FileNotFoundError``) with one line naming the setting, file or argument and what is wrong.
 
@@ -90,6 +90,20 @@ def _check_slices_setting(value: Any) -> str | None:
     if not (isinstance(channels, str) or (_is_int(channels) and channels >= 0)):
         return "slices.channels must be 'all', a contrast name or a channel index"
     return None
+
+
+def stage_keys() -> tuple[str, ...]:
+    """Keys a pretraining stage may set: :class:`kit.train.loop.TrainConfig` fields plus the stage's own
+    (:data:`kit.profiles.STAGE_EXTRA_KEYS`).
+
+    Example:
+        >>> {"steps", "lr", "backbone", "slices"} <= set(stage_keys())
+        True
+    """
+    from kit.profiles import STAGE_EXTRA_KEYS
+    from kit.train.loop import TrainConfig
+
+    return tuple(f.name for f in fields(TrainConfig)) + STAGE_EXTRA_KEYS
 
 
 def check_setting(key: str, value: Any) -> None:

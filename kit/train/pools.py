@@ -27,12 +27,13 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kit.data.splits import check_disjoint  # noqa: F401  (re-exported: it lives with the other subject splits)
 from kit.tempfiles import write_text_atomic
 
 __all__ = ["check_disjoint", "held_out_split", "sha256_of", "PROVENANCE_KEYS", "write_provenance", "check_provenance",
@@ -44,27 +45,6 @@ COMMITTED_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results" /
 #: what every provenance file holds (``check_provenance`` refuses a file missing any of them)
 PROVENANCE_KEYS = ("checkpoint", "sha256", "objective", "command", "seed", "commit", "machine", "pool", "stages",
                    "partial", "pretext_metrics")
-
-
-def check_disjoint(groups: Mapping[str, Iterable[str]]) -> None:
-    """Refuse subject IDs that appear in more than one group, naming the first such subject and both groups.
-
-    Args:
-        groups: group name -> subject IDs (e.g. ``{"pretraining pool": [...], "test": [...]}``).
-
-    Raises:
-        ValueError: one line, ``subject 'ID' is in both 'A' and 'B': ...``.
-
-    Example:
-        >>> check_disjoint({"a": ["1", "2"], "b": ["3"]})
-    """
-    owner: dict[str, str] = {}
-    for name, subjects in groups.items():
-        for subject in sorted({str(s) for s in subjects}):
-            if subject in owner and owner[subject] != name:
-                raise ValueError(f"subject {subject!r} is in both {owner[subject]!r} and {name!r}: a pretraining pool "
-                                 "must hold no fine-tuning subject")
-            owner[subject] = name
 
 
 def held_out_split(subjects: Sequence[str], n_held_out: int, seed: int) -> tuple[list[str], list[str]]:

@@ -230,8 +230,8 @@ def stage_settings(profile: str, stage: int, objective: str | None = None, overr
         >>> cfg["steps"], cfg["objective"], cfg["objective_cfg"]
         (3, 'swin_trio', {'mix_prob': 0.0})
     """
-    from kit.profiles import check_keys, profile_config, stage_keys
-    from kit.train.checks import check_settings
+    from kit.profiles import check_keys, profile_config
+    from kit.train.checks import check_settings, stage_keys
 
     if stage not in STAGE_SETTINGS:
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -310,7 +310,7 @@ def prepare_stage(
     Under torchrun the process group is joined here (rank 0 builds the cache while the others wait).
 
     Args:
-        profile: a :data:`kit.pipeline.PROFILES` name.
+        profile: a :data:`kit.profiles.PROFILES` name.
         stage: 1 (healthy cohort, ``RUN/02_stage1``) or 2 (tumour cohort, ``RUN/03_stage2``).
         run_dir: the run directory; ``01_curation/datalist.json`` must exist (notebook 01).
         objective: SSL objective name (default: the profile's); overrides: stage settings to change.
@@ -323,7 +323,7 @@ def prepare_stage(
         >>> summary = run_pretraining(st.setup, init_checkpoint=st.init_checkpoint)  # doctest: +SKIP
     """
     from kit.data.cohorts import load_cohort
-    from kit.pipeline import stage_dir
+    from kit.stages import stage_dir
     from kit.train.distributed import setup_distributed
 
     from kit.profiles import profile_config
@@ -426,7 +426,7 @@ def pretrain_comparison(
         >>> sorted({r["objective"] for r in rows})  # doctest: +SKIP
         ['cross_contrast', 'mim']
     """
-    from kit.pipeline import profile_config
+    from kit.profiles import profile_config
 
     names = list(profile_config(profile)["stage2"].get("compare_objectives", []) if objectives is None else objectives)
     rows = []

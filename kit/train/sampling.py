@@ -25,30 +25,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from kit.seeds import sample_seed  # noqa: F401  (re-exported: the loop's stream)
 from kit.tensors import to_numpy
 
 __all__ = ["sample_seed", "epoch_permutation", "GlobalBatchSampler", "ArrayCropDataset", "WholeBrainDataset",
            "pretraining_dataset"]
 
 # Separate streams so that the permutation and the per-sample seeds never share entropy.
-_PERMUTATION_STREAM = 0
-_SAMPLE_STREAM = 1
-
-
-def sample_seed(run_seed: int, position: int) -> int:
-    """Seed of the sample at global stream position ``position`` of run ``run_seed``.
-
-    A SeedSequence hash of (run_seed, position), so nearby positions get unrelated seeds.
-
-    Returns:
-        int in [0, 2**63), so it fits in an int64 tensor.
-
-    Example:
-        >>> sample_seed(0, 5) == sample_seed(0, 5) != sample_seed(1, 5)
-        True
-    """
-    state = np.random.SeedSequence([int(run_seed), _SAMPLE_STREAM, int(position)]).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
+_PERMUTATION_STREAM = 0  # kit.seeds.sample_seed draws from stream 1
 
 
 def epoch_permutation(run_seed: int, epoch: int, n: int) -> np.ndarray:
