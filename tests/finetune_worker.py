@@ -2,7 +2,8 @@
 
 ``python tests/finetune_worker.py --cache DIR --run-dir DIR --task segmentation --kill-at-step K`` fine-tunes on
 the cache the test built and SIGKILLs itself right after step K; without ``--kill-at-step`` it runs to the end
-(resuming from ``--run-dir`` when a checkpoint is there) and saves the fine-tuned model to ``--out``.
+(resuming from ``--run-dir`` when a checkpoint is there) and saves the fine-tuned model to ``--out``. Under
+``torchrun --nproc_per_node 2`` it is one rank of a DDP fine-tune (tests/test_finetune_ddp.py).
 :func:`run` is imported by the test too, so the uninterrupted reference is the very same fine-tune.
 """
 
@@ -16,6 +17,7 @@ import torch
 
 from kit.data.cache import open_cache
 from kit.finetune import FinetuneConfig, finetune
+from kit.train.distributed import cleanup, is_main
 
 BRATS21 = {"TC": [1, 4], "WT": [1, 2, 4], "ET": [4]}
 
@@ -50,12 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="segmentation", choices=["segmentation", "classification"])
     parser.add_argument("--kill-at-step", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--out", default=None, help="save the fine-tuned model here")
+    parser.add_argument("--batch-size", type=int, default=1, help="per process (under torchrun: per rank)")
+    parser.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step")
+    parser.add_argument("--out", default=None, help="save the fine-tuned model here (rank 0 under torchrun)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = run(args.cache, args.run_dir, args.task, args.kill_at_step, num_workers=args.num_workers)
-    if args.out:
+    result = run(args.cache, args.run_dir, args.task, args.kill_at_step, num_workers=args.num_workers,
+                 batch_size=args.batch_size, grad_accum=args.grad_accum)
+    if args.out and is_main():
         result.save(args.out)
+    cleanup()
 
 
 if __name__ == "__main__":

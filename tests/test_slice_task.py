@@ -133,7 +133,7 @@ def test_pretraining_stage_on_curated_slices(tumour_cohort, tmp_path):
     setup = prepare_pretraining(stage, entries, ["t1", "flair"], tmp_path / "stage", device="cpu",
                                 slices=tmp_path / "slices.csv")
     assert isinstance(setup.dataset, SliceDataset) and len(setup.dataset) == int(table.kept.sum())
-    assert setup.objective.total_steps == 2 and setup.objective.augment["lr_dim"] == 0
+    assert setup.objective.total_steps == 2 and setup.objective.augment.lr_dim == 0
     assert setup.modalities == ["flair"] and setup.objective.model.in_channels == 1
     summary = run_pretraining(setup)
     checkpoint = load_checkpoint(tmp_path / "stage" / "checkpoint.pt")

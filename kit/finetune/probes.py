@@ -280,9 +280,9 @@ def dice_scores(pred: np.ndarray, target: np.ndarray, names: Sequence[str]) -> d
 
 
 def _append(path: Path, row: dict) -> None:
-    from kit.finetune.study import _append_row
+    from kit.finetune.tables import append_row
 
-    _append_row(path, row)
+    append_row(path, row)
 
 
 def run_probes(
@@ -323,7 +323,8 @@ def run_probes(
         fit_s`` (+ ``features_s`` the first time an init's features are computed).
     """
     from kit.finetune.data import class_table, classification_input
-    from kit.finetune.study import _done_keys, study_design, task_pool
+    from kit.finetune.study import study_design, task_pool
+    from kit.finetune.tables import done_keys
     from kit.finetune.evaluate import classification_metrics
     from kit.train.provenance import guard_leakage
 
@@ -332,7 +333,7 @@ def run_probes(
         raise ValueError(f"run_probes: pool must be one of {POOLS}, got {features_pool!r}")
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    done = set(_done_keys(out_csv))  # probe rows are matched on their key alone
+    done = set(done_keys(out_csv))  # probe rows are matched on their key alone
     for init_name, init in inits.items():
         for spec in tasks:
             if spec.get("inits") is not None and init_name not in spec["inits"]:

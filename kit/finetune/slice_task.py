@@ -41,6 +41,7 @@ from kit.finetune.evaluate import classification_metrics
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import class_table, is_missing
 from kit.finetune.finetune import FinetuneResult, train_task
+from kit.finetune.tables import append_row
 from kit.finetune.task import ClassLoss, build_finetune_model, class_weights
 
 __all__ = ["slice_targets", "SliceClassificationDataset", "train_slice_classifier", "slice_scores",
@@ -275,18 +276,6 @@ def labelled_subsets(pool: Sequence[str], fractions: Sequence[float], seed: int,
     return {float(f): sorted(order[: min(n, max(1, math.ceil(f * n - 1e-9)))]) for f in sorted(fractions)}
 
 
-def _append_row(path: Path, row: Mapping[str, Any]) -> None:
-    """Append one result row to a CSV (header on creation), flushed to disk: an interrupted study keeps it."""
-    frame = pd.DataFrame([dict(row)])
-    header = not path.exists()
-    if not header:
-        frame = frame.reindex(columns=list(pd.read_csv(path, nrows=0).columns))
-    with open(path, "a") as fh:
-        frame.to_csv(fh, index=False, header=header)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _done(path: Path | None) -> set[tuple[str, str, float, int]]:
     if path is None or not path.exists():
         return set()
@@ -366,5 +355,5 @@ def slice_study(
                            "n_train_subjects": len(train), "n_test_subjects": len(test), **metrics}
                     rows.append(row)
                     if path is not None:
-                        _append_row(path, row)
+                        append_row(path, dict(row))
     return pd.read_csv(path) if path is not None and path.exists() else pd.DataFrame(rows)

@@ -61,7 +61,7 @@ from kit.finetune.evaluate import evaluate_classification, evaluate_segmentation
 from kit.finetune.config import PROTOCOL_DEFAULTS, FinetuneConfig
 from kit.finetune.data import class_table, is_missing
 from kit.finetune.finetune import finetune
-from kit.tempfiles import atomic_write
+from kit.finetune.tables import add_rows, append_row, done_keys, drop_rows, write_json
 from kit.train.provenance import guard_leakage
 
 __all__ = ["task_pool", "study_splits", "study_design", "counts_to_fractions", "run_study", "RESULT_KEYS", "init_name",
@@ -290,20 +290,6 @@ def _run_folder_name(key: tuple) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "__".join(str(k) for k in key))
 
 
-def _row_key(row) -> tuple:
-    """A results row's key: ``(init, task, label_fraction, seed)``."""
-    return str(row.init), str(row.task), float(row.label_fraction), int(row.seed)
-
-
-def _done_keys(path: Path) -> dict[tuple, str | None]:
-    """The runs a results table holds: key -> the settings id it ran with (None: a table from before ids)."""
-    if not path.exists():
-        return {}
-    done = pd.read_csv(path)
-    ids = done["settings_id"] if "settings_id" in done else pd.Series([None] * len(done))
-    return {_row_key(r): (None if pd.isna(i) else str(i)) for r, i in zip(done.itertuples(), ids)}
-
-
 def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str], test: Sequence[str]) -> str:
     """A short id of what defines one run's result: its fine-tuning settings and its subjects.
 
@@ -327,59 +313,6 @@ def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str]
     text = json.dumps({"config": values, "train": sorted(map(str, train)), "val": sorted(map(str, val)),
                        "test": sorted(map(str, test))}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def _drop_rows(path: Path, keys: set[tuple]) -> None:
-    """Remove the rows of ``keys`` (init, task, fraction, seed) from a table, atomically."""
-    if not path.exists() or not keys:
-        return
-    table = pd.read_csv(path)
-    keep = [_row_key(r) not in keys for r in table.itertuples()]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    table[keep].to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _append_row(path: Path, row: dict) -> None:
-    # append, then fsync: a killed study keeps every finished run
-    frame = pd.DataFrame([row])
-    header = not path.exists()
-    if not header:
-        columns = list(pd.read_csv(path, nrows=0).columns)
-        if set(frame.columns) - set(columns):  # a new metric column: rewrite with the union
-            merged = pd.concat([pd.read_csv(path), frame], ignore_index=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            merged.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-            return
-        frame = frame.reindex(columns=columns)
-    with open(path, "a") as fh:
-        frame.to_csv(fh, index=False, header=header)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _add_rows_atomic(path: Path, rows: Sequence[dict], replace: tuple | None = None) -> None:
-    """Add ``rows`` to a table, rewriting it whole with the kit's atomic writer (a reader, or a study
-    killed mid-write, sees the table before or after, never half of it; new columns are unioned).
-    Rows of the run ``replace`` (init, task, fraction, seed) already there are dropped first (a run
-    killed after writing them and rerun)."""
-    if not rows:
-        return
-    frame = pd.DataFrame(list(rows))
-    if path.exists():
-        old = pd.read_csv(path)
-        if replace is not None:
-            old = old[[_row_key(r) != replace for r in old.itertuples()]]
-        frame = pd.concat([old, frame], ignore_index=True)
-    with atomic_write(path, fsync=True) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def count_overrides(spec: Mapping, counts: Sequence | None, pool: int) -> dict[float, dict]:
@@ -543,7 +476,7 @@ def run_study(
     curves_csv = out_csv.with_name("curves.csv")
     subjects_csv = out_csv.with_name("per_subject.csv")
     runs_dir = out_csv.parent / "finetune_runs"
-    done = _done_keys(out_csv)
+    done = done_keys(out_csv)
     leaks: dict = {}
     jobs: list[_Job] = []
     stale: set[tuple] = set()
@@ -564,7 +497,7 @@ def run_study(
         task_leaks = guard_leakage(task_inits, roles, leakage, f"run_study: task {spec['name']!r}")
         if task_leaks:
             leaks[spec["name"]] = task_leaks
-            _write_json(out_csv.with_name("leakage.json"), leaks)
+            write_json(out_csv.with_name("leakage.json"), leaks)
         classes = None
         if not is_seg:
             classes = class_table([cache.entries[i][spec["target"]] for i in task_pool(cache, spec)[0]])
@@ -593,9 +526,9 @@ def run_study(
 
     if stale:
         # rows of another recipe must not be mixed with this one's: they run again
-        _drop_rows(out_csv, stale)
-        _drop_rows(curves_csv, stale)
-        _drop_rows(subjects_csv, stale)
+        drop_rows(out_csv, stale)
+        drop_rows(curves_csv, stale)
+        drop_rows(subjects_csv, stale)
         for key in stale:
             shutil.rmtree(runs_dir / _run_folder_name(key), ignore_errors=True)
         if progress:
@@ -604,10 +537,10 @@ def run_study(
 
     def record(job: _Job, out: dict) -> None:
         # only this (the parent) process writes the tables, so parallel runs never interleave rows
-        _add_rows_atomic(subjects_csv, out.get("per_subject", []), replace=job.key)  # before the row: a row implies its subjects
-        _append_row(out_csv, out["row"])
+        add_rows(subjects_csv, out.get("per_subject", []), replace=job.key)  # before the row: a row implies its subjects
+        append_row(out_csv, out["row"])
         for rec in out["val_history"]:  # the learning curve (validation metric vs step)
-            _append_row(curves_csv, {**{k: out["row"][k] for k in ("init", "task", "label_fraction", "seed", "n_train")},
+            append_row(curves_csv, {**{k: out["row"][k] for k in ("init", "task", "label_fraction", "seed", "n_train")},
                                      **{k: v for k, v in rec.items() if k != "best"}, "best": int(bool(rec.get("best")))})
         done[job.key] = job.run_id
         shutil.rmtree(job.run_dir, ignore_errors=True)

@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, fields, replace
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +61,7 @@ from kit.models.heads import global_pool
 from kit.ssl.base import SSLObjective, check_batch, gather_across_ranks, register_objective, sample_rng
 from kit.tensors import to_module_device, to_numpy
 
-__all__ = ["MoCoV3", "build_mlp", "contrastive_loss", "momentum_at", "make_view", "check_slice_batch"]
+__all__ = ["MoCoV3", "ViewAugment", "build_mlp", "contrastive_loss", "momentum_at", "make_view", "check_slice_batch"]
 
 _TAG = 3  # sample_rng stream tag of this objective (swin_trio uses its own)
 
@@ -160,20 +161,58 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y[0]
 
 
+@dataclass(frozen=True)
+class ViewAugment:
+    """The augmentation settings of a MoCo v3 view (:func:`make_view`; the module docstring describes each step).
+
+    Attributes:
+        crop_scale: (lo, hi) share of the slice's area a random crop keeps (0 < lo <= hi <= 1).
+        lr_dim: the in-plane axis (0 or 1) flipped with probability 0.5 (left-right), or None: no flip.
+        jitter_prob, brightness, contrast, gamma: probability and strengths of the per-channel intensity jitter.
+        blur_prob: Gaussian blur probability of view 0 and view 1; blur_sigma: its (lo, hi) sigma at 224 pixels.
+
+    Example:
+        >>> ViewAugment(lr_dim=None).config()["crop_scale"]
+        [0.2, 1.0]
+        >>> ViewAugment(crop_scale=(0.5, 0.2))
+        Traceback (most recent call last):
+        ...
+        ValueError: moco_v3: crop_scale must satisfy 0 < lo <= hi <= 1, got (0.5, 0.2)
+    """
+
+    crop_scale: Sequence[float] = (0.2, 1.0)
+    lr_dim: int | None = 0
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    gamma: float = 0.4
+    blur_prob: Sequence[float] = (1.0, 0.1)
+    blur_sigma: Sequence[float] = (0.1, 2.0)
+
+    def __post_init__(self) -> None:
+        typed = {"crop_scale": tuple(float(v) for v in self.crop_scale), "jitter_prob": float(self.jitter_prob),
+                 "brightness": float(self.brightness), "contrast": float(self.contrast), "gamma": float(self.gamma),
+                 "blur_prob": tuple(float(v) for v in self.blur_prob), "blur_sigma": tuple(float(v) for v in self.blur_sigma)}
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"moco_v3: crop_scale must satisfy 0 < lo <= hi <= 1, got {tuple(self.crop_scale)}")
+        if self.lr_dim not in (None, 0, 1):
+            raise ValueError(f"moco_v3: lr_dim must be None, 0 or 1, got {self.lr_dim!r}")
+
+    def config(self) -> dict[str, Any]:
+        """The settings as plain JSON values (tuples as lists), as the objective's config records them."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
 def make_view(
     image: torch.Tensor,
     seed: int,
     view: int,
     *,
     view_size: int,
-    crop_scale: Sequence[float] = (0.2, 1.0),
-    lr_dim: int | None = 0,
-    jitter_prob: float = 0.8,
-    brightness: float = 0.4,
-    contrast: float = 0.4,
-    gamma: float = 0.4,
-    blur_prob: Sequence[float] = (1.0, 0.1),
-    blur_sigma: Sequence[float] = (0.1, 2.0),
+    augment: ViewAugment | None = None,
+    **settings: Any,
 ) -> torch.Tensor:
     """One augmented view ``(C, view_size, view_size)`` of a slice ``image`` (C, H, W), drawn from
     ``sample_rng(seed, TAG, view)`` only (see the module docstring for each step).
@@ -184,18 +223,21 @@ def make_view(
         >>> a.shape, bool(torch.equal(a, b)), bool(torch.equal(a, make_view(x, 5, 1, view_size=32)))
         (torch.Size([2, 32, 32]), True, False)
     """
+    aug = augment if augment is not None else ViewAugment()
+    if settings:
+        aug = replace(aug, **settings)
     rng = sample_rng(seed, _TAG, view)
     c, h, w = image.shape
-    top, left, ch, cw = _crop_box(rng, h, w, crop_scale)
+    top, left, ch, cw = _crop_box(rng, h, w, aug.crop_scale)
     out = F.interpolate(image[None, :, top : top + ch, left : left + cw].float(), size=(view_size, view_size),
                         mode="bilinear", align_corners=False)[0]
-    if lr_dim is not None and rng.random() < 0.5:
-        out = out.flip(1 + int(lr_dim))
-    if rng.random() < jitter_prob:
+    if aug.lr_dim is not None and rng.random() < 0.5:
+        out = out.flip(1 + int(aug.lr_dim))
+    if rng.random() < aug.jitter_prob:
         # per channel: contrasts are independent images; background (0) stays background
-        g = np.exp(rng.uniform(math.log(1 / (1 + gamma)), math.log(1 + gamma), c))
-        s = rng.uniform(1 - contrast, 1 + contrast, c)
-        b = rng.uniform(-brightness, brightness, c)
+        g = np.exp(rng.uniform(math.log(1 / (1 + aug.gamma)), math.log(1 + aug.gamma), c))
+        s = rng.uniform(1 - aug.contrast, 1 + aug.contrast, c)
+        b = rng.uniform(-aug.brightness, aug.brightness, c)
         jittered = []
         for i in range(c):
             x = out[i]
@@ -209,8 +251,8 @@ def make_view(
                 x = torch.where(brain, y, x)
             jittered.append(x)
         out = torch.stack(jittered)
-    if rng.random() < blur_prob[min(view, len(blur_prob) - 1)]:
-        sigma = rng.uniform(blur_sigma[0], blur_sigma[1]) * view_size / 224
+    if rng.random() < aug.blur_prob[min(view, len(aug.blur_prob) - 1)]:
+        sigma = rng.uniform(aug.blur_sigma[0], aug.blur_sigma[1]) * view_size / 224
         out = _gaussian_blur(out, max(sigma, 1e-3))
     return out.contiguous()
 
@@ -230,8 +272,8 @@ class MoCoV3(SSLObjective):
             from the run's ``steps`` when None.
         projector_layers, predictor_layers: MLP depths (3 and 2, the paper's).
         view_size: side of the views in pixels (default: the input's shorter side).
-        crop_scale, lr_dim, jitter_prob, brightness, contrast, gamma, blur_prob, blur_sigma:
-            augmentation settings (:func:`make_view`).
+        **augment: the view augmentation settings by name (``crop_scale``, ``lr_dim``, ...: the fields of
+            :class:`ViewAugment`, one object shared with :func:`make_view`).
     """
 
     term_names = ("contrast",)
@@ -250,30 +292,17 @@ class MoCoV3(SSLObjective):
         projector_layers: int = 3,
         predictor_layers: int = 2,
         view_size: int | None = None,
-        crop_scale: Sequence[float] = (0.2, 1.0),
-        lr_dim: int | None = 0,
-        jitter_prob: float = 0.8,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        gamma: float = 0.4,
-        blur_prob: Sequence[float] = (1.0, 0.1),
-        blur_sigma: Sequence[float] = (0.1, 2.0),
+        **augment: Any,
     ) -> None:
         super().__init__(model, weights)
         if not 0.0 <= momentum <= 1.0 or temperature <= 0:
             raise ValueError(f"moco_v3: momentum must be in [0, 1] and temperature > 0, got {momentum}, {temperature}")
-        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ValueError(f"moco_v3: crop_scale must satisfy 0 < lo <= hi <= 1, got {tuple(crop_scale)}")
-        if lr_dim not in (None, 0, 1):
-            raise ValueError(f"moco_v3: lr_dim must be None, 0 or 1, got {lr_dim!r}")
         self.dim, self.mlp_dim, self.temperature = int(dim), int(mlp_dim), float(temperature)
         self.base_momentum = float(momentum)
         self.total_steps = None if total_steps is None else int(total_steps)
         self.projector_layers, self.predictor_layers = int(projector_layers), int(predictor_layers)
         self.view_size = None if view_size is None else int(view_size)
-        self.augment = dict(crop_scale=tuple(float(v) for v in crop_scale), lr_dim=lr_dim, jitter_prob=float(jitter_prob),
-                            brightness=float(brightness), contrast=float(contrast), gamma=float(gamma),
-                            blur_prob=tuple(float(v) for v in blur_prob), blur_sigma=tuple(float(v) for v in blur_sigma))
+        self.augment = ViewAugment(**augment)
         self.projector = build_mlp(self.projector_layers, model.feature_dim, self.mlp_dim, self.dim, last_bn=True)
         self.predictor = build_mlp(self.predictor_layers, self.dim, self.mlp_dim, self.dim, last_bn=False)
         # the momentum branch starts as a copy and only ever changes by the EMA (never by gradients)
@@ -298,13 +327,13 @@ class MoCoV3(SSLObjective):
         return {**super().config, "dim": self.dim, "mlp_dim": self.mlp_dim, "temperature": self.temperature,
                 "momentum": self.base_momentum, "total_steps": self.total_steps,
                 "projector_layers": self.projector_layers, "predictor_layers": self.predictor_layers,
-                "view_size": self.view_size, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.augment.items()}}
+                "view_size": self.view_size, **self.augment.config()}
 
     def make_views(self, x: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two augmented views ``(B, C, S, S)`` of the batch ``x`` (B, C, H, W)."""
         seed_list = check_slice_batch(x, seeds)
         size = self.view_size or min(x.shape[-2:])
-        views = [torch.stack([make_view(x[i], s, v, view_size=size, **self.augment) for i, s in enumerate(seed_list)])
+        views = [torch.stack([make_view(x[i], s, v, view_size=size, augment=self.augment) for i, s in enumerate(seed_list)])
                  for v in (0, 1)]
         return views[0], views[1]
 
