@@ -8,7 +8,7 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from kit.cli import main
-from kit.models import load_checkpoint
+from kit.models import create_model, load_checkpoint, save_checkpoint
 from kit.models.checkpoints import CheckpointError
 from kit.models.imports import import_weights
 from kit.finetune import FinetuneConfig, build_finetune_model
@@ -133,7 +133,8 @@ def test_reproduce_init_reaches_notebook_04_only(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(kit.pipeline, "run_notebook",
                         lambda notebook, output, parameters, *a, **k: calls.setdefault(notebook.name, parameters))
     ckpt = tmp_path / "imported.pt"
-    ckpt.write_bytes(b"x")
+    net = create_model("segresnet_small", in_channels=4, init_filters=8)
+    save_checkpoint(ckpt, model_config=net.config, state_dict=net.state_dict(), extra={})  # --init must be a kit checkpoint
     run = tmp_path / "run"
     (run / "02_stage1").mkdir(parents=True)
     assert main(["reproduce", "--out", str(run), "--from", "03", "--quiet", "--init", f"monai_ssl={ckpt}"]) == 0
