@@ -112,3 +112,45 @@ def test_run_cohorts_keep_the_unlabelled_pool_apart(tmp_path):
     labelled = {e["subject"] for e in real["tumor"].subjects}
     pooled = {e["subject"] for e in real["tumor_pool"].subjects}
     assert len(labelled) == 3 and len(pooled) == 2 and not labelled & pooled
+
+
+def test_committed_checkpoints_match_their_provenance_and_saw_no_study_subject():
+    """Every committed pool-pretrained checkpoint: a complete provenance whose sha256 is the file's, <= 5 MiB,
+    pools apart from every synthetic profile's labelled tumour cohort; the profiles' committed inits resolve."""
+    from kit.finetune.study import committed_inits
+    from kit.profiles import PROFILES
+    from kit.train.pools import COMMITTED_DIR
+
+    records = sorted(COMMITTED_DIR.glob("*/provenance.json"))
+    assert records, f"no committed pretraining in {COMMITTED_DIR}"
+    labelled = {f"BraTS2021_{i:05d}" for i in range(max(p["cohorts"]["tumor"]["n"] for p in PROFILES.values()))}
+    for path in records:
+        record = check_provenance(path)
+        checkpoint = path.parent / record["checkpoint"]
+        assert checkpoint.stat().st_size <= 5 * 2**20, checkpoint
+        seen = seen_subjects(checkpoint)
+        assert seen and not {s for ids in seen.values() for s in ids} & labelled, path
+        assert record["objective"] == path.parent.name and isinstance(record["partial"], bool)
+    for name, profile in PROFILES.items():
+        wanted = profile["finetune"].get("committed_inits", [])
+        assert len(committed_inits(wanted)) == len(wanted), name
+
+
+def test_a_changed_committed_checkpoint_changes_the_study_settings_id(tmp_path):
+    """A committed pretraining continued in a later session changes its file: rows fine-tuned from the old
+    version must not be kept by a resumed study (their settings id changes with the provenance's sha256)."""
+    from kit.finetune import FinetuneConfig
+    from kit.finetune.study import settings_id
+    from kit.train.pools import write_provenance
+
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"version 1")
+    config = FinetuneConfig(steps=10, init=str(ckpt))
+    plain = settings_id(config, ["a"], ["b"], ["c"])
+    assert plain == settings_id(FinetuneConfig(steps=10, init=str(tmp_path / "moved.pt")), ["a"], ["b"], ["c"])
+    info = {k: 0 for k in PROVENANCE_KEYS if k not in ("checkpoint", "sha256")}
+    write_provenance(tmp_path / "provenance.json", ckpt, info)
+    first = settings_id(config, ["a"], ["b"], ["c"])
+    ckpt.write_bytes(b"version 2")
+    write_provenance(tmp_path / "provenance.json", ckpt, info)
+    assert len({plain, first, settings_id(config, ["a"], ["b"], ["c"])}) == 3

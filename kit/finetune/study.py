@@ -297,7 +297,9 @@ def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str]
     ``config``, its validation split, its label counts) reruns exactly the runs it changes and
     keeps the rest. Where and how fast it runs (device, workers, progress) is left out, and so is
     the initialisation's checkpoint path (a moved run folder keeps its rows; the init's name is
-    part of the row's key). The protocol fields (``protocol``, ``lp_steps``, ``layer_decay``,
+    part of the row's key), except for a committed checkpoint that goes on changing (a
+    ``provenance.json`` beside it, :func:`committed_inits`: a partial pretraining continued later):
+    its sha256 counts, so rows fine-tuned from an older version run again. The protocol fields (``protocol``, ``lp_steps``, ``layer_decay``,
     ``encoder_lr_scale``, ``min_steps``) count only when set away from their defaults, so the rows
     of a study run before they existed keep their ids.
 
@@ -310,6 +312,9 @@ def settings_id(config: FinetuneConfig, train: Sequence[str], val: Sequence[str]
     """
     values = {k: v for k, v in asdict(config).items() if k not in ("device", "progress", "num_workers", "log_every", "init")}
     values = {k: v for k, v in values.items() if k not in PROTOCOL_DEFAULTS or v != PROTOCOL_DEFAULTS[k]}
+    provenance = Path(str(config.init)).with_name("provenance.json") if config.init != "scratch" else None
+    if provenance is not None and provenance.is_file():
+        values["init_sha256"] = json.loads(provenance.read_text()).get("sha256")
     text = json.dumps({"config": values, "train": sorted(map(str, train)), "val": sorted(map(str, val)),
                        "test": sorted(map(str, test))}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
