@@ -58,6 +58,11 @@ def _tumor_pool(n: int) -> dict:
     return {"kind": "tumor", "layout": "brats2021", "manifest": "brats2021", "n": n, "first_index": 10000}
 
 
+# The objectives whose stage 1+2 pretraining on the unlabelled pools the repository holds
+# (benchmarks/results/pretraining/<objective>/, made by benchmarks/pretrain_pool.py: 20,000 crops each, 10x one
+# fine-tune); workshop and study fine-tune from them as 'pool', 'mim:pool', ... (kit.finetune.study.committed_inits)
+_COMMITTED = ["swin_trio", "mim"]
+
 # shared pieces of the CPU profiles (smoke, workshop, study)
 _SMALL_3D = {"backbone": "segresnet_small", "model": {"init_filters": 8}, "crop": 32}
 _ALL_METHODS = ["vanilla", "smoothgrad", "integrated_gradients", "gradcam", "gradcampp", "occlusion"]
@@ -132,22 +137,23 @@ OVERRIDES: dict[str, dict] = {
             # the study's converged recipe, with a smaller step budget (early stopping on validation)
             "config": {**_CONVERGED, "steps": 300},
             "tasks": [
-                # every objective's stage 1+2 against scratch at the fewest labels, 3 paired seeds, 250 steps
-                # (100 steps measured noise; the study's curves flatten from about 300 with one subject, and
-                # 12 runs of 300 steps would not fit the 30 minutes); the powered comparison is the probes'
+                # every committed pool-pretrained init against scratch at the fewest labels, 3 paired seeds, 250
+                # steps (100 steps measured noise; the study's curves flatten from about 300 with one subject);
+                # the powered comparison is the probes', which also read the live stage 1 / 1+2 of notebooks 02-03
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
-                 "inits": ["scratch", "stage1+2"], "counts": [1], "seeds": [0, 1, 2],
+                 "inits": ["scratch", "pool"], "counts": [1], "seeds": [0, 1, 2],
                  "config": {"steps": 250, "val_every": 125}},
                 # the classifiers notebook 05 explains (the study's first, average-pooled recipe, unstable across
                 # seeds from scratch: benchmarks/results/study/partial/README.md; the study now pools avg+max)
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "swin_trio:stage1+2"], "counts": ["all"], "seeds": [0],
+                 "inits": ["scratch", "swin_trio:pool"], "counts": ["all"], "seeds": [0],
                  "config": {"steps": 200, "lr": 3e-3, "val_every": 25, "patience": 4}},
             ],
             "fractions": [1.0], "seeds": [0, 1, 2], "test_fraction": 16, "val_size": 6, "n_overlays": 3, "leakage": "refuse",
-            "probes": _CLASS_PROBES,
+            "probes": _CLASS_PROBES, "committed_inits": _COMMITTED,
         },
         "saliency": {
+            "inits": ["scratch", "pool"],
             "n_cases": 4, "random_n": 100, "dilate_mm": 6.0, "min_auc": 0.85,
             "methods": [m for m in _ALL_METHODS if m != "gradcampp"],
             "method_kwargs": {"smoothgrad": {"n_samples": 8}, "integrated_gradients": {"n_steps": 16},
@@ -173,19 +179,22 @@ OVERRIDES: dict[str, dict] = {
                 # 16 validation subjects (4 without tumour), because the average-pooled head at lr 3e-3
                 # flipped between all-tumour and no-tumour from scratch (test AUC 0.25-0.98 over 4 seeds)
                 {"name": "tumor_present", "task": "classification", "target": "tumor_present", "cohort": "tumor",
-                 "inits": ["scratch", "stage1+2"], "counts": ["all"], "val_size": 16,
+                 "inits": ["scratch", "swin_trio:pool"], "counts": ["all"], "val_size": 16,
                  "config": {"head_pool": "avgmax", "steps": 300, "lr": 1e-3, "warmup_steps": 20, "val_every": 25,
                             "patience": 0}},
                 # 1, 4 and all labelled subjects (the probes add 2); all labels get 1000 steps, because 500
                 # are 15 passes over 34 subjects and left validation Dice still rising (test 0.54)
+                # scratch against every committed pool-pretrained init (the live stage 1+2 of notebooks 02-03 is
+                # a short demonstration: the probes read it)
                 {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",
-                 "inits": ["scratch", "stage1+2"], "counts": [1, 4, "all"],
+                 "inits": ["scratch", "pool"], "counts": [1, 4, "all"],
                  "count_config": {"all": {"steps": 1000, "val_every": 125}}},
             ],
             "fractions": [1.0], "seeds": [0, 1, 2, 3, 4], "test_fraction": 20, "val_size": 8, "n_overlays": 3,
-            "leakage": "refuse", "probes": _CLASS_PROBES, "workers": 2,
+            "leakage": "refuse", "probes": _CLASS_PROBES, "workers": 2, "committed_inits": _COMMITTED,
         },
         "saliency": {
+            "inits": ["scratch", "pool"],
             # occlusion at overlap 0.25 (512 occluded copies of a 48^3 input, not 1728): the workshop's 4
             # cases at 0.5 took 4 min per classifier, and the study's 2.5 h has no room for 15
             "n_cases": 6, "random_n": 100, "dilate_mm": 6.0, "min_auc": 0.85, "methods": _ALL_METHODS,

@@ -76,6 +76,8 @@ final_init = init_name("stage1+2", objective)
 # The repository's checkpoints pretrained on unlabelled pools apart from every subject here ("pool", "mim:pool"...):
 # 20,000 crops each, 10x one fine-tune (benchmarks/results/pretraining/README.md), beside the short live demo of 02-03.
 inits.update(committed_inits(config.get("committed_inits", [])))
+if init_name("pool", objective) in inits:  # the headline: this objective's pretraining on the pools, not the short demo
+    final_init = init_name("pool", objective)
 # Further inits from the profile ("extra_inits") or the parameter (`kit reproduce --init NAME=CKPT`).
 inits.update({**config.get("extra_inits", {}), **extra_inits})
 seeds = [seed + s for s in config["seeds"]]
