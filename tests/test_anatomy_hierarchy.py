@@ -162,3 +162,18 @@ def test_declares_whole_brain_inputs_and_its_grids_are_sensible_at_a_32_cube_bra
     obj = _obj(total_steps=30)
     obj.on_step_end(25)  # the finest level: 4^3 cells of 8 voxels
     assert obj.grid_size == 4 and sorted(obj(torch.rand(2, 1, 32, 32, 32), torch.tensor([1, 2]))) == ["contrast", "loss"]
+
+
+def test_pruning_cannot_make_collapse_a_minimum():
+    """Every embedding equal: without a cap all negatives are pruned and the loss is 0 with no gradient (what a
+    run on aligned whole brains fell into); with the default cap half the queue stays and pushes apart."""
+    from kit.ssl.anatomy_hierarchy import pruned_info_nce
+
+    q = torch.nn.functional.normalize(torch.ones(4, 8), dim=1).requires_grad_(True)
+    queue = torch.nn.functional.normalize(torch.ones(16, 8) + 1e-3 * torch.randn(16, 8), dim=1)
+    uncapped, pruned_all = pruned_info_nce(q, q.detach(), queue, 0.2, 0.8, max_pruned=None)
+    assert float(uncapped) == 0.0 and bool(pruned_all.all())
+    capped, pruned = pruned_info_nce(q, q.detach(), queue, 0.2, 0.8)
+    assert float(capped) > 1.0 and pruned.sum(1).tolist() == [8] * 4
+    capped.backward()
+    assert float(q.grad.abs().sum()) > 0
