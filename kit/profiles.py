@@ -87,18 +87,32 @@ _MOCO_FULL = {"objective_stages": {"moco_v3": {
     "backbone": "resnet50_2d", "model": {}, "objective_cfg": {"dim": 256, "mlp_dim": 4096, "temperature": 1.0},
     "batch_size": 256, "lr": 1.5e-4, "slices": {"size": 224}}}}
 
+
+def _cpu_stages(moco: dict, stage1: dict, stage2: dict) -> dict:
+    """The pretraining stages of a CPU profile from their budgets: the small 3D backbone, stage 2 on the
+    unlabelled tumour pool, and the profile's size of moco_v3 stage settings (``_MOCO_SMOKE``, ``_MOCO_SMALL``).
+
+    Example:
+        >>> stages = _cpu_stages(_MOCO_SMOKE, {"steps": 8}, {"steps": 6})
+        >>> stages["stage1"]["backbone"], stages["stage2"]["cohort"], stages["stage2"]["steps"]
+        ('segresnet_small', 'tumor_pool', 6)
+    """
+    return {"stage1": {**_SMALL_3D, **stage1, **moco}, "stage2": {**_SMALL_3D, **stage2, "cohort": "tumor_pool", **moco}}
+
+
+def _cpu_cohorts(healthy: int, tumor: int, stroke: int, tumor_pool: int) -> dict:
+    """The cohort sizes of a CPU profile, the unlabelled tumour pool of stage 2 included (:func:`_tumor_pool`)."""
+    return {"healthy": {"n": healthy}, "tumor": {"n": tumor}, "stroke": {"n": stroke}, "tumor_pool": _tumor_pool(tumor_pool)}
+
+
 OVERRIDES: dict[str, dict] = {
     "smoke": {
         "description": "CI and tests: every code path on 2 CPU cores in minutes",
-        "cell_timeout_s": 600,
-        "resolution_mm": 4.0,
-        "cohorts": {"healthy": {"n": 6}, "tumor": {"n": 8}, "stroke": {"n": 4}, "tumor_pool": _tumor_pool(4)},
-        "n_show": 2,
-        "stage1": {**_SMALL_3D, "steps": 8, "batch_size": 2, "lr": 3e-4, "warmup_steps": 2, "ckpt_every": 4,
-                   **_MOCO_SMOKE},
-        "stage2": {**_SMALL_3D, "steps": 6, "batch_size": 2, "lr": 2e-4, "warmup_steps": 2, "ckpt_every": 3,
-                   "cohort": "tumor_pool",
-                   "compare_objectives": ["mim"], **_MOCO_SMOKE},
+        "cell_timeout_s": 600, "resolution_mm": 4.0, "n_show": 2,
+        "cohorts": _cpu_cohorts(healthy=6, tumor=8, stroke=4, tumor_pool=4),
+        **_cpu_stages(_MOCO_SMOKE, stage1={"steps": 8, "batch_size": 2, "lr": 3e-4, "warmup_steps": 2, "ckpt_every": 4},
+                      stage2={"steps": 6, "batch_size": 2, "lr": 2e-4, "warmup_steps": 2, "ckpt_every": 3,
+                              "compare_objectives": ["mim"]}),
         "finetune": {
             "config": {**_SMALL_3D, "steps": 3, "batch_size": 2, "input_size": 32, "lr": 1e-3, "warmup_steps": 1,
                        "sw_overlap": 0.25, "inference": "auto", "val_every": 2},
@@ -123,16 +137,12 @@ OVERRIDES: dict[str, dict] = {
     "workshop": {
         "description": "a class on 2 laptop CPU cores in about 30 min: short live pretraining, linear probes "
                        "on 5 seeds, a few live fine-tunes; the converged study's figures come from `study`",
-        "cell_timeout_s": 3600,
-        "resolution_mm": 3.0,
-        "cohorts": {"healthy": {"n": 24}, "tumor": {"n": 60}, "stroke": {"n": 6}, "tumor_pool": _tumor_pool(24)},
-        "n_show": 3,
-        "stage1": {**_SMALL_3D, "steps": 60, "batch_size": 4, "lr": 5e-4, "warmup_steps": 5, "ckpt_every": 20,
-                   **_MOCO_SMALL},
-        "stage2": {**_SMALL_3D, "steps": 30, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3, "ckpt_every": 15,
-                   "cohort": "tumor_pool",
-                   # the objectives the workshop compares with this one: stage 1 + 2 each, same budget
-                   "compare_objectives": ["cross_contrast", "mim"], **_MOCO_SMALL},
+        "cell_timeout_s": 3600, "resolution_mm": 3.0, "n_show": 3,
+        "cohorts": _cpu_cohorts(healthy=24, tumor=60, stroke=6, tumor_pool=24),
+        **_cpu_stages(_MOCO_SMALL, stage1={"steps": 60, "batch_size": 4, "lr": 5e-4, "warmup_steps": 5, "ckpt_every": 20},
+                      stage2={"steps": 30, "batch_size": 4, "lr": 2e-4, "warmup_steps": 3, "ckpt_every": 15,
+                              # the objectives the workshop compares with this one: stage 1 + 2 each, same budget
+                              "compare_objectives": ["cross_contrast", "mim"]}),
         "finetune": {
             # the study's converged recipe, with a smaller step budget (early stopping on validation)
             "config": {**_CONVERGED, "steps": 300},
@@ -163,15 +173,10 @@ OVERRIDES: dict[str, dict] = {
     "study": {
         "description": "the converged, powered label-efficiency study on 2 CPU cores (<= 2.5 h): 5 paired seeds, "
                        "20 test subjects, 1/2/4/all labelled subjects; resumable from results.csv",
-        "cell_timeout_s": 4 * 3600,
-        "resolution_mm": 3.0,
-        "cohorts": {"healthy": {"n": 32}, "tumor": {"n": 80}, "stroke": {"n": 6}, "tumor_pool": _tumor_pool(40)},
-        "n_show": 3,
-        "stage1": {**_SMALL_3D, "steps": 200, "batch_size": 4, "lr": 5e-4, "warmup_steps": 10, "ckpt_every": 50,
-                   **_MOCO_SMALL},
-        "stage2": {**_SMALL_3D, "steps": 100, "batch_size": 4, "lr": 2e-4, "warmup_steps": 5, "ckpt_every": 50,
-                   "cohort": "tumor_pool",
-                   **_MOCO_SMALL},
+        "cell_timeout_s": 4 * 3600, "resolution_mm": 3.0, "n_show": 3,
+        "cohorts": _cpu_cohorts(healthy=32, tumor=80, stroke=6, tumor_pool=40),
+        **_cpu_stages(_MOCO_SMALL, stage1={"steps": 200, "batch_size": 4, "lr": 5e-4, "warmup_steps": 10, "ckpt_every": 50},
+                      stage2={"steps": 100, "batch_size": 4, "lr": 2e-4, "warmup_steps": 5, "ckpt_every": 50}),
         "finetune": {
             "config": _CONVERGED,
             "tasks": [

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy.special import ndtri
@@ -71,7 +72,7 @@ class Focus:
     irregularity: float
     rim_mm: float = 0.0
     rim_coverage: float = 1.0
-    core_kind: str = "necrotic"
+    core_kind: Literal["necrotic", "solid", "mismatch"] = "necrotic"
     edema_mm: float = 0.0
     edema_irregularity: float = 0.3
     mass_effect: float = 0.0

@@ -306,6 +306,7 @@ def swinunetr(
     return net
 
 
+# the same argument layout as swinunetr (create_model's in_channels, out_channels, then the network's own sizes), not one logic
 @register_model("segresnet_small")
 def segresnet_small(
     in_channels: int,
