@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,51 +53,56 @@ def is_slice_objective(objective: str | None) -> bool:
 
 
 def slice_study_settings(profile: str, objective: str) -> dict[str, Any]:
-    """The 2D study's settings: the profile's ``finetune.slice_study`` plus the stage's 2D backbone and slices.
+    """The 2D study's settings, resolved once from the profile: its ``finetune.slice_study``, the stage's 2D
+    backbone and slices, its ``finetune.leakage`` and the settings of both pretraining stages (what
+    :func:`pretrain_uncurated` repeats), so the rest of the 2D path reads plain values, not the profile.
 
     Returns:
         ``{'counts', 'seeds', 'test_fraction', 'modes', 'uncurated', 'config', 'backbone', 'model',
-        'slices': {'axis', 'size', 'channels', 'curated'}}``.
+        'slices': {'axis', 'size', 'channels', 'curated'}, 'leakage', 'stages': [stage 1, stage 2]}``.
 
     Example:
         >>> s = slice_study_settings("smoke", "moco_v3")
-        >>> s["backbone"], s["slices"]["size"], s["counts"]
-        ('resnet18_2d', 48, [1, 'all'])
+        >>> s["backbone"], s["slices"]["size"], s["counts"], s["leakage"], s["stages"][1]["cohort"]
+        ('resnet18_2d', 48, [1, 'all'], 'refuse', 'tumor_pool')
     """
     from kit.profiles import profile_config
     from kit.train.pretrain import stage_settings
 
     if not is_slice_objective(objective):
         raise ValueError(f"objective {objective!r} trains on volumes (spatial_dims 3), not on 2D slices")
-    stage = stage_settings(profile, 2, objective)
-    study = profile_config(profile)["finetune"].get("slice_study")
+    stages = [stage_settings(profile, stage, objective) for stage in (1, 2)]
+    profile_finetune = profile_config(profile)["finetune"]
+    study = profile_finetune.get("slice_study")
     if study is None:
         raise ValueError(f"profile {profile!r} has no finetune.slice_study settings for the 2D path")
-    return {**copy.deepcopy(study), "backbone": stage["backbone"], "model": dict(stage.get("model", {})),
-            "slices": dict(stage["slices"])}
+    return {**copy.deepcopy(study), "backbone": stages[1]["backbone"], "model": dict(stages[1].get("model", {})),
+            "slices": dict(stages[1]["slices"]), "leakage": profile_finetune.get("leakage", "refuse"), "stages": stages}
 
 
-def pretrain_uncurated(profile: str, run_dir: str | Path, objective: str, out_dir: str | Path, *, seed: int = 0,
-                       device: str = "auto", progress: bool = False) -> Path:
+def pretrain_uncurated(stages: Sequence[Mapping[str, Any]], run_dir: str | Path, objective: str, out_dir: str | Path, *,
+                       seed: int = 0, device: str = "auto", progress: bool = False) -> Path:
     """Stages 1 and 2 of ``objective`` again, with the same settings and budget, on every slice (not the curated ones).
 
-    Stage 1 trains on the healthy cohort into ``out_dir/stage1``, stage 2 on the tumour cohort from
-    stage 1's weights into ``out_dir/stage2``; both resume (or return at once) when run again.
+    ``stages`` are the two stages' settings (``slice_study_settings(...)["stages"]``). Stage 1 trains
+    on the healthy cohort into ``out_dir/stage1``, stage 2 on the tumour cohort from stage 1's
+    weights into ``out_dir/stage2``; both resume (or return at once) when run again.
 
     Returns:
         Path of the stage-2 checkpoint.
 
     Example:
-        >>> pretrain_uncurated("smoke", "runs/x", "moco_v3", "runs/x/04_finetune/uncurated", device="cpu")  # doctest: +SKIP
+        >>> stages = slice_study_settings("smoke", "moco_v3")["stages"]
+        >>> pretrain_uncurated(stages, "runs/x", "moco_v3", "runs/x/04_finetune/uncurated", device="cpu")  # doctest: +SKIP
         PosixPath('runs/x/04_finetune/uncurated/stage2/checkpoint.pt')
     """
     from kit.data.cohorts import load_cohort
-    from kit.train.pretrain import STAGE_SETTINGS, prepare_pretraining, run_pretraining, stage_settings
+    from kit.train.pretrain import STAGE_SETTINGS, prepare_pretraining, run_pretraining
 
     run, out = Path(run_dir), Path(out_dir)
     init = None
-    for stage in (1, 2):
-        config = stage_settings(profile, stage, objective)
+    for stage, settings in zip((1, 2), stages):
+        config = copy.deepcopy(dict(settings))
         if config.get("slices") is None:
             raise ValueError(f"objective {objective!r}: stage {stage} has no slice settings; nothing to un-curate")
         config["slices"] = {**config["slices"], "curated": False}
@@ -187,20 +192,19 @@ def run_slice_finetune(
     """
     from kit.data.cache import build_cache
     from kit.data.cohorts import load_cohort
-    from kit.profiles import profile_config
     from kit.stages import stage_dir, write_json_atomic
     from kit.finetune import FinetuneConfig
     from kit.train.provenance import guard_leakage
     from kit.finetune.slice_task import slice_study
     from kit.finetune.study import kept_model_path
 
-    settings = slice_study_settings(profile, objective)
+    settings = slice_study_settings(profile, objective)  # the profile, resolved once: plain values from here on
     run = Path(run_dir)
     out = stage_dir(run, "04_finetune")
     entries, meta = load_cohort(run / "01_curation" / "datalist.json", "tumor")
     modalities = [meta["modality"][str(i)] for i in range(len(meta["modality"]))]
     cache = build_cache(entries, modalities, out / "cache_tumor", with_labels=True, progress=progress)
-    uncurated = (pretrain_uncurated(profile, run, objective, out / UNCURATED, seed=seed, device=device, progress=progress)
+    uncurated = (pretrain_uncurated(settings["stages"], run, objective, out / UNCURATED, seed=seed, device=device, progress=progress)
                  if settings.get("uncurated") else None)
     inits = {**slice_inits(run, objective, uncurated), **dict(extra_inits or {})}
     config = FinetuneConfig(task="classification", target="tumor_present", backbone=settings["backbone"],
@@ -217,7 +221,7 @@ def run_slice_finetune(
                             cohort="tumor")
     # the guard of the 3D study: the slice study's test subjects and the rest, its labelled pool
     leaks = guard_leakage(inits, {"test": test, "labelled": sorted({str(e["subject"]) for e in entries} - set(test))},
-                          profile_config(profile)["finetune"].get("leakage", "refuse"), f"the {SLICE_TASK} slice study")
+                          settings["leakage"], f"the {SLICE_TASK} slice study")
     write_json_atomic(out / "leakage.json", {SLICE_TASK: leaks})
     results = slice_study(cache, run / "01_curation" / "slices.csv", inits, config, counts=settings["counts"],
                           seeds=seeds, test_fraction=settings["test_fraction"], axis=int(spec["axis"]), cohort="tumor",
