@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kit.data.shapes import three_sides
 from kit.devices import resolve_amp
 from kit.models.finetuned import TASKS
 from kit.models.heads import POOLS
@@ -31,10 +32,7 @@ def triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
         >>> triple(16, "crop"), triple([8, 16, 32], "crop")
         ((16, 16, 16), (8, 16, 32))
     """
-    out = (int(value),) * 3 if np.isscalar(value) else tuple(int(v) for v in value)
-    if len(out) != 3 or min(out) < 1:
-        raise ValueError(f"FinetuneConfig.{name} must be one positive int or 3 of them, got {value!r}")
-    return out  # type: ignore[return-value]
+    return three_sides(value, f"FinetuneConfig.{name}")
 
 
 @dataclass

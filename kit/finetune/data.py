@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kit.data.regions import labels_to_regions
-from kit.finetune.config import triple
+from kit.data.shapes import three_sides
 
 __all__ = ["LabelledCropDataset", "ClassificationVolumeDataset", "classification_input", "class_table", "is_missing"]
 
@@ -91,7 +91,7 @@ class LabelledCropDataset(Dataset):
                 )
         self.images, self.labels = list(images), list(labels)
         self.regions = dict(regions)
-        self.crop_size = triple(crop_size, "crop")
+        self.crop_size = three_sides(crop_size, "LabelledCropDataset crop_size")
         self.pos_fraction = float(pos_fraction)
         self.augment = bool(augment)
         self.fg_sampling = fg_sampling
@@ -164,7 +164,7 @@ def classification_input(image: Any, size: int | Sequence[int]) -> torch.Tensor:
     from monai.transforms import Resize, ResizeWithPadOrCrop
     from monai.utils import convert_to_tensor
 
-    shape = triple(size, "input_size")
+    shape = three_sides(size, "classification_input size")
     volume = torch.from_numpy(np.array(image, dtype=np.float32))  # a copy: cache arrays are read-only
     if volume.ndim != 4:
         raise ValueError(f"classification_input: expected (C, X, Y, Z), got shape {tuple(volume.shape)}")
@@ -193,7 +193,7 @@ class ClassificationVolumeDataset(Dataset):
         if len(images) == 0 or len(images) != len(targets):
             raise ValueError(f"ClassificationVolumeDataset: {len(images)} images and {len(targets)} targets")
         self.images, self.targets = list(images), [int(t) for t in targets]
-        self.size = triple(size, "input_size")
+        self.size = three_sides(size, "ClassificationVolumeDataset size")
         self.augment = bool(augment)
 
     def __len__(self) -> int:

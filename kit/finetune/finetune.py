@@ -33,6 +33,7 @@ from kit.devices import resolve_device
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import ClassificationVolumeDataset, LabelledCropDataset, class_table, is_missing
 from kit.finetune.selection import classification_validator, segmentation_validator
+from kit.finetune.settings import ModelSettings, ProtocolSettings, settings_of
 from kit.finetune.task import ClassLoss, DiceBCELoss, FinetuneTask, build_finetune_model, class_weights, protocol_groups
 from kit.models.checkpoints import LoadReport, save_checkpoint
 from kit.models.finetuned import ClassificationModel
@@ -146,7 +147,7 @@ def train_task(
     """
     task = FinetuneTask(model, loss_fn, total_steps=config.steps, validate=validate if config.val_every else None,
                         val_every=config.val_every, patience=config.patience, describe=describe,
-                        groups=protocol_groups(model, config), min_steps=config.min_steps)
+                        groups=protocol_groups(model, settings_of(ProtocolSettings, config)), min_steps=config.min_steps)
     train_config = TrainConfig(
         steps=config.steps, batch_size=config.batch_size, grad_accum=config.grad_accum, lr=config.lr,
         weight_decay=config.weight_decay, warmup_steps=config.warmup_steps, max_grad_norm=config.max_grad_norm,
@@ -254,6 +255,9 @@ def finetune(
     if overlap:
         raise ValueError(f"finetune: validation subjects {[cache.entries[i]['subject'] for i in overlap]} are also "
                          "training subjects; model selection needs a disjoint split")
+    # the config resolved once into what each part reads: plain sizes (3 ints) for the data and validation, the
+    # model's settings for the builder
+    crop, input_shape, model_settings = config.crop_shape, config.input_shape, settings_of(ModelSettings, config)
     modalities = list(cache.modalities)
     images = cache.images()
     subjects = [str(cache.entries[i]["subject"]) for i in indices]
@@ -269,11 +273,11 @@ def finetune(
         region_def = resolve_regions(regions, label_values)
         dataset: Dataset = LabelledCropDataset(
             [images[i] for i in indices], [labels[i] for i in indices], region_def,
-            config.crop_shape, config.pos_fraction, config.augment, config.fg_sampling,
+            crop, config.pos_fraction, config.augment, config.fg_sampling,
         )
-        validate = segmentation_validator(cache, val_indices, region_def, config.crop_shape, inference=config.inference,
+        validate = segmentation_validator(cache, val_indices, region_def, crop, inference=config.inference,
                                           overlap=config.sw_overlap, amp=config.amp) if val_indices else None
-        n_outputs, loss_fn, sample_shape = len(region_def), DiceBCELoss(), config.crop_shape
+        n_outputs, loss_fn, sample_shape = len(region_def), DiceBCELoss(), crop
         result_meta.update(regions={k: list(v) for k, v in region_def.items()},
                            label_values=[int(v) for v in label_values])
     else:
@@ -292,17 +296,17 @@ def finetune(
                 f"{config.target!r} ({sorted({str(v) for _, _, v in kept})}); classification needs at least two"
             )
         targets = [lookup[str(v)] for _, _, v in kept]
-        dataset = ClassificationVolumeDataset([images[i] for i, _, _ in kept], targets, config.input_shape, config.augment)
+        dataset = ClassificationVolumeDataset([images[i] for i, _, _ in kept], targets, input_shape, config.augment)
         n_outputs = 1 if len(table) == 2 else len(table)
         loss_fn = ClassLoss(len(table), class_weights(config.class_weights, targets, len(table)))
-        sample_shape = config.input_shape
+        sample_shape = input_shape
         subjects = [s for _, s, _ in kept]
         result_meta.update(classes=table)
         val_kept = [i for i in val_indices if not is_missing(cache.entries[i].get(config.target))]
-        validate = classification_validator(cache, val_kept, config.target, table, config.input_shape,
+        validate = classification_validator(cache, val_kept, config.target, table, input_shape,
                                             amp=config.amp) if val_kept else None
 
-    model, report = build_finetune_model(config, len(modalities), modalities, n_outputs)
+    model, report = build_finetune_model(model_settings, len(modalities), modalities, n_outputs)
     model.check_input(torch.empty(1, len(modalities), *sample_shape, device="meta"))
     # What a restart from run_dir must share with this run (the loop compares it, and its own settings).
     describe = {**{k: v for k, v in asdict(config).items() if k not in _MAY_DIFFER}, "modalities": modalities,

@@ -41,6 +41,7 @@ from kit.finetune.evaluate import classification_metrics
 from kit.finetune.config import FinetuneConfig
 from kit.finetune.data import class_table, is_missing
 from kit.finetune.finetune import FinetuneResult, train_task
+from kit.finetune.settings import ModelSettings, settings_of
 from kit.finetune.tables import append_row
 from kit.finetune.task import ClassLoss, build_finetune_model, class_weights
 
@@ -125,7 +126,7 @@ def train_slice_classifier(config: FinetuneConfig, slices: SliceDataset, rows: S
         raise ValueError(f"slice classifier: the training slices hold {len(set(targets))} class(es); need at least two")
     dataset = SliceClassificationDataset(slices, rows, targets, config.augment)
     n_outputs = 1 if n_classes == 2 else n_classes
-    model, report = build_finetune_model(config, slices.in_channels, slices.modalities, n_outputs)
+    model, report = build_finetune_model(settings_of(ModelSettings, config), slices.in_channels, slices.modalities, n_outputs)
     model.check_input(torch.empty(1, slices.in_channels, slices.size, slices.size, device="meta"))
     loss_fn = ClassLoss(n_classes, class_weights(config.class_weights, targets, n_classes))
     # the one training loop (kit.train.train), without validation here; a temporary run folder

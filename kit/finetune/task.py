@@ -34,8 +34,8 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from kit.finetune.config import FinetuneConfig
 from kit.finetune.selection import ModelSelection
+from kit.finetune.settings import ModelSettings, ProtocolSettings, settings_of
 from kit.models.backbones import create_model
 from kit.models.checkpoints import LoadReport, load_checkpoint
 from kit.models.finetuned import ClassificationModel
@@ -144,11 +144,11 @@ def encoder_depths(model: nn.Module) -> dict[str, int]:
     return {name: top - stage + 1 for name, stage in stages.items()}
 
 
-def protocol_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, Any]] | None:
-    """The optimizer groups of ``config.protocol`` for ``model`` (its trainable parameters only).
+def protocol_groups(model: nn.Module, protocol: ProtocolSettings | Any) -> list[dict[str, Any]] | None:
+    """The optimizer groups of ``protocol.protocol`` for ``model`` (its trainable parameters only).
 
-    Each group is ``{"name", "params", "lr_scale", "start_step"}``: the group trains at
-    ``config.lr * lr_scale`` (the peak of its schedule) from optimizer step ``start_step`` on; the
+    ``protocol``: a :class:`kit.finetune.settings.ProtocolSettings` (a FinetuneConfig gives its own). Each group is ``{"name", "params", "lr_scale", "start_step"}``: the group trains at
+    ``lr * lr_scale`` (the peak of its schedule) from optimizer step ``start_step`` on; the
     head / decoder group comes first (its lr is the one the training loop logs).
 
     - ``'full'``: None (one group, every parameter at ``lr``: the loop's default);
@@ -158,12 +158,14 @@ def protocol_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, 
 
     Example:
         >>> net = create_model("segresnet_small", in_channels=1, init_filters=8)
-        >>> groups = protocol_groups(net, FinetuneConfig(protocol="llrd", layer_decay=0.5))
+        >>> llrd = ProtocolSettings(protocol="llrd", lp_steps=0, layer_decay=0.5, encoder_lr_scale=1.0)
+        >>> groups = protocol_groups(net, llrd)
         >>> [(g["name"], g["lr_scale"]) for g in groups][:3]
         [('head', 1.0), ('encoder_depth1', 0.5), ('encoder_depth2', 0.25)]
-        >>> protocol_groups(net, FinetuneConfig()) is None
+        >>> protocol_groups(net, ProtocolSettings("full", 0, 1.0, 1.0)) is None
         True
     """
+    config = settings_of(ProtocolSettings, protocol)
     if config.protocol == "full":
         return None
     depths = encoder_depths(model)
@@ -187,7 +189,7 @@ def protocol_groups(model: nn.Module, config: FinetuneConfig) -> list[dict[str, 
 
 
 def build_finetune_model(
-    config: FinetuneConfig,
+    settings: ModelSettings | Any,
     in_channels: int,
     modalities: Sequence[str] | None = None,
     n_outputs: int = 3,
@@ -195,8 +197,9 @@ def build_finetune_model(
     """The model to fine-tune, from scratch or initialised from a checkpoint.
 
     Args:
-        config: uses ``task``, ``backbone``, ``model``, ``init``, ``transfer``, ``freeze_encoder``,
-            ``dropout`` and ``seed`` (the initialisation of everything not loaded).
+        settings: a :class:`kit.finetune.settings.ModelSettings` (a FinetuneConfig gives its own): ``task``,
+            ``backbone``, ``model``, ``init``, ``transfer``, ``freeze_encoder``, ``dropout``, ``head_pool`` and
+            ``seed`` (the initialisation of everything not loaded).
         in_channels: input contrasts.
         modalities: their names in order (for the first-layer transfer when the checkpoint's differ).
         n_outputs: segmentation region channels, or classification logits (1 for a binary target).
@@ -207,13 +210,17 @@ def build_finetune_model(
 
     Raises:
         CheckpointError / FileNotFoundError: unreadable checkpoint, or no encoder tensor fits.
-        ValueError: ``config.backbone`` differs from the checkpoint's backbone.
+        ValueError: ``settings.backbone`` differs from the checkpoint's backbone.
 
     Example:
-        >>> net, report = build_finetune_model(FinetuneConfig(), in_channels=4, n_outputs=3)
+        >>> settings = ModelSettings(task="segmentation", backbone="segresnet_small", model={"init_filters": 8},
+        ...                          init="scratch", transfer="full", freeze_encoder=False, dropout=0.0,
+        ...                          head_pool="avg", seed=0)
+        >>> net, report = build_finetune_model(settings, in_channels=4, n_outputs=3)
         >>> net.out_channels, report is None
         (3, True)
     """
+    config = settings_of(ModelSettings, settings)
     classification = config.task == "classification"
     seg_out = 1 if classification else int(n_outputs)
     report = None
@@ -353,7 +360,7 @@ class FinetuneTask(nn.Module):
 
         Example:
             >>> net = create_model("segresnet_small", 1, init_filters=8)
-            >>> groups = protocol_groups(net, FinetuneConfig(protocol="lp-ft", lp_steps=5, steps=10))
+            >>> groups = protocol_groups(net, ProtocolSettings("lp-ft", lp_steps=5, layer_decay=1.0, encoder_lr_scale=1.0))
             >>> task = FinetuneTask(net, DiceBCELoss(), total_steps=10, groups=groups)
             >>> [(g["name"], g["lr"], g["start_step"]) for g in task.param_groups(1e-3)]
             [('head', 0.001, 0), ('encoder', 0.001, 5)]
