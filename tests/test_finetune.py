@@ -313,6 +313,7 @@ def test_study_inits_carry_the_objective_and_load_its_checkpoint(cache, tmp_path
     import pandas as pd
 
     from kit.finetune.study import init_name, kept_model_path, run_study
+    from kit.train.provenance import record_seen_subjects
 
     rng = np.random.default_rng(4)
     volumes = [rng.random((2, 36, 36, 36)).astype(np.float32) for _ in range(2)]
@@ -320,6 +321,8 @@ def test_study_inits_carry_the_objective_and_load_its_checkpoint(cache, tmp_path
     ssl = create_objective(objective, create_model("segresnet_small", in_channels=2, init_filters=8))
     train(ssl, ArrayCropDataset(volumes, 32), TrainConfig(steps=1, batch_size=2, device="cpu", progress=False),
           tmp_path / "ssl", modalities=["flair", "t1ce"])
+    # what a pretraining stage records (kit.train.pretrain.run_pretraining): none of the study's subjects
+    record_seen_subjects(tmp_path / "ssl", "pool", ["unlabelled_0", "unlabelled_1"], cohort="tumor_pool")
     label = init_name("stage1+2", objective)
     assert label == f"{objective}:stage1+2"
     spec = {"name": "tumor_seg", "task": "segmentation", "cohort": "tumor", "pool": "lesion",

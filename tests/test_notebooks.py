@@ -97,8 +97,12 @@ def test_finetune_study_outputs(smoke_run):
     assert set(probes.task) == {"tumor_seg", "tumor_present"}
     seg_probes = probes[probes.task == "tumor_seg"]  # smoke's 2 test subjects may hold one class: AUC nan
     assert (seg_probes[seg_probes.label_fraction == 1.0].n == 1).all() and seg_probes.n.max() <= 2  # "all": fitted once
-    leak = json.loads((smoke_run / "04_finetune" / "leakage.json").read_text())
-    assert "stage1+2" in leak["tumor_seg"] and "03_stage2" in leak["tumor_seg"]["stage1+2"]["stages"]
+    # stage 2 pretrained on the unlabelled tumour pool, so the refusing guard let every init through
+    seen = json.loads((smoke_run / "03_stage2" / "seen_subjects.json").read_text())["stages"]
+    assert [s["stage"] for s in seen] == ["02_stage1", "03_stage2"]
+    assert seen[1]["subjects"] and all(x.startswith("BraTS2021_1") for x in seen[1]["subjects"])  # IDs 10000...
+    assert not (smoke_run / "04_finetune" / "leakage.json").exists()
+    assert "no study subject (test, validation or labelled) seen in pretraining" in (smoke_run / "report.md").read_text()
     # every init against scratch, probe and fine-tune, in comparison.csv and in the report's table
     comparison = pd.read_csv(smoke_run / "04_finetune" / "comparison.csv")
     assert set(comparison.readout) == {"linear probe", "fine-tune"}
