@@ -85,10 +85,15 @@ def pool_entries(stage: int, progress: bool) -> tuple[list[dict], list[str]]:
     root = WORK / "pool" / spec["layout"]
     synth_cohort(spec["cohort"], spec["layout"], spec["n"], root, seed=spec["seed"], resolution_mm=RESOLUTION_MM,
                  first_index=spec["first_index"], progress=progress)
-    result = validate_dataset(spec["manifest"], root, progress=progress)
-    if not result.ok:
-        raise SystemExit(f"{root}: the synthetic pool does not validate: {result.problems[0]}")
-    datalist = datalist_dict(result)
+    cached = root / "validated_datalist.json"  # validated once per work folder (600 subjects take minutes)
+    if cached.exists() and len(json.loads(cached.read_text())["training"]) == spec["n"]:
+        datalist = json.loads(cached.read_text())
+    else:
+        result = validate_dataset(spec["manifest"], root, progress=progress)
+        if not result.ok:
+            raise SystemExit(f"{root}: the synthetic pool does not validate: {result.problems[0]}")
+        datalist = datalist_dict(result)
+        write_text_atomic(cached, json.dumps(datalist))
     modalities = [datalist["modality"][str(i)] for i in range(len(datalist["modality"]))]
     return datalist["training"], modalities
 

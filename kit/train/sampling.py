@@ -226,7 +226,7 @@ class WholeBrainDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
         index = key[0] if isinstance(key, tuple) else key
-        volume = torch.from_numpy(np.ascontiguousarray(self.arrays[int(index)], dtype=np.float32))
+        volume = torch.from_numpy(np.array(self.arrays[int(index)], dtype=np.float32))  # a writable copy of the memmap
         resized = torch.nn.functional.interpolate(volume[None], size=(self.size,) * 3, mode="trilinear",
                                                   align_corners=False)
         return resized[0]
