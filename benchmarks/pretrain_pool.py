@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,6 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     # the command that trains (an --export-only pass records the run, not itself)
     command = "python benchmarks/pretrain_pool.py " + " ".join(a for a in given if a != "--export-only")
+
+    started = work / "started.json"  # the code a run began with (provenance's "commit" is the last export's)
+    if not started.exists() and not args.export_only:
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                        capture_output=True, text=True).stdout.strip())
+        except OSError:  # no git on this machine
+            dirty = None
+        write_text_atomic(started, json.dumps({"commit": git_commit(ROOT), "uncommitted_changes": dirty,
+                                               "at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
 
     pools, held, train_entries, modalities = {}, {}, {}, {}
     for stage in (1, 2):
@@ -336,6 +348,8 @@ def write_summary(results: Path, names: list[str]) -> Path:
     and on held-out tumour subjects the loss of a random init, stage 1 and stage 1+2."""
     rows = []
     for name in names:
+        if not (results / name / "provenance.json").exists():
+            continue  # still running: no record yet
         record = json.loads((results / name / "provenance.json").read_text())
         row = {"objective": name, "partial": record["partial"], "sha256": record["sha256"][:12]}
         for stage in ("1", "2"):
@@ -380,7 +394,9 @@ def write_record(name: str, command: str, stage_info: dict, held: dict, train_en
                                                if k not in ("stage", "step", "crops_seen") and pd.notna(last[k])}}
     target = results / "checkpoint.pt" if (results / "checkpoint.pt").exists() else results / "stage1" / "checkpoint.pt"
     partial = not all(stage_info.get(s, {}).get("complete") for s in (1, 2))
+    started = WORK / name / "started.json"
     info = {"objective": name, "command": command, "seed": SEED, "commit": git_commit(ROOT),
+            "started_with": json.loads(started.read_text()) if started.exists() else None,
             "machine": machine_description(), "partial": partial,
             "pool": {f"stage{s}": {**{k: v for k, v in POOLS[s].items()}, "train_subjects": len(train_entries[s]),
                                    "held_out_subjects": held[s], "resolution_mm": RESOLUTION_MM} for s in (1, 2)},
