@@ -39,7 +39,9 @@ def test_stage01_curation_outputs(smoke_run):
     healthy, _ = load_cohort(out / "datalist.json", "healthy")
     assert len(healthy) == 6 and len(healthy[0]["image"]) == 2
     qc = (out / "qc.csv").read_text().splitlines()
-    assert len(qc) == 1 + 6 + 8 + 4
+    assert len(qc) == 1 + 6 + 8 + 4 + 4  # healthy, tumor, stroke and the unlabelled tumour pool
+    pool, _ = load_cohort(out / "datalist.json", "tumor_pool")
+    assert len(pool) == 4 and not {e["subject"] for e in pool} & {e["subject"] for e in entries}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["figures"]["problems"] == 0
     assert 0 < summary["figures"]["slices_retained_fraction"] < 1
@@ -90,7 +92,8 @@ def test_finetune_study_outputs(smoke_run):
     curves = pd.read_csv(smoke_run / "04_finetune" / "curves.csv")
     assert {"init", "task", "step", "val_dice_mean", "best"} <= set(curves)
     finetuned = pd.read_csv(smoke_run / "04_finetune" / "finetune_summary.csv")
-    assert list(finetuned.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
+    assert list(finetuned.columns[:9]) == ["init", "task", "label_fraction", "protocol", "metric", "mean", "ci_low",
+                                           "ci_high", "n"]  # fine-tunes are summarised per protocol
     probes = pd.read_csv(smoke_run / "04_finetune" / "probe_summary.csv")
     assert list(probes.columns[:8]) == ["init", "task", "label_fraction", "metric", "mean", "ci_low", "ci_high", "n"]
     assert set(probes.init) == {"scratch", "stage1", "stage1+2", "mim:stage1+2"}
