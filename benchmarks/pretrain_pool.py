@@ -17,11 +17,11 @@ Budget: every objective sees ``STEPS[1] + STEPS[2]`` steps of 4 crops of 32^3 (2
 all-label fine-tune's 4,000.
 
 Everything lands in ``benchmarks/results/pretraining/<objective>/``: ``checkpoint.pt`` (stage 1+2
-weights, fine-tuning init), ``stage1.pt`` (stage 1 weights), ``seen_subjects.json`` beside each (the
-leakage guard reads it), ``curves.csv`` (held-out pretext metrics per step), ``provenance.json``; while
-a stage is unfinished, ``resume/stage{1,2}.pt`` holds the loop's full resume state (weights, optimizer,
-schedule, RNG) so that the run continues from the repository on another machine. The work folder
-(``runs/pretraining``, regenerated deterministically: pools, caches) is not committed.
+weights, fine-tuning init), ``stage1/checkpoint.pt`` (stage 1 weights), with ``seen_subjects.json`` (the leakage guard reads it) and
+``provenance.json`` (its sha256) beside each, and ``curves.csv`` (held-out pretext metrics per step). The
+loop's full resume state (weights, optimizer, schedule, RNG: 14-22 MiB, over the repository's 5 MiB limit
+on data files) stays in the work folder ``runs/pretraining/<objective>/stage{1,2}/checkpoint.pt``, with the
+pools and caches (regenerated deterministically); an interrupted run resumes from there, exactly.
 """
 
 from __future__ import annotations
@@ -189,14 +189,19 @@ def main(argv: list[str] | None = None) -> int:
 
     curves_path = results / "curves.csv"
     curves = pd.read_csv(curves_path).to_dict("records") if curves_path.exists() else []
+    resumable = any((work / f"stage{s}" / "checkpoint.pt").exists() for s in (1, 2))
+    if curves and not resumable and not args.export_only:
+        record = json.loads((results / "provenance.json").read_text()) if (results / "provenance.json").exists() else {}
+        if record.get("partial") is False:
+            print(f"{name}: complete ({results / 'provenance.json'}); nothing to do", flush=True)
+            return 0
+        raise SystemExit(f"{curves_path}: holds the curve of an earlier run but nothing to resume it from; move "
+                         f"{results} away to start {name} over")
     stage_info: dict = {}
     init = None
     for stage in (1, 2):
         out = work / f"stage{stage}"
-        resume = results / "resume" / f"stage{stage}.pt"
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "checkpoint.pt").exists() and resume.exists():
-            shutil.copyfile(resume, out / "checkpoint.pt")  # continue from the repository
         config = stage_config(name, stage)
         setup = prepare_pretraining(config, train_entries[stage], modalities[stage], out, seed=SEED, device=args.device,
                                     progress=args.progress, cache_dir=WORK / "cache" / f"stage{stage}",
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_start = time.time()
 
         def export(step: int, complete: bool, _stage=stage, _out=out, _setup=setup) -> None:
-            """Copy the loop's state into the committed folder (weights-only init when complete)."""
+            """Copy the loop's weights (no optimizer state) and seen subjects into the committed folder."""
             ckpt = _out / "checkpoint.pt"
             if not ckpt.exists():
                 return
@@ -215,12 +220,6 @@ def main(argv: list[str] | None = None) -> int:
             weights.parent.mkdir(parents=True, exist_ok=True)
             weights_only(ckpt, weights)
             shutil.copyfile(_out / "seen_subjects.json", weights.with_name("seen_subjects.json"))  # the leakage guard's
-            resume_file = results / "resume" / f"stage{_stage}.pt"
-            if complete:
-                resume_file.unlink(missing_ok=True)
-            else:
-                resume_file.parent.mkdir(exist_ok=True)
-                shutil.copyfile(ckpt, resume_file)
 
         def measure(step: int, record: dict | None = None, _stage=stage, _setup=setup, _held=held_data) -> None:
             if step % EVAL_EVERY and step != STEPS[_stage]:
@@ -348,9 +347,11 @@ def write_summary(results: Path, names: list[str]) -> Path:
     and on held-out tumour subjects the loss of a random init, stage 1 and stage 1+2."""
     rows = []
     for name in names:
-        if not (results / name / "provenance.json").exists():
+        path = results / name / "provenance.json"
+        path = path if path.exists() else results / name / "stage1" / "provenance.json"
+        if not path.exists():
             continue  # still running: no record yet
-        record = json.loads((results / name / "provenance.json").read_text())
+        record = json.loads(path.read_text())
         row = {"objective": name, "partial": record["partial"], "sha256": record["sha256"][:12]}
         for stage in ("1", "2"):
             info = record["stages"].get(stage, {})
@@ -371,7 +372,9 @@ def write_summary(results: Path, names: list[str]) -> Path:
 
 def write_record(name: str, command: str, stage_info: dict, held: dict, train_entries: dict,
                  comparison: list[dict]) -> None:
-    """provenance.json beside the committed checkpoint (or beside stage1.pt while stage 2 has not started)."""
+    """provenance.json beside each committed checkpoint: ``stage1/`` (stage 1 weights) and, once stage 2 has
+    started, the objective's folder (stage 1+2 weights, the fine-tuning init); the same record, each with its
+    own file's sha256."""
     results = RESULTS / name
     for stage in (1, 2):
         if stage not in stage_info:
@@ -403,7 +406,11 @@ def write_record(name: str, command: str, stage_info: dict, held: dict, train_en
             "stages": stage_info, "pretext_metrics": {**final, "held_out_tumour_subjects": comparison},
             "budget": {"crops_total": sum(STEPS.values()) * STAGE["batch_size"],
                        "study_finetune_crops": {"1 or 4 subjects": 500 * 4, "all subjects": 1000 * 4}}}
-    write_provenance(results / "provenance.json", target, info)
+    write_provenance(results / "stage1" / "provenance.json", results / "stage1" / "checkpoint.pt", info)
+    if target == results / "checkpoint.pt":
+        write_provenance(results / "provenance.json", target, info)
+    else:  # stage 2 not started: no stage 1+2 checkpoint, so no record of one
+        (results / "provenance.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
